@@ -1,0 +1,133 @@
+"""moecc-convert: a Hugging Face qwen3_moe checkpoint folder -> one .moecc file, in one pass.
+
+    moecc-convert path/to/Qwen3-30B-A3B -o qwen3.moecc --quant bf16
+
+Tensors stream one at a time (experts one expert at a time, big matrices in row blocks) from
+the memory-mapped shards through the storage encoder into the file, so peak memory is bounded
+by a block, not by the checkpoint.  A sparse layer's experts are stacked into one tensor per
+projection, whether the checkpoint keeps them per expert (`mlp.experts.E.gate_proj.weight`, as
+published) or fused (`mlp.experts.gate_up_proj` [E, 2I, D], `mlp.experts.down_proj` [E, D, I]).
+Norms and the router are always stored in float32.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from . import __version__, format, quant
+from .checkpoint import Checkpoint, CheckpointError
+from .config import ConfigError, TensorSpec, tensor_specs
+
+STORAGE_TYPES = ("f32", "bf16")
+ALWAYS_F32 = ("norm", "router")  # small, and precision-sensitive (routing decisions)
+_BLOCK_BYTES = 64 << 20  # big 2-D tensors are converted in row blocks of about this size
+
+
+def storage_dtype(spec: TensorSpec, quant_type: str) -> str:
+    return "f32" if spec.role in ALWAYS_F32 else quant_type
+
+
+def _source_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarray, str]]:
+    """The checkpoint data of one .moecc tensor, in file order, in pieces of bounded size."""
+    if spec.role == "experts":
+        yield from _expert_parts(ckpt, spec)
+        return
+    array = ckpt.tensor(spec.name, spec.shape)
+    dtype = ckpt.source_dtype(spec.name)
+    rows = max(1, _BLOCK_BYTES // max(1, array[0].nbytes if array.ndim > 1 else array.nbytes))
+    for start in range(0, array.shape[0], rows):
+        yield array[start:start + rows], dtype
+
+
+def _expert_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarray, str]]:
+    prefix, projection = spec.name.rsplit(".", 1)  # "model.layers.L.mlp.experts", "gate_proj"
+    num_experts, rows, cols = spec.shape
+    if ckpt.has(f"{prefix}.0.{projection}.weight"):
+        for e in range(num_experts):
+            name = f"{prefix}.{e}.{projection}.weight"
+            yield ckpt.tensor(name, (rows, cols)), ckpt.source_dtype(name)
+        return
+    fused_name = prefix + (".down_proj" if projection == "down_proj" else ".gate_up_proj")
+    if not ckpt.has(fused_name):
+        raise CheckpointError(f"the checkpoint has neither {prefix}.0.{projection}.weight (per-expert "
+                              f"layout) nor {fused_name} (fused layout)")
+    if projection == "down_proj":
+        fused, half = ckpt.tensor(fused_name, (num_experts, rows, cols)), slice(None)
+    else:  # gate_up_proj holds gate in its first `rows` rows, up in the next
+        fused = ckpt.tensor(fused_name, (num_experts, 2 * rows, cols))
+        half = slice(0, rows) if projection == "gate_proj" else slice(rows, 2 * rows)
+    for e in range(num_experts):
+        yield fused[e, half], ckpt.source_dtype(fused_name)
+
+
+def convert(hf_dir: str, out_path: str, quant_type: str = "bf16", force: bool = False,
+            progress: bool = True) -> dict:
+    """Convert `hf_dir` into `out_path`.  Returns statistics (bytes, seconds)."""
+    if quant_type not in STORAGE_TYPES:
+        raise ValueError(f"--quant {quant_type!r} is not supported; choose one of {', '.join(STORAGE_TYPES)}")
+    ckpt = Checkpoint(hf_dir)
+    out_abs = os.path.abspath(out_path)
+    if os.path.isdir(out_abs):
+        raise ValueError(f"output {out_path} is a folder; give a file name such as model.moecc")
+    if any(os.path.exists(out_abs) and os.path.samefile(out_abs, p) for p in ckpt.input_paths()):
+        raise ValueError(f"output {out_path} is one of the checkpoint's own files; choose another name")
+    if os.path.exists(out_abs) and not force:
+        raise FileExistsError(f"{out_path} exists; pass --force to overwrite it")
+
+    specs = tensor_specs(ckpt.config)
+    table = [(s.name, storage_dtype(s, quant_type), s.shape) for s in specs]
+    files = ckpt.embedded_files()
+    info = {"moecc": __version__, "source": os.path.basename(os.path.abspath(hf_dir)), "quant": quant_type}
+    started = time.perf_counter()
+    from tqdm import tqdm
+    writer = format.Writer(out_abs, ckpt.config.to_dict(), table, files, info)
+    with writer, tqdm(total=writer.data_size, unit="B", unit_scale=True, disable=not progress,
+                      desc=os.path.basename(out_path)) as bar:
+        for spec, (_, dtype, _) in zip(specs, table):
+            for part, source_dtype in _source_parts(ckpt, spec):
+                encoded = quant.encode(part, source_dtype, dtype)
+                writer.write(spec.name, encoded)
+                bar.update(encoded.nbytes)
+    seconds = time.perf_counter() - started
+    return {"source_bytes": ckpt.source_bytes(), "output_bytes": os.path.getsize(out_abs), "seconds": seconds}
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="moecc-convert",
+        description="Convert a Hugging Face qwen3_moe checkpoint folder (config.json, *.safetensors, "
+                    "tokenizer files) into one mmappable .moecc file.")
+    parser.add_argument("hf_dir", help="folder of the Hugging Face checkpoint")
+    parser.add_argument("-o", "--output", required=True, help="the .moecc file to write")
+    parser.add_argument("--quant", default="bf16", choices=STORAGE_TYPES,
+                        help="storage type of the weight matrices (norms and router stay f32); default bf16")
+    parser.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        stats = convert(args.hf_dir, args.output, args.quant, force=args.force, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("moecc-convert: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (ConfigError, CheckpointError, ValueError, FileExistsError, OSError) as e:
+        print(f"moecc-convert: error: {e}", file=sys.stderr)
+        return 2
+    mb = stats["source_bytes"] / 1e6
+    print(f"wrote {args.output}: {stats['output_bytes'] / 1e6:.1f} MB from {mb:.1f} MB in "
+          f"{stats['seconds']:.1f} s ({mb / max(stats['seconds'], 1e-9):.0f} MB/s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The public Model: load a .moecc file, compute logits, generate text.
+
+    m = moecc.load("qwen3.moecc")
+    for step in m.generate("Once upon a time", max_tokens=64):
+        print(step.text, end="", flush=True)
+
+A Model owns one context (its KV cache); `logits` and `generate` each start from an empty one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import format
+from .config import ConfigError, Qwen3MoeConfig, tensor_specs
+from .model import PREFILL_CHUNK, Transformer
+from .sampler import Sampler, SamplingParams
+from .tokenizer import StreamDecoder, Tokenizer
+
+DEFAULT_MAX_CTX = 4096
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    token: int
+    text: str  # the text this token adds (may be "" while a character or a stop string is incomplete)
+    finish_reason: str | None = None  # on the last token: "stop", "length" or "context"
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: str | None = None
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # the first generated token comes from the prefill; the others each cost one decode step
+        steps = max(self.generated_tokens - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def check_tensor_table(mf: format.ModelFile, cfg: Qwen3MoeConfig) -> None:
+    """The file's tensors must be exactly the ones the config implies, in shape and type."""
+    specs = tensor_specs(cfg)
+    expected = {s.name for s in specs}
+    for spec in specs:
+        entry = mf.tensors.get(spec.name)
+        if entry is None:
+            raise format.FormatError(f"{mf.path}: tensor {spec.name} is missing; the file does not "
+                                     "match its config (re-convert it)")
+        if entry.shape != spec.shape:
+            raise format.FormatError(f"{mf.path}: tensor {spec.name} has shape {list(entry.shape)} but "
+                                     f"the config implies {list(spec.shape)}; re-convert the model")
+        if spec.role in ("norm", "router") and entry.dtype != "f32":
+            raise format.FormatError(f"{mf.path}: tensor {spec.name} is {entry.dtype}; norms and the "
+                                     "router must be f32")
+    extra = sorted(set(mf.tensors) - expected)
+    if extra:
+        raise format.FormatError(f"{mf.path}: tensor {extra[0]} is not part of the model its config "
+                                 "describes; the file is damaged or from another moecc")
+
+
+class Model:
+    """A loaded model: config, tokenizer, weights (mapped), one context."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx: int | None = None):
+        threads = default_threads() if threads is None else threads
+        if not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        self.file = format.ModelFile(path)
+        try:
+            try:
+                self.config = Qwen3MoeConfig.from_dict(self.file.config_dict)
+            except (ConfigError, TypeError, ValueError) as e:
+                raise format.FormatError(f"{self.file.path}: its config is invalid: {e}") from None
+            check_tensor_table(self.file, self.config)
+            max_ctx = self.config.max_position_embeddings
+            ctx = min(max_ctx, DEFAULT_MAX_CTX) if ctx is None else ctx
+            if not isinstance(ctx, (int, np.integer)) or not 1 <= ctx <= max_ctx:
+                raise ValueError(f"ctx must be between 1 and the model's max_position_embeddings "
+                                 f"({max_ctx}), got {ctx!r}")
+            tokenizer_json = self.file.file_bytes("tokenizer.json")
+            if tokenizer_json is None:
+                raise format.FormatError(f"{self.file.path} embeds no tokenizer.json; re-convert it")
+            self.tokenizer = Tokenizer(tokenizer_json, self.file.file_bytes("tokenizer_config.json"))
+            generation_config = self.file.file_bytes("generation_config.json")
+            self.generation_config: dict = json.loads(generation_config) if generation_config else {}
+            self.eos_token_ids = self._eos_ids()
+            self.net = Transformer(self.config, self.file.tensor, int(ctx), int(threads))
+        except BaseException:
+            self.file.close()
+            raise
+        self.stats = GenerationStats()
+
+    @property
+    def ctx(self) -> int:
+        return self.net.ctx
+
+    @property
+    def threads(self) -> int:
+        return self.net.threads
+
+    def _eos_ids(self) -> frozenset[int]:
+        eos = self.generation_config.get("eos_token_id")
+        if eos is None:
+            eos = list(self.config.eos_token_id) or self.tokenizer.special_token_id("eos_token")
+        eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
+        return frozenset(int(e) for e in eos)
+
+    # -- logits ------------------------------------------------------------------------------
+
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError("token ids must be a flat sequence of integers")
+        if ids.size == 0:
+            raise ValueError("the prompt is empty; give at least one token")
+        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
+        if bad.size:
+            raise ValueError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        if ids.size > self.ctx:
+            raise ValueError(f"the prompt has {ids.size} tokens but the context holds {self.ctx}; "
+                             f"shorten it or load with a larger ctx= (up to {self.config.max_position_embeddings})")
+        return ids.astype(np.int32)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 [len(ids), vocab]: the logits at every position, from an empty context."""
+        ids = self._check_ids(ids)
+        out = np.empty((len(ids), self.config.vocab_size), np.float32)
+        with self._exclusive():
+            for start in range(0, len(ids), PREFILL_CHUNK):
+                chunk = ids[start:start + PREFILL_CHUNK]
+                self.net.forward(chunk, start, out[start:start + len(chunk)], all_positions=True)
+        return out
+
+    def _prefill(self, ids: np.ndarray) -> np.ndarray:
+        """Run the prompt; the logits of its last position ([V], a view of a reused buffer)."""
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            self.net.forward(ids[start:start + PREFILL_CHUNK], start, self.net.buf.logits, all_positions=False)
+        return self.net.buf.logits[0]
+
+    def _decode(self, token: int, position: int) -> np.ndarray:
+        buf = self.net.buf
+        buf.token[0] = token
+        self.net.forward(buf.token, position, buf.logits, all_positions=False)
+        return buf.logits[0]
+
+    def _exclusive(self):
+        if not self.net.lock.acquire(blocking=False):
+            raise RuntimeError("this Model is busy in another thread or an unfinished generation; "
+                               "use one Model per thread, and finish or close() a generator before starting another")
+        return _Release(self.net.lock)
+
+    # -- generation --------------------------------------------------------------------------
+
+    def sampling_params(self, **overrides) -> SamplingParams:
+        """Sampling settings: the checkpoint's generation_config.json, then `overrides` (None = keep)."""
+        gc = self.generation_config
+        params = {}
+        if gc.get("do_sample") is False:
+            params["temperature"] = 0.0
+        for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+            if key in gc and gc[key] is not None and key not in params:
+                params[key] = gc[key]
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return SamplingParams(**params)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, *, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                 repetition_penalty: float | None = None, presence_penalty: float | None = None,
+                 seed: int | None = None, stop: Sequence[str] | str | None = None) -> Iterator[GeneratedToken]:
+        """Yield one GeneratedToken per new token; the last carries `finish_reason`.
+
+        `prompt` is text (tokenized as it is, no chat template) or token ids.  Sampling defaults
+        come from the checkpoint's generation_config.json; `temperature=0` is greedy.  Generation
+        stops at the model's EOS tokens, at any `stop` string (which is not returned), after
+        `max_tokens`, or when the context is full."""
+        if not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
+        params = self.sampling_params(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                      repetition_penalty=repetition_penalty,
+                                      presence_penalty=presence_penalty, seed=seed)
+        ids = self._check_ids(self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt)
+        stops = [stop] if isinstance(stop, str) else [s for s in (stop or ()) if s]
+        return self._generate(ids, max_tokens, params, stops)
+
+    def _generate(self, ids: np.ndarray, max_tokens: int, params: SamplingParams,
+                  stops: list[str]) -> Iterator[GeneratedToken]:
+        with self._exclusive():
+            self.stats = stats = GenerationStats(prompt_tokens=len(ids))
+            if max_tokens == 0:
+                return
+            started = time.perf_counter()
+            logits = self._prefill(ids)
+            stats.prefill_seconds = time.perf_counter() - started
+            sampler = Sampler(params, ids)
+            text = _StopFilter(StreamDecoder(self.tokenizer), stops)
+            started = time.perf_counter()
+            for i in range(max_tokens):
+                token = sampler.sample(logits)
+                position = len(ids) + i  # where this token goes if it is fed back
+                piece = text.add(token) if token not in self.eos_token_ids else ""
+                finish = ("stop" if token in self.eos_token_ids or text.stopped else
+                          "length" if i + 1 == max_tokens else
+                          "context" if position >= self.ctx else None)
+                if finish:
+                    piece += text.flush()
+                stats.generated_tokens = i + 1
+                stats.finish_reason = finish
+                stats.decode_seconds = time.perf_counter() - started
+                yield GeneratedToken(token, piece, finish)
+                if finish:
+                    return
+                logits = self._decode(token, position)
+
+
+class _Release:
+    def __init__(self, lock):
+        self._lock = lock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+class _StopFilter:
+    """Streams text, holding back what could be the start of a stop string, cutting at one."""
+
+    def __init__(self, decoder: StreamDecoder, stops: list[str]):
+        self._decoder = decoder
+        self._stops = stops
+        self._pending = ""
+        self.stopped = False
+
+    def add(self, token: int) -> str:
+        self._pending += self._decoder.add(token)
+        return self._release()
+
+    def flush(self) -> str:
+        if not self.stopped:
+            self._pending += self._decoder.flush()
+        out = self._release(final=True)
+        return out
+
+    def _release(self, final: bool = False) -> str:
+        if self.stopped:
+            return ""
+        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            out, self._pending, self.stopped = self._pending[:min(hits)], "", True
+            return out
+        keep = 0 if final else max((n for s in self._stops for n in range(1, len(s))
+                                    if self._pending.endswith(s[:n])), default=0)
+        out, self._pending = self._pending[:len(self._pending) - keep], self._pending[len(self._pending) - keep:]
+        return out
+
+
+def load(path: str | os.PathLike, threads: int | None = None, ctx: int | None = None) -> Model:
+    """Map a .moecc file and make it ready to run.  `threads` defaults to the CPUs this process
+    may use; `ctx` (the KV cache length) to the model's max_position_embeddings, at most 4096."""
+    return Model(path, threads=threads, ctx=ctx)

@@ -1,0 +1,83 @@
+"""python -m moecc.generate: stream a model's continuation of a prompt to stdout.
+
+    python -m moecc.generate --model qwen3.moecc --prompt "Once upon a time" --max-tokens 64
+
+With no --model it runs the bundled demo model (tiny, random weights).  Token counts and
+prefill / decode speed go to stderr at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEMO_MODEL = os.path.join(os.path.dirname(__file__), "demo", "demo.moecc")
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every moecc command that runs a model shares."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--model", help="the .moecc file (default: the bundled demo model, random weights)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all this process may use)")
+    p.add_argument("--ctx", type=int, default=None,
+                   help="context length in tokens (default: the model's, at most 4096)")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature; 0 is greedy (default: the model's generation_config)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this probability")
+    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p times the top probability")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
+    p.add_argument("--presence-penalty", type=float, default=None, help="subtracted from already generated tokens")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same tokens")
+    p.add_argument("--stop", action="append", default=None, metavar="STRING",
+                   help="stop when this string appears (not printed); repeatable")
+    return p
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+                seed=args.seed, stop=args.stop)
+
+
+def open_model(args: argparse.Namespace):
+    import moecc
+    path = args.model or DEMO_MODEL
+    if args.model is None:
+        print("moecc: no --model given; running the bundled demo model, whose weights are random "
+              "(its text is gibberish)", file=sys.stderr)
+    return moecc.load(path, threads=args.threads, ctx=args.ctx)
+
+
+def print_stats(stats) -> None:
+    if stats.finish_reason == "context":
+        print("\nmoecc: the context is full; generation stopped (load with a larger --ctx to go on)", file=sys.stderr)
+    print(f"\nprompt: {stats.prompt_tokens} tokens, {stats.prefill_tokens_per_second:.1f} tok/s | "
+          f"generated: {stats.generated_tokens} tokens, {stats.decode_tokens_per_second:.1f} tok/s",
+          file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser("python -m moecc.generate", "Generate text with a Qwen3-MoE model (.moecc file).")
+    parser.add_argument("--prompt", default="Once upon a time", help="the prompt text (default: %(default)r)")
+    args = parser.parse_args(argv)
+    from moecc.format import FormatError
+    try:
+        model = open_model(args)
+        steps = model.generate(args.prompt, args.max_tokens, **sampling_kwargs(args))
+        for step in steps:
+            sys.stdout.write(step.text)
+            sys.stdout.flush()
+    except (FormatError, ValueError, OSError) as e:
+        print(f"moecc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nmoecc: interrupted", file=sys.stderr)
+        return 130
+    print_stats(model.stats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
