@@ -142,3 +142,21 @@ class Checkpoint:
 
     def source_bytes(self) -> int:
         return sum(os.path.getsize(os.path.join(self.folder, s)) for s in set(self.weight_map.values()))
+
+
+def save_safetensors(path: str, tensors: dict[str, tuple[str, np.ndarray]]) -> None:
+    """Write a safetensors file: name -> (dtype "F32" / "F16" / "BF16", array; BF16 as uint16 bits).
+    For synthetic checkpoints and tests (the safetensors package's NumPy API has no bf16)."""
+    header, offset = {}, 0
+    for name, (dtype, array) in tensors.items():
+        if np.dtype(_SAFETENSORS_DTYPES[dtype]) != array.dtype:
+            raise ValueError(f"{name}: a {dtype} tensor must be given as {_SAFETENSORS_DTYPES[dtype].__name__}")
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for _, array in tensors.values():
+            f.write(np.ascontiguousarray(array).tobytes())

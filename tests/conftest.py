@@ -1,0 +1,60 @@
+"""Shared test fixtures: the transformers reference checkpoints, converted once per session."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+CASES = ("main", "odd")
+
+
+class Reference:
+    """A fixture case: its HF checkpoint folder and what transformers computed on it."""
+
+    def __init__(self, case: str):
+        self.case = case
+        self.hf_dir = os.path.join(FIXTURES, case, "hf")
+        with np.load(os.path.join(FIXTURES, case, "reference.npz")) as z:
+            self.arrays = {k: z[k] for k in z.files}
+        with open(os.path.join(FIXTURES, case, "reference.json"), encoding="utf-8") as f:
+            self.meta = json.load(f)
+
+    def prompts(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, logits [len, vocab]) per prompt."""
+        n = sum(1 for k in self.arrays if k.startswith("ids_"))
+        return [(self.arrays[f"ids_{i}"], self.arrays[f"logits_{i}"]) for i in range(n)]
+
+    def greedy(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(prompt ids, transformers' greedy continuation) pairs."""
+        n = sum(1 for k in self.arrays if k.startswith("greedy_prompt_"))
+        return [(self.arrays[f"greedy_prompt_{j}"], self.arrays[f"greedy_tokens_{j}"]) for j in range(n)]
+
+
+@pytest.fixture(scope="session", params=CASES)
+def reference(request) -> Reference:
+    return Reference(request.param)
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """converted(case, quant) -> path of that fixture converted to a .moecc file (made once)."""
+    from moecc.convert import convert
+    made: dict[tuple[str, str], str] = {}
+
+    def get(case: str, quant: str = "f32") -> str:
+        if (case, quant) not in made:
+            out = str(tmp_path_factory.mktemp("models") / f"{case}-{quant}.moecc")
+            convert(os.path.join(FIXTURES, case, "hf"), out, quant, progress=False)
+            made[case, quant] = out
+        return made[case, quant]
+    return get
+
+
+def relative_error(engine: np.ndarray, reference: np.ndarray) -> float:
+    """‖engine − reference‖ / ‖reference − its mean over the vocabulary‖: scale-free, and blind
+    to a constant shift of the logits, which softmax ignores."""
+    centred = reference - reference.mean(axis=-1, keepdims=True)
+    return float(np.linalg.norm(engine - reference) / np.linalg.norm(centred))
