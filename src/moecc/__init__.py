@@ -11,7 +11,16 @@ _kernels (the C kernels).
 """
 __version__ = "0.1.0"
 
-from .engine import GeneratedToken, Model, load  # noqa: E402
+_ENGINE_NAMES = ("GeneratedToken", "Model", "load")
+
+
+def __getattr__(name):
+    # The engine (and with it the compiled kernels) is imported on first use, so the converter,
+    # the file format and the sampler work on their own.
+    if name in _ENGINE_NAMES:
+        from . import engine
+        return getattr(engine, name)
+    raise AttributeError(f"module 'moecc' has no attribute {name!r}")
 
 
 def build_info() -> dict:

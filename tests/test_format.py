@@ -1,0 +1,123 @@
+"""The .moecc container: a damaged file is refused with a clear message before any view exists."""
+import json
+import os
+import shutil
+import struct
+
+import pytest
+
+import moecc
+from moecc import format
+
+
+def _damaged(tmp_path, source, edit):
+    path = tmp_path / "damaged.moecc"
+    shutil.copy(source, path)
+    data = bytearray(path.read_bytes())
+    data = edit(data)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _header(data: bytearray) -> tuple[dict, int, int]:
+    _, _, _, length, data_offset = struct.unpack_from("<8sIIQQ", data)
+    return json.loads(bytes(data[32:32 + length])), length, data_offset
+
+
+def _with_header(data: bytearray, header: dict) -> bytearray:
+    _, length, _ = _header(data)
+    blob = json.dumps(header).encode()
+    assert len(blob) <= length
+    data[32:32 + length] = blob + b" " * (length - len(blob))
+    return data
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(format.FormatError, match="no such file"):
+        moecc.load(tmp_path / "nope.moecc")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.moecc").write_bytes(b"")
+    with pytest.raises(format.FormatError, match="too short"):
+        moecc.load(tmp_path / "e.moecc")
+
+
+def test_wrong_magic(tmp_path, converted):
+    path = _damaged(tmp_path, converted("odd", "bf16"), lambda d: b"GGUF" + d[4:])
+    with pytest.raises(format.FormatError, match="not a .moecc file"):
+        moecc.load(path)
+
+
+def test_newer_version(tmp_path, converted):
+    def bump(d):
+        struct.pack_into("<I", d, 8, format.VERSION + 1)
+        return d
+    with pytest.raises(format.FormatError, match="upgrade moecc"):
+        moecc.load(_damaged(tmp_path, converted("odd", "bf16"), bump))
+
+
+@pytest.mark.parametrize("keep", [0.999, 0.5, 0.01])
+def test_truncated(tmp_path, converted, keep):
+    source = converted("odd", "bf16")
+    size = os.path.getsize(source)
+    path = _damaged(tmp_path, source, lambda d: d[:int(size * keep)])
+    with pytest.raises(format.FormatError, match="truncated|past the end|data offset"):
+        moecc.load(path)
+
+
+def test_corrupt_header_json(tmp_path, converted):
+    def corrupt(d):
+        d[40:48] = b"\xff{{{{{{{"
+        return d
+    with pytest.raises(format.FormatError, match="not valid JSON"):
+        moecc.load(_damaged(tmp_path, converted("odd", "bf16"), corrupt))
+
+
+def test_offset_past_the_end(tmp_path, converted):
+    def move(d):
+        header, _, data_offset = _header(d)
+        header["tensors"][1]["offset"] = len(d) - data_offset - 64
+        return _with_header(d, header)
+    with pytest.raises(format.FormatError, match="past the end"):
+        moecc.load(_damaged(tmp_path, converted("odd", "bf16"), move))
+
+
+def test_overlapping_tensors(tmp_path, converted):
+    def overlap(d):
+        header, _, _ = _header(d)
+        header["tensors"][2]["offset"] = header["tensors"][1]["offset"]
+        return _with_header(d, header)
+    with pytest.raises(format.FormatError, match="overlap"):
+        moecc.load(_damaged(tmp_path, converted("odd", "bf16"), overlap))
+
+
+def test_size_disagreeing_with_shape(tmp_path, converted):
+    def shrink(d):
+        header, _, _ = _header(d)
+        header["tensors"][1]["size"] -= 2
+        return _with_header(d, header)
+    with pytest.raises(format.FormatError, match="needs"):
+        moecc.load(_damaged(tmp_path, converted("odd", "bf16"), shrink))
+
+
+def test_tensor_table_disagreeing_with_config(tmp_path, converted):
+    def more_layers(d):
+        header, _, _ = _header(d)
+        header["config"]["num_hidden_layers"] += 1
+        return _with_header(d, header)
+    with pytest.raises(format.FormatError, match="missing"):
+        moecc.load(_damaged(tmp_path, converted("odd", "bf16"), more_layers))
+
+
+def test_damaged_data_found_by_verify(tmp_path, converted):
+    source = converted("odd", "bf16")
+    def flip(d):
+        d[-100] ^= 0xFF
+        return d
+    mf = format.ModelFile(_damaged(tmp_path, source, flip))
+    assert len(mf.verify()) == 1
+    mf.close()
+    clean = format.ModelFile(source)
+    assert clean.verify() == []
+    clean.close()
