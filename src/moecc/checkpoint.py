@@ -19,7 +19,8 @@ from .config import ConfigError, Qwen3MoeConfig
 # safetensors dtype -> numpy dtype of the view (bf16 as raw uint16 bits)
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 # the files a .moecc embeds verbatim, when the checkpoint has them
-EMBEDDED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json")
+EMBEDDED_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
+                  "config.json")
 
 
 class CheckpointError(ValueError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import format
+from . import chat_template, format
 from .config import ConfigError, Qwen3MoeConfig, tensor_specs
 from .model import PREFILL_CHUNK, Transformer
 from .sampler import Sampler, SamplingParams
@@ -35,14 +35,20 @@ class GeneratedToken:
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose cache entries were kept from the previous turn
     generated_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     finish_reason: str | None = None
 
     @property
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens that went through the network this time."""
+        return self.prompt_tokens - self.reused_tokens
+
+    @property
     def prefill_tokens_per_second(self) -> float:
-        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+        return self.prefilled_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
 
     @property
     def decode_tokens_per_second(self) -> float:
@@ -105,11 +111,13 @@ class Model:
             generation_config = self.file.file_bytes("generation_config.json")
             self.generation_config: dict = json.loads(generation_config) if generation_config else {}
             self.eos_token_ids = self._eos_ids()
+            self.chat_template = self._chat_template()
             self.net = Transformer(self.config, self.file.tensor, int(ctx), int(threads))
         except BaseException:
             self.file.close()
             raise
         self.stats = GenerationStats()
+        self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
 
     @property
     def ctx(self) -> int:
@@ -125,6 +133,26 @@ class Model:
             eos = list(self.config.eos_token_id) or self.tokenizer.special_token_id("eos_token")
         eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
         return frozenset(int(e) for e in eos)
+
+    def _chat_template(self) -> str | None:
+        """The checkpoint's template: chat_template.jinja, else tokenizer_config's chat_template
+        (a string, or a list of named templates of which "default" is used)."""
+        jinja = self.file.file_bytes("chat_template.jinja")
+        if jinja is not None:
+            return jinja.decode("utf-8")
+        template = self.tokenizer.config.get("chat_template")
+        if isinstance(template, list):
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        return template if isinstance(template, str) else None
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            enable_thinking: bool | None = None, tools: list[dict] | None = None) -> str:
+        """The prompt text for `messages`, as transformers' apply_chat_template(tokenize=False)."""
+        if self.chat_template is None:
+            raise ValueError(f"{self.file.path} has no chat template; send raw text with generate()")
+        return chat_template.render(self.chat_template, messages, tokenizer_config=self.tokenizer.config,
+                                    add_generation_prompt=add_generation_prompt,
+                                    enable_thinking=enable_thinking, tools=tools)
 
     # -- logits ------------------------------------------------------------------------------
 
@@ -147,15 +175,17 @@ class Model:
         ids = self._check_ids(ids)
         out = np.empty((len(ids), self.config.vocab_size), np.float32)
         with self._exclusive():
+            self._cached_ids = []
             for start in range(0, len(ids), PREFILL_CHUNK):
                 chunk = ids[start:start + PREFILL_CHUNK]
                 self.net.forward(chunk, start, out[start:start + len(chunk)], all_positions=True)
         return out
 
-    def _prefill(self, ids: np.ndarray) -> np.ndarray:
-        """Run the prompt; the logits of its last position ([V], a view of a reused buffer)."""
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            self.net.forward(ids[start:start + PREFILL_CHUNK], start, self.net.buf.logits, all_positions=False)
+    def _prefill(self, ids: np.ndarray, start: int = 0) -> np.ndarray:
+        """Run ids[start:] at positions start.. (the cache already holds ids[:start]); the logits
+        of the last position ([V], a view of a reused buffer)."""
+        for chunk in range(start, len(ids), PREFILL_CHUNK):
+            self.net.forward(ids[chunk:chunk + PREFILL_CHUNK], chunk, self.net.buf.logits, all_positions=False)
         return self.net.buf.logits[0]
 
     def _decode(self, token: int, position: int) -> np.ndarray:
@@ -201,16 +231,42 @@ class Model:
                                       presence_penalty=presence_penalty, seed=seed)
         ids = self._check_ids(self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt)
         stops = [stop] if isinstance(stop, str) else [s for s in (stop or ()) if s]
-        return self._generate(ids, max_tokens, params, stops)
+        return self._generate(ids, max_tokens, params, stops, reuse_cache=False)
+
+    def chat(self, messages: list[dict], max_tokens: int = 1024, *, enable_thinking: bool | None = None,
+             tools: list[dict] | None = None, **sampling) -> Iterator[GeneratedToken]:
+        """Answer the conversation `messages` with the chat template applied; yields as `generate`.
+
+        The KV cache is kept between calls: a new turn reuses it up to the longest common token
+        prefix of the new prompt and what the cache holds, and processes only the rest."""
+        prompt = self.apply_chat_template(messages, add_generation_prompt=True,
+                                          enable_thinking=enable_thinking, tools=tools)
+        stop = sampling.pop("stop", None)
+        if not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
+        params = self.sampling_params(**sampling)
+        ids = self._check_ids(self.tokenizer.encode(prompt))
+        stops = [stop] if isinstance(stop, str) else [s for s in (stop or ()) if s]
+        return self._generate(ids, max_tokens, params, stops, reuse_cache=True)
+
+    def _reusable_prefix(self, ids: np.ndarray) -> int:
+        """How many leading ids the cache already holds (at least one id is left to run)."""
+        n = min(len(self._cached_ids), len(ids) - 1)
+        cached = np.asarray(self._cached_ids[:n], dtype=np.int64)
+        differs = np.flatnonzero(cached != ids[:n])
+        return int(differs[0]) if differs.size else n
 
     def _generate(self, ids: np.ndarray, max_tokens: int, params: SamplingParams,
-                  stops: list[str]) -> Iterator[GeneratedToken]:
+                  stops: list[str], reuse_cache: bool) -> Iterator[GeneratedToken]:
         with self._exclusive():
-            self.stats = stats = GenerationStats(prompt_tokens=len(ids))
+            reused = self._reusable_prefix(ids) if reuse_cache else 0
+            self.stats = stats = GenerationStats(prompt_tokens=len(ids), reused_tokens=reused)
+            self._cached_ids = []
             if max_tokens == 0:
                 return
             started = time.perf_counter()
-            logits = self._prefill(ids)
+            logits = self._prefill(ids, reused)
+            self._cached_ids = ids.tolist()
             stats.prefill_seconds = time.perf_counter() - started
             sampler = Sampler(params, ids)
             text = _StopFilter(StreamDecoder(self.tokenizer), stops)
@@ -231,6 +287,7 @@ class Model:
                 if finish:
                     return
                 logits = self._decode(token, position)
+                self._cached_ids.append(token)
 
 
 class _Release:

@@ -2,6 +2,7 @@
 
     python -m moecc.generate --model qwen3.moecc --prompt "Once upon a time" --max-tokens 64
 
+The prompt goes through the model's chat template (as a user message) unless --raw is given.
 With no --model it runs the bundled demo model (tiny, random weights).  Token counts and
 prefill / decode speed go to stderr at the end.
 """
@@ -32,6 +33,11 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same tokens")
     p.add_argument("--stop", action="append", default=None, metavar="STRING",
                    help="stop when this string appears (not printed); repeatable")
+    p.add_argument("--system", default=None, help="a system message (chat template only)")
+    think = p.add_mutually_exclusive_group()
+    think.add_argument("--think", dest="think", action="store_true", default=None,
+                       help="enable the model's thinking (enable_thinking=True in the chat template)")
+    think.add_argument("--no-think", dest="think", action="store_false", help="enable_thinking=False")
     return p
 
 
@@ -61,11 +67,18 @@ def print_stats(stats) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m moecc.generate", "Generate text with a Qwen3-MoE model (.moecc file).")
     parser.add_argument("--prompt", default="Once upon a time", help="the prompt text (default: %(default)r)")
+    parser.add_argument("--raw", action="store_true",
+                        help="send the prompt as it is, without the model's chat template")
     args = parser.parse_args(argv)
     from moecc.format import FormatError
     try:
         model = open_model(args)
-        steps = model.generate(args.prompt, args.max_tokens, **sampling_kwargs(args))
+        prompt = args.prompt
+        if model.chat_template is not None and not args.raw:
+            messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                [{"role": "user", "content": args.prompt}]
+            prompt = model.apply_chat_template(messages, enable_thinking=args.think)
+        steps = model.generate(prompt, args.max_tokens, **sampling_kwargs(args))
         for step in steps:
             sys.stdout.write(step.text)
             sys.stdout.flush()
