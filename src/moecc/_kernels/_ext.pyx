@@ -1,0 +1,343 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Bindings for the C kernels in moecc.h.
+
+Glue only: check dtypes, shapes, contiguity and writability (TypeError for a wrong type or
+dtype, ValueError for anything else), release the GIL, call C. All maths is in C.
+"""
+import numpy as np
+
+cimport numpy as cnp
+from libc.stdint cimport int32_t, int64_t
+
+cnp.import_array()
+
+
+cdef extern from "moecc.h" nogil:
+    ctypedef enum moecc_wtype:
+        MOECC_W_F32
+        MOECC_W_BF16
+    enum:
+        MOECC_OK
+        MOECC_ERR_INDEX
+        MOECC_ERR_SHAPE
+        MOECC_ERR_WTYPE
+        MOECC_ERR_ISA
+
+    void moecc_dispatch_init()
+    int moecc_isa_count()
+    const char *moecc_isa_name(int i)
+    int moecc_isa_supported(int i)
+    int moecc_set_isa(const char *name)
+    const char *moecc_get_isa()
+    int moecc_openmp()
+    int moecc_max_threads()
+
+    void moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wtype wt,
+                      int64_t N, float *out, int threads)
+    int moecc_embedding(const void *table, moecc_wtype wt, int64_t V, int64_t D,
+                        const int32_t *ids, int64_t T, float *out, int threads)
+    void moecc_rmsnorm(const float *x, int64_t R, int64_t D, const float *weight, float eps,
+                       float *out, int threads)
+    int moecc_rope(float *x, int64_t T, int64_t H, int64_t hd, const int32_t *positions,
+                   const float *cos, const float *sin, int64_t P, int threads)
+    int moecc_router_topk(const float *logits, int64_t T, int64_t E, int64_t top_k, int normalize,
+                          int32_t *idx_out, float *weight_out, int threads)
+    int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const float *k_cache,
+                        const float *v_cache, int64_t Hkv, int64_t C, int64_t start, float *out,
+                        int threads)
+    int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t I)
+    int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
+                      const void *down, moecc_wtype wt, int64_t E, int64_t I,
+                      const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
+                      float *out, int threads)
+
+
+moecc_dispatch_init()
+
+
+# ---- checks ---------------------------------------------------------------------------------
+
+cdef int F32 = cnp.NPY_FLOAT32
+cdef int I32 = cnp.NPY_INT32
+cdef int U16 = cnp.NPY_UINT16
+_DTYPE_NAMES = {F32: "float32", I32: "int32", U16: "uint16"}
+
+
+cdef cnp.ndarray _array(object a, str name, int typenum, int ndim, bint writable=False):
+    """a as an ndarray of the given dtype and ndim (ndim < 0: any), C-contiguous."""
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if typenum >= 0 and cnp.PyArray_TYPE(arr) != typenum:
+        raise TypeError(f"{name} must have dtype {_DTYPE_NAMES[typenum]}, got {a.dtype}")
+    if ndim >= 0 and cnp.PyArray_NDIM(arr) != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if writable and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name} must be writable")
+    return arr
+
+
+cdef moecc_wtype _weights(cnp.ndarray w, str name) except *:
+    """The weight type of w: float32 -> f32, uint16 -> bf16 bit patterns."""
+    cdef int t = cnp.PyArray_TYPE(w)
+    if t == F32:
+        return MOECC_W_F32
+    if t == U16:
+        return MOECC_W_BF16
+    raise TypeError(f"{name} must be float32 or uint16 (bf16 bits), got {w.dtype}")
+
+
+cdef inline int64_t _dim(cnp.ndarray a, int i):
+    return cnp.PyArray_DIM(a, i)
+
+
+cdef _shape(cnp.ndarray a, str name, tuple expected):
+    """ValueError unless a.shape == expected."""
+    if (<object>a).shape != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {(<object>a).shape}")
+
+
+cdef _disjoint(cnp.ndarray a, str aname, cnp.ndarray b, str bname):
+    """ValueError if the buffers of a and b overlap."""
+    cdef size_t a0 = <size_t>cnp.PyArray_DATA(a), b0 = <size_t>cnp.PyArray_DATA(b)
+    cdef size_t a1 = a0 + <size_t>cnp.PyArray_NBYTES(a), b1 = b0 + <size_t>cnp.PyArray_NBYTES(b)
+    if a0 < b1 and b0 < a1:
+        raise ValueError(f"{aname} and {bname} must not overlap")
+
+
+cdef int _threads(int threads) except -1:
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return threads
+
+
+cdef inline void *_ptr(cnp.ndarray a):
+    return cnp.PyArray_DATA(a)
+
+
+# ---- dispatch -------------------------------------------------------------------------------
+
+def build_info():
+    """What was compiled and what runs: OpenMP, ISAs compiled / available here / in use."""
+    n = moecc_isa_count()
+    return {
+        "openmp": bool(moecc_openmp()),
+        "isa_compiled": [moecc_isa_name(i).decode() for i in range(n)],
+        "isa_available": [moecc_isa_name(i).decode() for i in range(n) if moecc_isa_supported(i)],
+        "isa": get_isa(),
+        "max_threads": moecc_max_threads(),
+    }
+
+
+def set_isa(str name):
+    """Use the kernels of ISA `name` ("generic", "avx2", "avx512") from now on."""
+    if moecc_set_isa(name.encode()) != MOECC_OK:
+        info = build_info()
+        if name not in info["isa_compiled"]:
+            raise ValueError(f"unknown ISA {name!r}; compiled: {info['isa_compiled']}")
+        raise ValueError(f"ISA {name!r} is not supported by this CPU; "
+                         f"available: {info['isa_available']}")
+
+
+def get_isa():
+    """Name of the ISA in use."""
+    return moecc_get_isa().decode()
+
+
+# ---- kernels --------------------------------------------------------------------------------
+
+def matmul(x, w, out, *, int threads):
+    """out[T, N] = x[T, K] @ w[N, K].T; w float32, or uint16 holding bf16."""
+    cdef cnp.ndarray ax = _array(x, "x", F32, 2)
+    cdef cnp.ndarray aw = _array(w, "w", -1, 2)
+    cdef moecc_wtype wt = _weights(aw, "w")
+    cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
+    cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1), N = _dim(aw, 0)
+    if _dim(aw, 1) != K:
+        raise ValueError(f"w must have shape (N, {K}) to match x {x.shape}, got {w.shape}")
+    _shape(ao, "out", (T, N))
+    _disjoint(ax, "x", ao, "out")
+    cdef int nt = _threads(threads)
+    cdef const float *p_ax = <const float *>_ptr(ax)
+    cdef const void *p_aw = <const void *>_ptr(aw)
+    cdef float *p_ao = <float *>_ptr(ao)
+    with nogil:
+        moecc_matmul(p_ax, T, K, p_aw, wt, N, p_ao, nt)
+
+
+def embedding(table, ids, out, *, int threads):
+    """out[t] = table[ids[t]] as float32; table [V, D] float32 or uint16 (bf16)."""
+    cdef cnp.ndarray at = _array(table, "table", -1, 2)
+    cdef moecc_wtype wt = _weights(at, "table")
+    cdef cnp.ndarray ai = _array(ids, "ids", I32, 1)
+    cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
+    cdef int64_t V = _dim(at, 0), D = _dim(at, 1), T = _dim(ai, 0)
+    _shape(ao, "out", (T, D))
+    cdef int nt = _threads(threads), rc
+    cdef const void *p_at = <const void *>_ptr(at)
+    cdef const int32_t *p_ai = <const int32_t *>_ptr(ai)
+    cdef float *p_ao = <float *>_ptr(ao)
+    with nogil:
+        rc = moecc_embedding(p_at, wt, V, D, p_ai, T,
+                             p_ao, nt)
+    if rc == MOECC_ERR_INDEX:
+        raise ValueError(f"ids out of range [0, {V})")
+
+
+def rmsnorm(x, weight, float eps, out, *, int threads):
+    """out = x / sqrt(mean(x**2, -1) + eps) * weight per row of x [R, D]; out may be x."""
+    cdef cnp.ndarray ax = _array(x, "x", F32, 2)
+    cdef cnp.ndarray aw = _array(weight, "weight", F32, 1)
+    cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
+    cdef int64_t R = _dim(ax, 0), D = _dim(ax, 1)
+    _shape(aw, "weight", (D,))
+    _shape(ao, "out", (R, D))
+    if _ptr(ao) != _ptr(ax):
+        _disjoint(ax, "x", ao, "out (unless it is x itself)")
+    cdef int nt = _threads(threads)
+    cdef const float *p_ax = <const float *>_ptr(ax)
+    cdef const float *p_aw = <const float *>_ptr(aw)
+    cdef float *p_ao = <float *>_ptr(ao)
+    with nogil:
+        moecc_rmsnorm(p_ax, R, D, p_aw, eps,
+                      p_ao, nt)
+
+
+def rope(x, positions, cos, sin, *, int threads):
+    """Rotate-half RoPE in place on x [T, H, hd] with tables cos/sin [P, hd/2]."""
+    cdef cnp.ndarray ax = _array(x, "x", F32, 3, True)
+    cdef cnp.ndarray ap = _array(positions, "positions", I32, 1)
+    cdef cnp.ndarray ac = _array(cos, "cos", F32, 2)
+    cdef cnp.ndarray as_ = _array(sin, "sin", F32, 2)
+    cdef int64_t T = _dim(ax, 0), H = _dim(ax, 1), hd = _dim(ax, 2), P = _dim(ac, 0)
+    if hd % 2:
+        raise ValueError(f"head dim must be even, got x shape {x.shape}")
+    _shape(ap, "positions", (T,))
+    _shape(ac, "cos", (P, hd // 2))
+    _shape(as_, "sin", (P, hd // 2))
+    cdef int nt = _threads(threads), rc
+    cdef float *p_ax = <float *>_ptr(ax)
+    cdef const int32_t *p_ap = <const int32_t *>_ptr(ap)
+    cdef const float *p_ac = <const float *>_ptr(ac)
+    cdef const float *p_as = <const float *>_ptr(as_)
+    with nogil:
+        rc = moecc_rope(p_ax, T, H, hd, p_ap,
+                        p_ac, p_as, P, nt)
+    if rc == MOECC_ERR_INDEX:
+        raise ValueError(f"positions out of range of the cos/sin tables [0, {P})")
+
+
+def attention(q, k_cache, v_cache, start, out, *, int threads):
+    """Causal GQA: out[t, h] = softmax(q[t, h] . K[:start+t+1] / sqrt(hd)) @ V[:start+t+1].
+
+    q, out [T, Hq, hd]; k_cache, v_cache [Hkv, C, hd] holding positions up to start+T-1."""
+    cdef cnp.ndarray aq = _array(q, "q", F32, 3)
+    cdef cnp.ndarray ak = _array(k_cache, "k_cache", F32, 3)
+    cdef cnp.ndarray av = _array(v_cache, "v_cache", F32, 3)
+    cdef cnp.ndarray ao = _array(out, "out", F32, 3, True)
+    cdef int64_t T = _dim(aq, 0), Hq = _dim(aq, 1), hd = _dim(aq, 2)
+    cdef int64_t Hkv = _dim(ak, 0), C = _dim(ak, 1)
+    cdef int64_t s = start
+    if _dim(ak, 2) != hd:
+        raise ValueError(f"k_cache head dim {k_cache.shape[2]} != q head dim {hd}")
+    _shape(av, "v_cache", (Hkv, C, hd))
+    _shape(ao, "out", (T, Hq, hd))
+    if Hkv < 1 or Hq % Hkv:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of kv heads ({Hkv})")
+    if s < 0 or s + T > C:
+        raise ValueError(f"start + T = {s} + {T} exceeds the cache length {C} (or start < 0)")
+    _disjoint(aq, "q", ao, "out")
+    _disjoint(ak, "k_cache", ao, "out")
+    _disjoint(av, "v_cache", ao, "out")
+    cdef int nt = _threads(threads), rc
+    cdef const float *p_aq = <const float *>_ptr(aq)
+    cdef const float *p_ak = <const float *>_ptr(ak)
+    cdef const float *p_av = <const float *>_ptr(av)
+    cdef float *p_ao = <float *>_ptr(ao)
+    with nogil:
+        rc = moecc_attention(p_aq, T, Hq, hd, p_ak,
+                             p_av, Hkv, C, s, p_ao, nt)
+    if rc != MOECC_OK:
+        raise ValueError("attention: inconsistent shapes or start")
+
+
+def router_topk(logits, int top_k, normalize, idx_out, weight_out, *, int threads):
+    """HF Qwen3-MoE routing: softmax over all experts, top_k by probability (ties: lower index
+    first, descending), renormalized over the k if `normalize`."""
+    cdef cnp.ndarray al = _array(logits, "logits", F32, 2)
+    cdef cnp.ndarray ai = _array(idx_out, "idx_out", I32, 2, True)
+    cdef cnp.ndarray aw = _array(weight_out, "weight_out", F32, 2, True)
+    cdef int64_t T = _dim(al, 0), E = _dim(al, 1)
+    if top_k < 1 or top_k > E:
+        raise ValueError(f"top_k must be in [1, {E}], got {top_k}")
+    _shape(ai, "idx_out", (T, top_k))
+    _shape(aw, "weight_out", (T, top_k))
+    cdef int norm = 1 if normalize else 0
+    cdef int nt = _threads(threads), rc
+    cdef const float *p_al = <const float *>_ptr(al)
+    cdef int32_t *p_ai = <int32_t *>_ptr(ai)
+    cdef float *p_aw = <float *>_ptr(aw)
+    with nogil:
+        rc = moecc_router_topk(p_al, T, E, top_k, norm,
+                               p_ai, p_aw, nt)
+    if rc != MOECC_OK:
+        raise ValueError(f"top_k must be in [1, {E}], got {top_k}")
+
+
+def moe_scratch_floats(T, top_k, D, I):
+    """Float32 elements of scratch that moe_ffn needs for T tokens, top_k experts each."""
+    if T < 0 or top_k < 0 or D < 0 or I < 0:
+        raise ValueError("moe_scratch_floats: sizes must be >= 0")
+    return int(moecc_moe_scratch_floats(T, top_k, D, I))
+
+
+def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads):
+    """out[t] = sum_j weights[t, j] * down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])),
+    e = idx[t, j]. gate, up [E, I, D] and down [E, D, I], all float32 or all uint16 (bf16).
+    scratch: float32, at least moe_scratch_floats(T, k, D, I) elements."""
+    cdef cnp.ndarray ax = _array(x, "x", F32, 2)
+    cdef cnp.ndarray ag = _array(gate, "gate", -1, 3)
+    cdef cnp.ndarray au = _array(up, "up", -1, 3)
+    cdef cnp.ndarray ad = _array(down, "down", -1, 3)
+    cdef cnp.ndarray ai = _array(idx, "idx", I32, 2)
+    cdef cnp.ndarray aw = _array(weights, "weights", F32, 2)
+    cdef cnp.ndarray asc = _array(scratch, "scratch", F32, -1, True)
+    cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
+    cdef moecc_wtype wt = _weights(ag, "gate")
+    if cnp.PyArray_TYPE(au) != cnp.PyArray_TYPE(ag) or cnp.PyArray_TYPE(ad) != cnp.PyArray_TYPE(ag):
+        raise TypeError(f"gate, up, down must share a dtype, got {gate.dtype}, {up.dtype}, "
+                        f"{down.dtype}")
+    cdef int64_t T = _dim(ax, 0), D = _dim(ax, 1)
+    cdef int64_t E = _dim(ag, 0), I = _dim(ag, 1), k = _dim(ai, 1)
+    _shape(ag, "gate", (E, I, D))
+    _shape(au, "up", (E, I, D))
+    _shape(ad, "down", (E, D, I))
+    _shape(ai, "idx", (T, k))
+    _shape(aw, "weights", (T, k))
+    _shape(ao, "out", (T, D))
+    cdef int64_t need = moecc_moe_scratch_floats(T, k, D, I)
+    if cnp.PyArray_SIZE(asc) < need:
+        raise ValueError(f"scratch has {cnp.PyArray_SIZE(asc)} floats, needs "
+                         f"moe_scratch_floats({T}, {k}, {D}, {I}) = {need}")
+    _disjoint(ax, "x", ao, "out")
+    _disjoint(asc, "scratch", ao, "out")
+    _disjoint(asc, "scratch", ax, "x")
+    _disjoint(asc, "scratch", ai, "idx")
+    _disjoint(asc, "scratch", aw, "weights")
+    cdef int nt = _threads(threads), rc
+    cdef const float *p_ax = <const float *>_ptr(ax)
+    cdef const void *p_ag = <const void *>_ptr(ag)
+    cdef const void *p_au = <const void *>_ptr(au)
+    cdef const void *p_ad = <const void *>_ptr(ad)
+    cdef const int32_t *p_ai = <const int32_t *>_ptr(ai)
+    cdef const float *p_aw = <const float *>_ptr(aw)
+    cdef float *p_asc = <float *>_ptr(asc)
+    cdef float *p_ao = <float *>_ptr(ao)
+    with nogil:
+        rc = moecc_moe_ffn(p_ax, T, D, p_ag, p_au, p_ad, wt, E, I,
+                           p_ai, p_aw, k,
+                           p_asc, p_ao, nt)
+    if rc == MOECC_ERR_INDEX:
+        raise ValueError(f"idx out of range [0, {E})")

@@ -1,0 +1,64 @@
+/* dot_generic.c -- portable C inner products: the only path on non-x86, the oracle elsewhere.
+ * Sixteen independent partial sums per dot product let the compiler vectorize the loop without
+ * reassociating floating point on its own. */
+#include "moecc.h"
+
+#define LANES 16
+
+static float sum_lanes(const float *acc) {
+    float s[LANES / 2];
+    for (int j = 0; j < LANES / 2; j++) s[j] = acc[j] + acc[j + LANES / 2];
+    for (int w = LANES / 4; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) s[j] += s[j + w];
+    return s[0];
+}
+
+static float dot_f32(int64_t K, const float *w, const float *x) {
+    float acc[LANES] = {0};
+    int64_t k = 0;
+    for (; k + LANES <= K; k += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += w[k + j] * x[k + j];
+    for (int j = 0; k + j < K; j++) acc[j] += w[k + j] * x[k + j];
+    return sum_lanes(acc);
+}
+
+static float dot_bf16(int64_t K, const uint16_t *w, const float *x) {
+    float acc[LANES] = {0};
+    int64_t k = 0;
+    for (; k + LANES <= K; k += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += moecc_bf16_to_f32(w[k + j]) * x[k + j];
+    for (int j = 0; k + j < K; j++) acc[j] += moecc_bf16_to_f32(w[k + j]) * x[k + j];
+    return sum_lanes(acc);
+}
+
+static void tile_f32(int64_t K, const void *w, int64_t ldw, int nr, const void *x, int64_t ldx,
+                     int nt, float *out, int64_t ldo) {
+    for (int t = 0; t < nt; t++) {
+        const float *xt = (const float *)((const char *)x + t * ldx);
+        for (int r = 0; r < nr; r++)
+            out[t * ldo + r] = dot_f32(K, (const float *)((const char *)w + r * ldw), xt);
+    }
+}
+
+static void tile_bf16(int64_t K, const void *w, int64_t ldw, int nr, const void *x, int64_t ldx,
+                      int nt, float *out, int64_t ldo) {
+    for (int t = 0; t < nt; t++) {
+        const float *xt = (const float *)((const char *)x + t * ldx);
+        for (int r = 0; r < nr; r++)
+            out[t * ldo + r] = dot_bf16(K, (const uint16_t *)((const char *)w + r * ldw), xt);
+    }
+}
+
+static void wsum_rows(int64_t K, int n, const float *a, const float *X, float *y) {
+    for (int j = 0; j < n; j++) {
+        const float aj = a[j];
+        const float *xj = X + (int64_t)j * K;
+        for (int64_t k = 0; k < K; k++) y[k] += aj * xj[k];
+    }
+}
+
+const moecc_isa moecc_isa_generic = {
+    .name = "generic",
+    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16},
+    .wsum_rows = wsum_rows,
+};

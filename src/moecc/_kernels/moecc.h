@@ -1,0 +1,156 @@
+/* moecc.h -- the C kernel layer of moecc: types, the per-ISA dispatch table, the kernels.
+ *
+ * Conventions
+ *   - Every array is dense and row-major (C-contiguous); sizes are int64_t.
+ *   - Activations are float32. Weights have a moecc_wtype; a weight matrix W[N, K] is N rows of
+ *     moecc_row_bytes(wtype, K) bytes each.
+ *   - Parallel kernels take `threads` (>= 1) and open one OpenMP region with num_threads(threads):
+ *     no global thread state.
+ *   - Kernels that validate indices return an error code (MOECC_OK == 0) before doing any work.
+ *
+ * The only weight-type-specific code is the register tile (moecc_tile_fn) and the row conversion in
+ * wtype.c; the loops of matmul.c and moe.c never look at the type.
+ */
+#ifndef MOECC_H
+#define MOECC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_max_threads(void) { return 1; }
+#endif
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MOECC_X86 1
+#else
+#define MOECC_X86 0
+#endif
+
+/* ---- error codes -------------------------------------------------------------------------- */
+
+enum {
+    MOECC_OK = 0,
+    MOECC_ERR_INDEX = -1, /* an id / expert index / position is out of range */
+    MOECC_ERR_SHAPE = -2, /* inconsistent sizes */
+    MOECC_ERR_WTYPE = -3, /* unknown weight type */
+    MOECC_ERR_ISA = -4,   /* ISA unknown, not compiled in, or not supported by this CPU */
+};
+
+/* ---- weight types ------------------------------------------------------------------------- */
+
+typedef enum {
+    MOECC_W_F32 = 0,  /* float32 */
+    MOECC_W_BF16 = 1, /* bfloat16 bit pattern (top 16 bits of a float32), stored as uint16 */
+    MOECC_W_NTYPES
+} moecc_wtype;
+
+/* bytes of one weight row of K elements */
+int64_t moecc_row_bytes(moecc_wtype wt, int64_t K);
+/* dequantize / widen one weight row to float32 */
+void moecc_row_to_f32(moecc_wtype wt, int64_t K, const void *row, float *out);
+
+static inline float moecc_bf16_to_f32(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---- the per-ISA table -------------------------------------------------------------------- */
+
+/* Rows of W handled by one tile call. */
+#define MOECC_TILE_ROWS 4
+
+/* The one weight-type-specific inner product, a register tile:
+ *     out[t*ldo + r] = sum_{k<K} W[r][k] * X[t][k]      r < nr (1..MOECC_TILE_ROWS), t < nt (>= 1)
+ * W row r starts at (const char *)w + r*ldw, X row t at (const char *)x + t*ldx (byte strides).
+ * X rows are float32 for every type so far; a quantized type will take its activations
+ * pre-quantized into a type-specific row format, hence the untyped pointer and the byte stride.
+ * A tile streams each of its nr weight rows once per few tokens (the ISA picks how many), so
+ * prefill reuses weights from cache and decode (nt == 1) streams them. */
+typedef void (*moecc_tile_fn)(int64_t K, const void *w, int64_t ldw, int nr,
+                              const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+
+typedef struct {
+    const char *name;                   /* "generic", "avx2", "avx512" */
+    moecc_tile_fn tile[MOECC_W_NTYPES]; /* indexed by moecc_wtype */
+    /* y[k] += sum_{j<n} a[j] * X[j][k] for k < K; X rows are K floats apart (attention's P @ V) */
+    void (*wsum_rows)(int64_t K, int n, const float *a, const float *X, float *y);
+} moecc_isa;
+
+extern const moecc_isa moecc_isa_generic; /* dot_generic.c: portable C, the oracle */
+#if MOECC_X86
+extern const moecc_isa moecc_isa_avx2;   /* dot_avx2.c:   AVX2 + FMA + F16C */
+extern const moecc_isa moecc_isa_avx512; /* dot_avx512.c: AVX-512 F/BW/VL/DQ */
+#endif
+
+/* dispatch.c: cpuid once at init; the active table is read once at the start of each kernel */
+void moecc_dispatch_init(void);
+int moecc_isa_count(void);                /* ISAs compiled in, best last */
+const char *moecc_isa_name(int i);        /* i < moecc_isa_count() */
+int moecc_isa_supported(int i);           /* compiled in and this CPU has it */
+int moecc_set_isa(const char *name);      /* MOECC_OK or MOECC_ERR_ISA */
+const char *moecc_get_isa(void);
+const moecc_isa *moecc_active_isa(void);
+int moecc_openmp(void);                   /* 1 if built with OpenMP */
+int moecc_max_threads(void);
+
+/* ---- helpers shared by the kernels ------------------------------------------------------- */
+
+/* Split [0, n) into nth chunks aligned to `align`; chunk ith is [*lo, *hi). */
+static inline void moecc_split(int64_t n, int64_t align, int nth, int ith, int64_t *lo, int64_t *hi) {
+    const int64_t blocks = (n + align - 1) / align;
+    const int64_t chunk = (blocks + nth - 1) / nth * align;
+    int64_t a = (int64_t)ith * chunk, b = a + chunk;
+    *lo = a < n ? a : n;
+    *hi = b < n ? b : n;
+}
+
+/* Tokens per block so that a block of activations (tokens x K floats) stays in L2. */
+static inline int64_t moecc_token_block(int64_t K) {
+    int64_t tb = 65536 / (K > 0 ? K : 1);
+    tb = tb < 4 ? 4 : tb > 64 ? 64 : tb;
+    return tb & ~(int64_t)3;
+}
+
+/* Below this many multiply-adds a kernel runs on one thread (the fork costs more). */
+#define MOECC_PAR_MIN 16384
+
+/* ---- kernels ------------------------------------------------------------------------------ */
+
+/* matmul.c: out[T, N] = x[T, K] @ W[N, K]^T */
+void moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wtype wt, int64_t N,
+                  float *out, int threads);
+/* rows [n0, n1) of the above with the given table, on the calling thread */
+void moecc_gemm_rows(const moecc_isa *isa, moecc_wtype wt, int64_t T, int64_t K, const float *x,
+                     const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo);
+
+/* ops.c */
+int moecc_embedding(const void *table, moecc_wtype wt, int64_t V, int64_t D, const int32_t *ids,
+                    int64_t T, float *out, int threads);
+void moecc_rmsnorm(const float *x, int64_t R, int64_t D, const float *weight, float eps, float *out,
+                   int threads);
+int moecc_rope(float *x, int64_t T, int64_t H, int64_t hd, const int32_t *positions,
+               const float *cos, const float *sin, int64_t P, int threads);
+int moecc_router_topk(const float *logits, int64_t T, int64_t E, int64_t top_k, int normalize,
+                      int32_t *idx_out, float *weight_out, int threads);
+
+/* attention.c: causal GQA over one layer's cache; q[T, Hq, hd], caches [Hkv, C, hd] */
+int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const float *k_cache,
+                    const float *v_cache, int64_t Hkv, int64_t C, int64_t start, float *out,
+                    int threads);
+
+/* moe.c: out[T, D] = sum_j weights[t, j] * SwiGLU expert idx[t, j] applied to x[t];
+ * gate, up [E, inter, D], down [E, D, inter] (not named I here: <complex.h> defines I) */
+int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t inter);
+int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
+                  const void *down, moecc_wtype wt, int64_t E, int64_t inter, const int32_t *idx,
+                  const float *weights, int64_t top_k, float *scratch, float *out, int threads);
+
+#endif /* MOECC_H */

@@ -1,0 +1,387 @@
+"""The compiled kernels against NumPy references, on every ISA this machine has, 1 and 2 threads.
+
+References are float64 on the exact weights the kernel sees (bf16 weights are widened exactly).
+Tolerances: float32 accumulation, so errors are bounded relative to the magnitude of the terms
+summed (sum |x_k w_k|), not to the result, which can cancel to ~0:
+    |got - ref| <= RTOL * magnitude + ATOL.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from moecc import _kernels as K
+
+RTOL = 1e-5
+ATOL = 1e-6
+ISAS = K.build_info()["isa_available"]
+WDTYPES = ["f32", "bf16"]
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    previous = K.get_isa()
+    K.set_isa(request.param)
+    yield request.param
+    K.set_isa(previous)
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
+def threads(request):
+    return request.param
+
+
+def to_bf16(a: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), rounded to nearest even."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bf16(h: np.ndarray) -> np.ndarray:
+    return (h.astype(np.uint32) << 16).view(np.float32)
+
+
+def weights(rng, shape, wdtype, scale=1.0):
+    """(array for the kernel, its exact value as float64)."""
+    w = (rng.standard_normal(shape) * scale).astype(np.float32)
+    if wdtype == "bf16":
+        h = to_bf16(w)
+        return h, from_bf16(h).astype(np.float64)
+    return w, w.astype(np.float64)
+
+
+def randn(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def assert_close(got, ref, magnitude, rtol=RTOL, atol=ATOL):
+    err = np.abs(got.astype(np.float64) - ref)
+    bound = rtol * magnitude + atol
+    worst = np.unravel_index(np.argmax(err - bound), err.shape) if err.size else None
+    assert np.all(err <= bound), (
+        f"max excess at {worst}: got {got[worst]}, ref {ref[worst]}, bound {bound[worst]}"
+    )
+
+
+# ---- build info and dispatch -----------------------------------------------------------------
+
+
+def test_build_info():
+    info = K.build_info()
+    assert set(info) == {"openmp", "isa_compiled", "isa_available", "isa", "max_threads"}
+    assert info["isa_compiled"][0] == "generic"
+    assert set(info["isa_available"]) <= set(info["isa_compiled"])
+    assert info["isa"] in info["isa_available"] and info["max_threads"] >= 1
+
+
+def test_set_isa_rejects_unknown():
+    with pytest.raises(ValueError, match="unknown ISA"):
+        K.set_isa("sse9")
+
+
+def test_set_isa_roundtrip(isa):
+    assert K.get_isa() == isa
+
+
+@pytest.mark.parametrize("value", ["generic", "bogus"])
+def test_env_var_forces_isa(value):
+    code = "import moecc._kernels as K; print(K.get_isa())"
+    env = dict(os.environ, MOECC_ISA=value)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if value == "bogus":
+        assert r.returncode != 0 and "MOECC_ISA='bogus'" in r.stderr
+    else:
+        assert r.returncode == 0 and r.stdout.strip() == value
+
+
+# ---- matmul ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wdtype", WDTYPES)
+@pytest.mark.parametrize("T", [1, 2, 5, 17])
+@pytest.mark.parametrize("Kd,N", [(1, 1), (7, 33), (33, 7), (129, 65), (256, 40)])
+def test_matmul(isa, threads, wdtype, T, Kd, N):
+    rng = np.random.default_rng(T * 1000 + Kd * 7 + N)
+    x = randn(rng, T, Kd)
+    w, wref = weights(rng, (N, Kd), wdtype)
+    out = np.full((T, N), np.nan, np.float32)
+    K.matmul(x, w, out, threads=threads)
+    x64 = x.astype(np.float64)
+    assert_close(out, x64 @ wref.T, np.abs(x64) @ np.abs(wref).T)
+
+
+@pytest.mark.parametrize("wdtype", WDTYPES)
+def test_matmul_several_token_blocks(isa, threads, wdtype):
+    rng = np.random.default_rng(1)
+    x = randn(rng, 70, 1000)  # 64 tokens per block at K=1000: two blocks
+    w, wref = weights(rng, (37, 1000), wdtype)
+    out = np.empty((70, 37), np.float32)
+    K.matmul(x, w, out, threads=threads)
+    x64 = x.astype(np.float64)
+    assert_close(out, x64 @ wref.T, np.abs(x64) @ np.abs(wref).T)
+
+
+# ---- embedding -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wdtype", WDTYPES)
+@pytest.mark.parametrize("D", [1, 33, 300])
+def test_embedding(threads, wdtype, D):
+    rng = np.random.default_rng(D)
+    table, ref = weights(rng, (50, D), wdtype)
+    ids = np.concatenate([[0, 49, 3, 3, 17], rng.integers(0, 50, 100)]).astype(np.int32)
+    out = np.empty((len(ids), D), np.float32)
+    K.embedding(table, ids, out, threads=threads)
+    np.testing.assert_array_equal(out, ref[ids].astype(np.float32))
+
+
+# ---- rmsnorm ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("R", [1, 5, 17])
+@pytest.mark.parametrize("D", [1, 7, 33, 129, 2048])
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_rmsnorm(threads, R, D, inplace):
+    rng = np.random.default_rng(R * D)
+    x = randn(rng, R, D) * 3
+    w = randn(rng, D)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt(np.mean(x64**2, axis=1, keepdims=True) + 1e-6) * w
+    out = x if inplace else np.empty_like(x)
+    K.rmsnorm(x, w, 1e-6, out, threads=threads)
+    assert_close(out, ref, np.abs(ref), rtol=1e-5)
+
+
+# ---- rope ------------------------------------------------------------------------------------
+
+
+def rope_tables(P, hd, theta=1e6):
+    inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    ang = np.arange(P, dtype=np.float64)[:, None] * inv[None, :]
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+@pytest.mark.parametrize("T,H", [(1, 4), (5, 3), (17, 2), (33, 8)])
+@pytest.mark.parametrize("hd", [2, 16, 64, 128])
+def test_rope(threads, T, H, hd):
+    rng = np.random.default_rng(T * hd)
+    x = randn(rng, T, H, hd)
+    pos = rng.integers(0, 300, T).astype(np.int32)
+    cos, sin = rope_tables(300, hd)
+    c, s = cos[pos][:, None, :].astype(np.float64), sin[pos][:, None, :].astype(np.float64)
+    x1, x2 = x[..., : hd // 2].astype(np.float64), x[..., hd // 2 :].astype(np.float64)
+    ref = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    K.rope(x, pos, cos, sin, threads=threads)
+    assert_close(x, ref, np.abs(np.concatenate([x1, x2], -1)) * 2)
+
+
+# ---- attention -------------------------------------------------------------------------------
+
+
+def attention_ref(q, kc, vc, start):
+    T, Hq, hd = q.shape
+    g = Hq // kc.shape[0]
+    out = np.empty((T, Hq, hd))
+    for t in range(T):
+        L = start + t + 1
+        for h in range(Hq):
+            kk, vv = kc[h // g, :L].astype(np.float64), vc[h // g, :L].astype(np.float64)
+            s = kk @ q[t, h].astype(np.float64) / np.sqrt(hd)
+            p = np.exp(s - s.max())
+            out[t, h] = (p / p.sum()) @ vv
+    return out
+
+
+@pytest.mark.parametrize("Hq,Hkv", [(4, 4), (4, 2), (8, 2)], ids=["mha", "gqa2", "gqa4"])
+@pytest.mark.parametrize("hd", [16, 64, 128])
+@pytest.mark.parametrize("T,start", [(1, 0), (1, 200), (5, 0), (5, 37), (17, 100)])
+def test_attention(isa, threads, Hq, Hkv, hd, T, start):
+    rng = np.random.default_rng(Hq * hd + T * 7 + start)
+    C = start + T + 3
+    q = randn(rng, T, Hq, hd)
+    kc = randn(rng, Hkv, C, hd)
+    vc = randn(rng, Hkv, C, hd)
+    out = np.full_like(q, np.nan)
+    K.attention(q, kc, vc, start, out, threads=threads)
+    assert_close(out, attention_ref(q, kc, vc, start), np.ones(out.shape), rtol=1e-5)
+
+
+# ---- router ----------------------------------------------------------------------------------
+
+
+def router_ref(logits, k, normalize):
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    idx = np.argsort(-p, axis=-1, kind="stable")[:, :k]
+    w = np.take_along_axis(p, idx, -1)
+    if normalize:
+        w /= w.sum(-1, keepdims=True)
+    return idx, w
+
+
+@pytest.mark.parametrize("T", [1, 5, 17])
+@pytest.mark.parametrize("E,k", [(1, 1), (8, 2), (60, 4), (128, 8), (33, 33)])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_router_topk(threads, T, E, k, normalize):
+    rng = np.random.default_rng(T * E + k)
+    logits = randn(rng, T, E) * 3
+    idx = np.empty((T, k), np.int32)
+    w = np.empty((T, k), np.float32)
+    K.router_topk(logits, k, normalize, idx, w, threads=threads)
+    ref_idx, ref_w = router_ref(logits.astype(np.float64), k, normalize)
+    np.testing.assert_array_equal(idx, ref_idx)
+    assert_close(w, ref_w, np.abs(ref_w), rtol=1e-5)
+
+
+def test_router_ties_lower_index_first(threads):
+    logits = np.array([[1.0, 3.0, 2.0, 3.0, 2.0, 0.0]], np.float32)
+    idx = np.empty((1, 4), np.int32)
+    w = np.empty((1, 4), np.float32)
+    K.router_topk(logits, 4, False, idx, w, threads=threads)
+    assert idx.tolist() == [[1, 3, 2, 4]]
+    assert w[0, 0] == w[0, 1] and w[0, 2] == w[0, 3]
+
+
+# ---- moe_ffn ---------------------------------------------------------------------------------
+
+
+def moe_ref(x, gate, up, down, idx, wts):
+    out = np.zeros(x.shape)
+    for t in range(x.shape[0]):
+        for j in range(idx.shape[1]):
+            e = idx[t, j]
+            g, u = gate[e] @ x[t], up[e] @ x[t]
+            out[t] += wts[t, j] * (down[e] @ (g / (1 + np.exp(-g)) * u))
+    return out
+
+
+def run_moe(rng, threads, wdtype, T, E, k, D, I, idx=None):
+    x = randn(rng, T, D)
+    gate, gref = weights(rng, (E, I, D), wdtype, scale=D**-0.5)
+    up, uref = weights(rng, (E, I, D), wdtype, scale=D**-0.5)
+    down, dref = weights(rng, (E, D, I), wdtype, scale=I**-0.5)
+    if idx is None:
+        idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
+    wts = rng.random((T, k)).astype(np.float32)
+    scratch = np.empty(K.moe_scratch_floats(T, k, D, I) + 5, np.float32)
+    out = np.full((T, D), np.nan, np.float32)
+    K.moe_ffn(x, gate, up, down, idx, wts, scratch, out, threads=threads)
+    ref = moe_ref(x.astype(np.float64), gref, uref, dref, idx, wts.astype(np.float64))
+    assert_close(out, ref, np.full(ref.shape, np.abs(ref).max()), rtol=2e-5)
+
+
+@pytest.mark.parametrize("wdtype", WDTYPES)
+@pytest.mark.parametrize(
+    "T,E,k,D,I",
+    [
+        (1, 8, 2, 33, 7),
+        (1, 16, 4, 128, 96),
+        (2, 4, 2, 7, 33),
+        (5, 6, 3, 129, 17),
+        (17, 8, 2, 64, 40),
+        (33, 16, 4, 65, 31),
+        (1, 1, 1, 33, 129),  # dense SwiGLU MLP
+        (17, 1, 1, 64, 96),
+    ],
+)
+def test_moe_ffn(isa, threads, wdtype, T, E, k, D, I):
+    run_moe(np.random.default_rng(T * 100 + E * 10 + D), threads, wdtype, T, E, k, D, I)
+
+
+@pytest.mark.parametrize("wdtype", WDTYPES)
+def test_moe_ffn_routing_edge_cases(isa, threads, wdtype):
+    # expert 0 and 5 get no tokens; expert 3 appears twice in one token's list; all tokens share 1
+    idx = np.array([[1, 3, 3], [1, 2, 4], [4, 1, 2], [1, 3, 2], [2, 4, 1]], np.int32)
+    run_moe(np.random.default_rng(5), threads, wdtype, 5, 6, 3, 20, 11, idx=idx)
+    run_moe(np.random.default_rng(6), threads, wdtype, 1, 6, 3, 20, 11, idx=idx[:1])
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+
+def f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+def test_errors_matmul():
+    x, w, out = f32(2, 8), f32(4, 8), f32(2, 4)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        K.matmul(x.astype(np.float64), w, out, threads=1)
+    with pytest.raises(TypeError, match="float32 or uint16"):
+        K.matmul(x, w.astype(np.float16), out, threads=1)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        K.matmul(x.tolist(), w, out, threads=1)
+    with pytest.raises(ValueError, match="shape"):
+        K.matmul(x, f32(4, 7), out, threads=1)
+    with pytest.raises(ValueError, match="out must have shape"):
+        K.matmul(x, w, f32(2, 5), threads=1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.matmul(f32(2, 16)[:, ::2], w, out, threads=1)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        K.matmul(x, w, out, threads=1)
+    with pytest.raises(ValueError, match="threads"):
+        K.matmul(x, w, f32(2, 4), threads=0)
+    with pytest.raises(TypeError):
+        K.matmul(x, w, f32(2, 4))  # threads is required
+
+
+def test_errors_embedding_rope_router():
+    table = f32(10, 4)
+    for bad in ([10], [-1]):
+        with pytest.raises(ValueError, match="ids out of range"):
+            K.embedding(table, np.array(bad, np.int32), f32(1, 4), threads=1)
+    with pytest.raises(TypeError, match="int32"):
+        K.embedding(table, np.array([1], np.int64), f32(1, 4), threads=1)
+    cos, sin = rope_tables(8, 4)
+    with pytest.raises(ValueError, match="positions out of range"):
+        K.rope(f32(1, 2, 4), np.array([8], np.int32), cos, sin, threads=1)
+    with pytest.raises(ValueError, match="even"):
+        K.rope(f32(1, 2, 5), np.array([0], np.int32), cos, sin, threads=1)
+    with pytest.raises(ValueError, match="top_k"):
+        K.router_topk(f32(1, 4), 5, True, np.zeros((1, 5), np.int32), f32(1, 5), threads=1)
+
+
+def test_errors_attention():
+    q, kc, out = f32(2, 4, 16), f32(2, 8, 16), f32(2, 4, 16)
+    with pytest.raises(ValueError, match="exceeds the cache"):
+        K.attention(q, kc, kc, 7, out, threads=1)
+    with pytest.raises(ValueError, match="multiple of kv heads"):
+        K.attention(f32(2, 3, 16), kc, kc, 0, f32(2, 3, 16), threads=1)
+    with pytest.raises(ValueError, match="head dim"):
+        K.attention(q, f32(2, 8, 8), f32(2, 8, 8), 0, out, threads=1)
+    with pytest.raises(ValueError, match="threads"):
+        K.attention(q, kc, kc, 0, out, threads=-1)
+
+
+def test_errors_moe():
+    T, E, k, D, I = 2, 4, 2, 8, 6
+    args = dict(
+        x=f32(T, D), gate=f32(E, I, D), up=f32(E, I, D), down=f32(E, D, I),
+        idx=np.zeros((T, k), np.int32), weights=f32(T, k),
+        scratch=f32(K.moe_scratch_floats(T, k, D, I)), out=f32(T, D),
+    )
+
+    def call(**changes):
+        a = dict(args, **changes)
+        K.moe_ffn(a["x"], a["gate"], a["up"], a["down"], a["idx"], a["weights"],
+                  a["scratch"], a["out"], threads=1)
+
+    call()
+    with pytest.raises(ValueError, match="idx out of range"):
+        call(idx=np.array([[0, 4], [1, 2]], np.int32))
+    with pytest.raises(ValueError, match="idx out of range"):
+        call(idx=np.array([[0, -1], [1, 2]], np.int32))
+    with pytest.raises(ValueError, match="scratch"):
+        call(scratch=f32(3))
+    with pytest.raises(TypeError, match="share a dtype"):
+        call(up=np.zeros((E, I, D), np.uint16))
+    with pytest.raises(ValueError, match="down must have shape"):
+        call(down=f32(E, I, D))
+    with pytest.raises(ValueError, match="overlap"):
+        call(out=args["x"])
