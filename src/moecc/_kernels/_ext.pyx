@@ -135,8 +135,11 @@ def set_isa(str name):
     """Use the kernels of ISA `name` ("generic", "avx2", "avx512") from now on."""
     if moecc_set_isa(name.encode()) != MOECC_OK:
         info = build_info()
+        if name not in ("generic", "avx2", "avx512"):
+            raise ValueError(f"unknown ISA {name!r}; expected generic, avx2 or avx512")
         if name not in info["isa_compiled"]:
-            raise ValueError(f"unknown ISA {name!r}; compiled: {info['isa_compiled']}")
+            raise ValueError(f"ISA {name!r} is not compiled into this build; "
+                             f"compiled: {info['isa_compiled']}")
         raise ValueError(f"ISA {name!r} is not supported by this CPU; "
                          f"available: {info['isa_available']}")
 

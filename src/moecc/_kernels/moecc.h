@@ -26,10 +26,14 @@ static inline int omp_get_num_threads(void) { return 1; }
 static inline int omp_get_max_threads(void) { return 1; }
 #endif
 
+/* x86 SIMD paths are compiled in on gcc/clang for x86; -DMOECC_X86=0 builds the portable path only
+ * (what an ARM build gets) */
+#ifndef MOECC_X86
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MOECC_X86 1
 #else
 #define MOECC_X86 0
+#endif
 #endif
 
 /* ---- error codes -------------------------------------------------------------------------- */
