@@ -149,10 +149,10 @@ def test_refuses_an_unsupported_dtype(tmp_path, reference, capsys):
     shard = sorted(p for p in os.listdir(src) if p.endswith(".safetensors"))[0]
     raw = (src / shard).read_bytes()
     (n,) = struct.unpack_from("<Q", raw)
-    header = raw[8:8 + n].replace(b'"BF16"', b'"I64"', 1)
+    header = raw[8:8 + n].replace(b'"BF16"', b'"I16" ', 1)
     (src / shard).write_bytes(raw[:8] + header + raw[8 + n:])
     code, err = _run([str(src), "-o", str(tmp_path / "m.moecc"), "--quiet"], capsys)
-    assert code == 2 and "I64" in err
+    assert code == 2 and "I16" in err
 
 
 def test_does_not_overwrite_without_force(tmp_path, reference, capsys):

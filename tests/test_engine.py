@@ -33,8 +33,8 @@ def test_greedy_generation_matches_transformers(reference, converted):
 
 def test_tokenizer_matches_reference_ids(reference, converted):
     model = moecc.load(converted(reference.case, "bf16"))
-    for text, ids in zip(reference.meta["prompts"], (ids for ids, _ in reference.prompts())):
-        assert model.tokenizer.encode(text) == ids.tolist()
+    for prompt, (ids, _) in zip(reference.meta["prompts"], reference.prompts()):
+        assert model.tokenizer.encode(prompt["text"]) == ids.tolist()
 
 
 def test_decode_through_cache_equals_full_recompute(converted):

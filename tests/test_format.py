@@ -26,7 +26,7 @@ def _header(data: bytearray) -> tuple[dict, int, int]:
 
 def _with_header(data: bytearray, header: dict) -> bytearray:
     _, length, _ = _header(data)
-    blob = json.dumps(header).encode()
+    blob = json.dumps(header, separators=(",", ":")).encode()
     assert len(blob) <= length
     data[32:32 + length] = blob + b" " * (length - len(blob))
     return data

@@ -139,7 +139,7 @@ class Checkpoint:
 
     def input_paths(self) -> list[str]:
         names = set(self.weight_map.values()) | set(EMBEDDED_FILES) | {"model.safetensors.index.json"}
-        return [os.path.join(self.folder, n) for n in sorted(names)]
+        return [p for p in (os.path.join(self.folder, n) for n in sorted(names)) if os.path.exists(p)]
 
     def source_bytes(self) -> int:
         return sum(os.path.getsize(os.path.join(self.folder, s)) for s in set(self.weight_map.values()))
