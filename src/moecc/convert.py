@@ -1,6 +1,6 @@
 """moecc-convert: a Hugging Face qwen3_moe checkpoint folder -> one .moecc file, in one pass.
 
-    moecc-convert path/to/Qwen3-30B-A3B -o qwen3.moecc --quant bf16
+    moecc-convert path/to/Qwen3-30B-A3B -o qwen3.moecc --quant q4 --group-size 32
 
 Tensors stream one at a time (experts one expert at a time, big matrices in row blocks) from
 the memory-mapped shards through the storage encoder into the file, so peak memory is bounded
@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,13 +25,45 @@ from . import __version__, format, quant
 from .checkpoint import Checkpoint, CheckpointError
 from .config import ConfigError, TensorSpec, tensor_specs
 
-STORAGE_TYPES = ("f32", "bf16")
+STORAGE_TYPES = ("f32", "bf16", "q8", "q4")
 ALWAYS_F32 = ("norm", "router")  # small, and precision-sensitive (routing decisions)
+MATRIX_ROLES = ("embed", "attn", "experts", "mlp", "lm_head")
 _BLOCK_BYTES = 64 << 20  # big 2-D tensors are converted in row blocks of about this size
 
 
-def storage_dtype(spec: TensorSpec, quant_type: str) -> str:
-    return "f32" if spec.role in ALWAYS_F32 else quant_type
+@dataclass(frozen=True)
+class StoragePlan:
+    """How each class of tensor is stored: `quant` for every weight matrix, except the roles in
+    `overrides` (e.g. {"attn": "bf16"}); norms and the router always in f32."""
+    quant: str = "bf16"
+    group_size: int = 32
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        for role, dtype in ((None, self.quant), *self.overrides):
+            if dtype not in STORAGE_TYPES:
+                raise ValueError(f"storage type {dtype!r} is not supported; choose one of {', '.join(STORAGE_TYPES)}")
+            if role is not None and role not in MATRIX_ROLES:
+                raise ValueError(f"unknown class of tensors {role!r}; choose from {', '.join(MATRIX_ROLES)}")
+        if self.group_size not in quant.GROUP_SIZES:
+            raise ValueError(f"group size {self.group_size} is not supported; choose one of "
+                             f"{', '.join(map(str, quant.GROUP_SIZES))}")
+
+    def storage(self, spec: TensorSpec) -> tuple[str, int]:
+        """(dtype, group size or 0) of one tensor; ValueError if its rows cannot be grouped."""
+        if spec.role in ALWAYS_F32:
+            return "f32", 0
+        dtype = dict(self.overrides).get(spec.role, self.quant)
+        if dtype not in quant.QUANTIZED:
+            return dtype, 0
+        K = spec.shape[-1]
+        if K % self.group_size:
+            working = [g for g in quant.GROUP_SIZES if K % g == 0]
+            hint = (f"use --group-size {' or '.join(map(str, working))}" if working else
+                    f"no supported group size divides {K}; store this class unquantized with --keep {spec.role}")
+            raise ValueError(f"tensor {spec.name} has rows of {K} values, which groups of "
+                             f"{self.group_size} do not divide: {hint}")
+        return dtype, self.group_size
 
 
 def _source_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarray, str]]:
@@ -66,11 +99,11 @@ def _expert_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarr
         yield fused[e, half], ckpt.source_dtype(fused_name)
 
 
-def convert(hf_dir: str, out_path: str, quant_type: str = "bf16", force: bool = False,
+def convert(hf_dir: str, out_path: str, plan: StoragePlan | str = "bf16", force: bool = False,
             progress: bool = True) -> dict:
-    """Convert `hf_dir` into `out_path`.  Returns statistics (bytes, seconds)."""
-    if quant_type not in STORAGE_TYPES:
-        raise ValueError(f"--quant {quant_type!r} is not supported; choose one of {', '.join(STORAGE_TYPES)}")
+    """Convert `hf_dir` into `out_path` (`plan`: a StoragePlan, or just the storage type of the
+    weight matrices).  Returns statistics (bytes, seconds)."""
+    plan = StoragePlan(plan) if isinstance(plan, str) else plan
     ckpt = Checkpoint(hf_dir)
     out_abs = os.path.abspath(out_path)
     if os.path.isdir(out_abs):
@@ -81,17 +114,19 @@ def convert(hf_dir: str, out_path: str, quant_type: str = "bf16", force: bool = 
         raise FileExistsError(f"{out_path} exists; pass --force to overwrite it")
 
     specs = tensor_specs(ckpt.config)
-    table = [(s.name, storage_dtype(s, quant_type), s.shape) for s in specs]
+    table = [(s.name, *plan.storage(s)) for s in specs]
     files = ckpt.embedded_files()
-    info = {"moecc": __version__, "source": os.path.basename(os.path.abspath(hf_dir)), "quant": quant_type}
+    info = {"moecc": __version__, "source": os.path.basename(os.path.abspath(hf_dir)), "quant": plan.quant,
+            "group_size": plan.group_size, "overrides": dict(plan.overrides)}
     started = time.perf_counter()
     from tqdm import tqdm
-    writer = format.Writer(out_abs, ckpt.config.to_dict(), table, files, info)
+    writer = format.Writer(out_abs, ckpt.config.to_dict(), [(s.name, d, s.shape, g) for s, (_, d, g) in
+                                                             zip(specs, table)], files, info)
     with writer, tqdm(total=writer.data_size, unit="B", unit_scale=True, disable=not progress,
                       desc=os.path.basename(out_path)) as bar:
-        for spec, (_, dtype, _) in zip(specs, table):
+        for spec, (_, dtype, group_size) in zip(specs, table):
             for part, source_dtype in _source_parts(ckpt, spec):
-                encoded = quant.encode(part, source_dtype, dtype)
+                encoded = quant.encode(part, source_dtype, dtype, group_size)
                 writer.write(spec.name, encoded)
                 bar.update(encoded.nbytes)
     seconds = time.perf_counter() - started
@@ -110,13 +145,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("hf_dir", help="folder of the Hugging Face checkpoint")
     parser.add_argument("-o", "--output", required=True, help="the .moecc file to write")
     parser.add_argument("--quant", default="bf16", choices=STORAGE_TYPES,
-                        help="storage type of the weight matrices (norms and router stay f32); default bf16")
+                        help="storage type of the weight matrices: f32, bf16, q8 or q4 (group-wise, "
+                             "fp16 scales); norms and the router always stay f32. Default bf16")
+    parser.add_argument("--group-size", type=int, default=32, choices=quant.GROUP_SIZES,
+                        help="values per quantization group for q8 / q4 (default 32)")
+    parser.add_argument("--keep", default="", metavar="CLASSES",
+                        help="comma-separated classes of tensors to keep in bf16 instead: "
+                             f"{', '.join(MATRIX_ROLES)} (e.g. --keep attn,lm_head)")
+    parser.add_argument("--class-quant", action="append", default=[], metavar="CLASS=TYPE",
+                        help="store one class of tensors as another type, e.g. --class-quant attn=q8; repeatable")
     parser.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        stats = convert(args.hf_dir, args.output, args.quant, force=args.force, progress=not args.quiet)
+        overrides = [(role, "bf16") for role in filter(None, (r.strip() for r in args.keep.split(",")))]
+        for item in args.class_quant:
+            role, sep, dtype = item.partition("=")
+            if not sep:
+                raise ValueError(f"--class-quant {item!r}: write CLASS=TYPE, e.g. attn=q8")
+            overrides.append((role.strip(), dtype.strip()))
+        plan = StoragePlan(args.quant, args.group_size, tuple(overrides))
+        stats = convert(args.hf_dir, args.output, plan, force=args.force, progress=not args.quiet)
     except KeyboardInterrupt:
         print("moecc-convert: interrupted; nothing was written", file=sys.stderr)
         return 130

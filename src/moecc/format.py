@@ -20,11 +20,16 @@ The JSON header is an object::
      "files":   [{"name": str, "offset": int, "size": int, "crc32": int}, ...],
      "writer":  {...}}            # who wrote it and how (informational)
 
-`offset` is relative to D.  `size` is the exact byte count, which must equal what `dtype` and
-`shape` imply.  Tensor dtypes (each row-major, last dimension contiguous):
+`offset` is relative to D.  `size` is the exact byte count, which must equal what `dtype`,
+`shape` (and `group_size`) imply.  Tensor dtypes (each row-major, last dimension contiguous;
+`shape` is always the logical shape, [..., rows, K]):
 
     f32   IEEE float32
     bf16  bfloat16: the upper 16 bits of a float32, stored as uint16
+    q8    8-bit group-wise quantized, entry field "group_size": G
+    q4    4-bit group-wise quantized, entry field "group_size": G
+
+The byte layout of a q8 / q4 row is specified in `moecc.quant` (values, then fp16 scales).
 
 Stacked experts are 3-D tensors [experts, rows, cols]: each expert's matrix is contiguous, so a
 kernel reads one expert in one sweep.  `files` are the tokenizer and generation files of the
@@ -46,16 +51,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import quant
+
 MAGIC = b"MOECC\x00\x00\x01"
 VERSION = 1
 DATA_ALIGNMENT = 4096  # the data section starts on a page, so mmapped tensors are page-aligned
 TENSOR_ALIGNMENT = 64  # one cache line / one AVX-512 register
 _PREAMBLE = struct.Struct("<8sIIQQ")
 
-# dtype name -> (bytes per element, numpy dtype of the view handed to the kernels)
+# dtype name -> numpy dtype of the view handed to the kernels (quantized rows are raw bytes)
 DTYPES = {
-    "f32": (4, np.dtype(np.float32)),
-    "bf16": (2, np.dtype(np.uint16)),
+    "f32": np.dtype(np.float32),
+    "bf16": np.dtype(np.uint16),
+    "q8": np.dtype(np.uint8),
+    "q4": np.dtype(np.uint8),
 }
 
 
@@ -63,8 +72,10 @@ class FormatError(ValueError):
     """The file is not a valid .moecc file (damaged, truncated or from a newer moecc)."""
 
 
-def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
-    return DTYPES[dtype][0] * int(np.prod(shape, dtype=np.int64))
+def tensor_nbytes(dtype: str, shape: tuple[int, ...], group_size: int = 0) -> int:
+    """Bytes of a tensor; ValueError when `group_size` cannot cut its rows."""
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    return rows * quant.row_bytes(dtype, shape[-1], group_size)
 
 
 def _align(n: int, a: int) -> int:
@@ -80,11 +91,14 @@ class Entry:
     crc32: int = 0
     dtype: str = ""  # "" for embedded files
     shape: tuple[int, ...] = ()
+    group_size: int = 0  # quantized dtypes only
 
     def to_json(self) -> dict:
         d = {"name": self.name, "offset": self.offset, "size": self.size, "crc32": self.crc32}
         if self.dtype:
             d.update(dtype=self.dtype, shape=list(self.shape))
+        if self.group_size:
+            d.update(group_size=self.group_size)
         return d
 
 
@@ -103,17 +117,19 @@ class Writer:
     """
 
     def __init__(self, path: str | os.PathLike, config: dict,
-                 tensors: list[tuple[str, str, tuple[int, ...]]], files: dict[str, bytes],
+                 tensors: list[tuple[str, str, tuple[int, ...], int]], files: dict[str, bytes],
                  writer_info: dict | None = None):
+        """`tensors`: (name, dtype, logical shape, group size or 0), in the order they will be written."""
         self.path = os.fspath(path)
         self._files = files
         self._order: list[Entry] = []
         offset = 0
-        for name, dtype, shape in tensors:
+        for name, dtype, shape, group_size in tensors:
             if dtype not in DTYPES:
                 raise ValueError(f"unknown tensor dtype {dtype!r} for {name}")
-            size = tensor_nbytes(dtype, shape)
-            self._order.append(Entry(name, offset, size, dtype=dtype, shape=tuple(int(s) for s in shape)))
+            size = tensor_nbytes(dtype, shape, group_size)
+            self._order.append(Entry(name, offset, size, dtype=dtype, shape=tuple(int(s) for s in shape),
+                                     group_size=group_size))
             offset = _align(offset + size, TENSOR_ALIGNMENT)
         self._file_entries = []
         for name, blob in files.items():
@@ -143,7 +159,8 @@ class Writer:
     def _header_bytes(self, placeholder: bool = False) -> bytes:
         def crc(e: Entry) -> int:
             return 0xFFFFFFFF if placeholder else self._crcs[e.name]
-        tensors = [Entry(e.name, e.offset, e.size, crc(e), e.dtype, e.shape).to_json() for e in self._order]
+        tensors = [Entry(e.name, e.offset, e.size, crc(e), e.dtype, e.shape, e.group_size).to_json()
+                   for e in self._order]
         files = [e.to_json() for e in self._file_entries]
         header = {"config": self._config, "tensors": tensors, "files": files, "writer": self._writer_info}
         return json.dumps(header, separators=(",", ":")).encode()
@@ -279,6 +296,7 @@ class ModelFile:
             offset, size, crc = int(raw["offset"]), int(raw["size"]), int(raw.get("crc32", 0))
             dtype = str(raw["dtype"]) if tensor else ""
             shape = tuple(int(s) for s in raw["shape"]) if tensor else ()
+            group_size = int(raw.get("group_size", 0)) if tensor else 0
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{self.path}: {what} {name} has a malformed entry; the file is damaged") from None
         if tensor:
@@ -287,23 +305,29 @@ class ModelFile:
                                   f"does not know ({', '.join(DTYPES)}); upgrade moecc")
             if not shape or any(s <= 0 for s in shape):
                 raise FormatError(f"{self.path}: tensor {name} has invalid shape {list(shape)}")
-            if size != tensor_nbytes(dtype, shape):
+            try:
+                expected = tensor_nbytes(dtype, shape, group_size)
+            except ValueError as e:
+                raise FormatError(f"{self.path}: tensor {name}: {e}; the file is damaged") from None
+            if size != expected:
                 raise FormatError(f"{self.path}: tensor {name} is {size} bytes but a {dtype} "
-                                  f"{list(shape)} needs {tensor_nbytes(dtype, shape)}; the file is damaged")
+                                  f"{list(shape)} needs {expected}; the file is damaged")
             if offset % TENSOR_ALIGNMENT:
                 raise FormatError(f"{self.path}: tensor {name} at offset {offset} is not "
                                   f"{TENSOR_ALIGNMENT}-byte aligned; the file is damaged")
         if offset < 0 or size < 0 or offset + size > self.data_size:
             raise FormatError(f"{self.path}: {what} {name} (offset {offset}, {size} bytes) lies past "
                               f"the end of the file; the file is truncated or damaged")
-        return Entry(name, offset, size, crc, dtype, shape)
+        return Entry(name, offset, size, crc, dtype, shape, group_size if dtype in quant.QUANTIZED else 0)
 
     def tensor(self, name: str) -> np.ndarray:
-        """A read-only view of tensor `name`, in the dtype the kernels take (see DTYPES)."""
+        """A read-only view of tensor `name`, in the dtype the kernels take (see DTYPES); a
+        quantized tensor is viewed as bytes [..., rows, row_bytes]."""
         e = self.tensors[name]
-        view_dtype = DTYPES[e.dtype][1]
+        view_dtype = DTYPES[e.dtype]
         count = e.size // view_dtype.itemsize
-        return np.frombuffer(self._mm, view_dtype, count, self.data_offset + e.offset).reshape(e.shape)
+        row = quant.row_bytes(e.dtype, e.shape[-1], e.group_size) // view_dtype.itemsize
+        return np.frombuffer(self._mm, view_dtype, count, self.data_offset + e.offset).reshape(*e.shape[:-1], row)
 
     def file_bytes(self, name: str) -> bytes | None:
         e = self.files.get(name)

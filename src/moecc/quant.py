@@ -1,6 +1,20 @@
 """Storage types in NumPy: encode float32 weights into a .moecc dtype and decode them back.
 
 This is the oracle the C kernels are tested against.  bf16 is kept as its raw uint16 bits.
+
+Group-wise quantized types store a weight matrix [N, K] row by row; each row of K values is cut
+into K/G groups of G consecutive values (G in GROUP_SIZES), and holds, in this order:
+
+    q8:  int8   q[K]           q = round(w / d), d = max|w| / 127 over the group
+         fp16   d[K/G]         one scale per group
+    q4:  uint8  packed[K/2]    group g occupies bytes g*G/2 .. (g+1)*G/2 - 1; byte j of a group
+                               holds value j in its low nibble and value j + G/2 in its high
+                               nibble, each as q + 8 in 0..15
+         fp16   d[K/G]         q = clamp(round(w / d), -8, 7), d = m / -8 where m is the value
+                               of largest magnitude in the group (so m itself maps to -8 exactly)
+
+so w ~= d * q (4.5 bits per weight for q4 at G = 32, 8.5 for q8).  A stacked tensor [E, N, K]
+is E such matrices, one after another.  `row_bytes` gives a row's size.
 """
 from __future__ import annotations
 
@@ -8,6 +22,61 @@ import numpy as np
 
 # how a Hugging Face safetensors dtype is viewed by checkpoint.py
 SOURCE_DTYPES = ("F32", "F16", "BF16")
+QUANTIZED = ("q8", "q4")
+GROUP_SIZES = (32, 64, 128, 256)
+
+
+def row_bytes(dtype: str, K: int, group_size: int = 0) -> int:
+    """Bytes of one stored row of K values."""
+    if dtype == "f32":
+        return 4 * K
+    if dtype == "bf16":
+        return 2 * K
+    if dtype in QUANTIZED:
+        if group_size not in GROUP_SIZES or K % group_size:
+            raise ValueError(f"{dtype}: a row of {K} values cannot be cut into groups of {group_size}")
+        groups = K // group_size
+        return (K if dtype == "q8" else K // 2) + 2 * groups
+    raise ValueError(f"unknown storage dtype {dtype!r}")
+
+
+def quantize(values: np.ndarray, dtype: str, group_size: int) -> np.ndarray:
+    """float32 [..., K] -> uint8 [..., row_bytes]: the rows as a q8 / q4 tensor stores them."""
+    values = np.asarray(values, dtype=np.float32)
+    *lead, K = values.shape
+    row_bytes(dtype, K, group_size)  # validates the grouping
+    groups = values.reshape(*lead, K // group_size, group_size)
+    if dtype == "q8":
+        scale = np.abs(groups).max(axis=-1) / np.float32(127)
+        inv = np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0)
+        q = np.clip(np.round(groups * inv[..., None]), -127, 127).astype(np.int8)
+        packed = q.reshape(*lead, K).view(np.uint8)
+    else:
+        index = np.abs(groups).argmax(axis=-1)[..., None]
+        scale = np.take_along_axis(groups, index, axis=-1)[..., 0] / np.float32(-8)
+        inv = np.divide(1, scale, out=np.zeros_like(scale), where=scale != 0)
+        q = (np.clip(np.round(groups * inv[..., None]), -8, 7) + 8).astype(np.uint8)
+        half = group_size // 2
+        packed = (q[..., :half] | (q[..., half:] << 4)).reshape(*lead, K // 2)
+    scales = scale.astype(np.float16).view(np.uint8).reshape(*lead, -1)
+    return np.concatenate([packed, scales], axis=-1)
+
+
+def dequantize(stored: np.ndarray, dtype: str, K: int, group_size: int) -> np.ndarray:
+    """uint8 [..., row_bytes] -> float32 [..., K]."""
+    stored = np.asarray(stored).view(np.uint8)
+    *lead, nbytes = stored.shape
+    if nbytes != row_bytes(dtype, K, group_size):
+        raise ValueError(f"{dtype} rows of {K} values in groups of {group_size} take "
+                         f"{row_bytes(dtype, K, group_size)} bytes, not {nbytes}")
+    groups = K // group_size
+    scales = np.ascontiguousarray(stored[..., nbytes - 2 * groups:]).view(np.float16).astype(np.float32)
+    if dtype == "q8":
+        q = stored[..., :K].view(np.int8).astype(np.float32)
+    else:
+        packed = stored[..., :K // 2].reshape(*lead, groups, group_size // 2)
+        q = np.concatenate([packed & 15, packed >> 4], axis=-1).astype(np.float32) - 8
+    return (q.reshape(*lead, groups, group_size) * scales[..., None]).reshape(*lead, K)
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -33,7 +102,7 @@ def source_to_f32(array: np.ndarray, source_dtype: str) -> np.ndarray:
     raise ValueError(f"unsupported source dtype {source_dtype}")
 
 
-def encode(array: np.ndarray, source_dtype: str, dtype: str) -> np.ndarray:
+def encode(array: np.ndarray, source_dtype: str, dtype: str, group_size: int = 0) -> np.ndarray:
     """Checkpoint data (as checkpoint.py views it) -> the bytes of a .moecc tensor of `dtype`."""
     if dtype == "bf16" and source_dtype == "BF16":
         return array  # already bf16 bits: copy as is
@@ -42,13 +111,28 @@ def encode(array: np.ndarray, source_dtype: str, dtype: str) -> np.ndarray:
         return values
     if dtype == "bf16":
         return f32_to_bf16(values)
+    if dtype in QUANTIZED:
+        return quantize(values, dtype, group_size)
     raise ValueError(f"unknown storage dtype {dtype!r}")
 
 
-def decode(stored: np.ndarray, dtype: str) -> np.ndarray:
-    """A .moecc tensor view -> float32 values."""
+def decode(stored: np.ndarray, dtype: str, K: int = 0, group_size: int = 0) -> np.ndarray:
+    """A .moecc tensor view -> float32 values (K: the logical row length, for quantized types)."""
     if dtype == "f32":
         return np.asarray(stored, dtype=np.float32)
     if dtype == "bf16":
         return bf16_to_f32(stored)
+    if dtype in QUANTIZED:
+        return dequantize(stored, dtype, K, group_size)
     raise ValueError(f"unknown storage dtype {dtype!r}")
+
+
+def quantize_activations(x: np.ndarray, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The reference for the kernels' activation quantization: float32 [..., K] -> int8 values
+    and float32 scales [..., K/block], x ~= scale * q, scale = max|x| / 127 per block."""
+    x = np.asarray(x, dtype=np.float32)
+    blocks = x.reshape(*x.shape[:-1], -1, block)
+    scale = np.abs(blocks).max(axis=-1) / np.float32(127)
+    inv = np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0)
+    q = np.clip(np.round(blocks * inv[..., None]), -127, 127).astype(np.int8)
+    return q.reshape(x.shape), scale
