@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 [{"role": "user", "content": args.prompt}]
             prompt = model.apply_chat_template(messages, enable_thinking=args.think)
         steps = model.generate(prompt, args.max_tokens, **sampling_kwargs(args))
+        if prompt.rstrip().endswith("<think>"):  # a template that opens the thinking itself (2507)
+            sys.stdout.write("<think>\n")
         for step in steps:
             sys.stdout.write(step.text)
             sys.stdout.flush()
