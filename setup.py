@@ -70,7 +70,7 @@ class BuildExt(build_ext):
                 file=sys.stderr,
             )
         for ext in self.extensions:
-            ext.extra_compile_args = flags + ([OPENMP_FLAG] if openmp else [])
+            ext.extra_compile_args = flags + ([OPENMP_FLAG] if openmp else ["-Wno-unknown-pragmas"])
             ext.extra_link_args = [OPENMP_FLAG] if openmp else []
         super().build_extensions()
 

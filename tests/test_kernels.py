@@ -103,7 +103,7 @@ def test_env_var_forces_isa(value):
 
 
 @pytest.mark.parametrize("wdtype", WDTYPES)
-@pytest.mark.parametrize("T", [1, 2, 5, 17])
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 7, 17])
 @pytest.mark.parametrize("Kd,N", [(1, 1), (7, 33), (33, 7), (129, 65), (256, 40)])
 def test_matmul(isa, threads, wdtype, T, Kd, N):
     rng = np.random.default_rng(T * 1000 + Kd * 7 + N)
@@ -209,6 +209,16 @@ def test_attention(isa, threads, Hq, Hkv, hd, T, start):
     out = np.full_like(q, np.nan)
     K.attention(q, kc, vc, start, out, threads=threads)
     assert_close(out, attention_ref(q, kc, vc, start), np.ones(out.shape), rtol=1e-5)
+
+
+def test_attention_peaked_scores(isa, threads):
+    # large logits: exp arguments from 0 down past the float32 underflow of exp (-87)
+    rng = np.random.default_rng(7)
+    q = randn(rng, 3, 4, 64) * 4
+    kc, vc = randn(rng, 2, 150, 64) * 4, randn(rng, 2, 150, 64)
+    out = np.empty_like(q)
+    K.attention(q, kc, vc, 147, out, threads=threads)
+    assert_close(out, attention_ref(q, kc, vc, 147), np.ones(out.shape), rtol=1e-5)
 
 
 # ---- router ----------------------------------------------------------------------------------

@@ -36,12 +36,7 @@ static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, con
             }
             const float mnew = bmax > m[i] ? bmax : m[i];
             const float corr = expf(m[i] - mnew); /* 0 on the first block */
-            float sum = 0.0f;
-            for (int j = 0; j < nb; j++) {
-                s[i][j] = expf(s[i][j] - mnew);
-                sum += s[i][j];
-            }
-            l[i] = l[i] * corr + sum;
+            l[i] = l[i] * corr + isa->exp_sum(nb, s[i], mnew);
             m[i] = mnew;
             float *oi = o + i * hd;
             if (corr != 1.0f)

@@ -10,6 +10,7 @@
 
 #define LANES 8
 #define TILE_TOKENS 2 /* 4 rows x 2 tokens = 8 accumulators of the 16 ymm registers */
+#define UNROLL 4      /* accumulators along K when streaming one row for one token */
 
 /* 8 weights of a row starting at element k, widened to float32 */
 INLINE TARGET __m256 load_w(const int wt, const char *row, int64_t k) {
@@ -32,26 +33,34 @@ INLINE TARGET float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* NR x NT dot products with all accumulators in registers (NR, NT compile-time constants);
- * the K % 8 tail is done in scalar code */
-INLINE TARGET void block(const int wt, const int NR, const int NT, int64_t K, const char *w,
-                         int64_t ldw, const char *x, int64_t ldx, float *out, int64_t ldo) {
-    __m256 acc[MOECC_TILE_ROWS][TILE_TOKENS];
+/* NR rows x NT tokens of dot products, all accumulators in registers; U accumulators per pair
+ * along K (NR, NT, U compile-time constants). 4 x 2 is the prefill block; 1 x NT with U > 1
+ * streams a single weight row, which the hardware prefetcher likes best. The K % 8 tail is
+ * scalar. */
+INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, int64_t K,
+                         const char *w, int64_t ldw, const char *x, int64_t ldx, float *out,
+                         int64_t ldo) {
+    __m256 acc[MOECC_TILE_ROWS][TILE_TOKENS][UNROLL];
     for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
+        for (int t = 0; t < NT; t++)
+            for (int u = 0; u < U; u++) acc[r][t][u] = _mm256_setzero_ps();
     int64_t k = 0;
-    for (; k + LANES <= K; k += LANES) {
-        __m256 xv[TILE_TOKENS];
-        for (int t = 0; t < NT; t++) xv[t] = _mm256_loadu_ps((const float *)(x + t * ldx) + k);
-        for (int r = 0; r < NR; r++) {
-            const __m256 wv = load_w(wt, w + r * ldw, k);
-            for (int t = 0; t < NT; t++) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+    for (; k + LANES * U <= K; k += LANES * U) {
+        for (int u = 0; u < U; u++) {
+            __m256 xv[TILE_TOKENS];
+            for (int t = 0; t < NT; t++)
+                xv[t] = _mm256_loadu_ps((const float *)(x + t * ldx) + k + LANES * u);
+            for (int r = 0; r < NR; r++) {
+                const __m256 wv = load_w(wt, w + r * ldw, k + LANES * u);
+                for (int t = 0; t < NT; t++) acc[r][t][u] = _mm256_fmadd_ps(wv, xv[t], acc[r][t][u]);
+            }
         }
     }
     for (int t = 0; t < NT; t++) {
         const float *xt = (const float *)(x + t * ldx);
         for (int r = 0; r < NR; r++) {
-            float s = hsum(acc[r][t]);
+            for (int u = 1; u < U; u++) acc[r][t][0] = _mm256_add_ps(acc[r][t][0], acc[r][t][u]);
+            float s = hsum(acc[r][t][0]);
             for (int64_t j = k; j < K; j++) s += scalar_w(wt, w + r * ldw, j) * xt[j];
             out[t * ldo + r] = s;
         }
@@ -61,20 +70,18 @@ INLINE TARGET void block(const int wt, const int NR, const int NT, int64_t K, co
 INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
     const char *wp = (const char *)w, *xp = (const char *)x;
-    if (nr == MOECC_TILE_ROWS) {
-        int t = 0;
-        for (; t + TILE_TOKENS <= nt; t += TILE_TOKENS)
-            block(wt, MOECC_TILE_ROWS, TILE_TOKENS, K, wp, ldw, xp + t * ldx, ldx, out + t * ldo, ldo);
-        for (; t < nt; t++)
-            block(wt, MOECC_TILE_ROWS, 1, K, wp, ldw, xp + t * ldx, ldx, out + t * ldo, ldo);
-        return;
-    }
+    int t0 = 0;
+    if (nr == MOECC_TILE_ROWS)
+        for (; t0 + TILE_TOKENS <= nt; t0 += TILE_TOKENS)
+            block(wt, MOECC_TILE_ROWS, TILE_TOKENS, 1, K, wp, ldw, xp + t0 * ldx, ldx,
+                  out + t0 * ldo, ldo);
     for (int r = 0; r < nr; r++) {
-        int t = 0;
+        const char *wr = wp + r * ldw;
+        float *o = out + r;
+        int t = t0;
         for (; t + TILE_TOKENS <= nt; t += TILE_TOKENS)
-            block(wt, 1, TILE_TOKENS, K, wp + r * ldw, ldw, xp + t * ldx, ldx, out + t * ldo + r, ldo);
-        for (; t < nt; t++)
-            block(wt, 1, 1, K, wp + r * ldw, ldw, xp + t * ldx, ldx, out + t * ldo + r, ldo);
+            block(wt, 1, TILE_TOKENS, 2, K, wr, ldw, xp + t * ldx, ldx, o + t * ldo, ldo);
+        if (t < nt) block(wt, 1, 1, UNROLL, K, wr, ldw, xp + t * ldx, ldx, o + t * ldo, ldo);
     }
 }
 
@@ -119,10 +126,52 @@ static TARGET void wsum_rows(int64_t K, int n, const float *a, const float *X, f
     }
 }
 
+/* exp(x) for x <= 0, 8 lanes (as exp_nonpos in dot_generic.c) */
+INLINE TARGET __m256 exp_nonpos(__m256 x) {
+    const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(MOECC_EXP_MIN), _CMP_GE_OQ);
+    const __m256 xc = _mm256_max_ps(x, _mm256_set1_ps(MOECC_EXP_MIN));
+    const __m256 fi = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(MOECC_LOG2E)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(MOECC_LN2_HI), xc);
+    r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(MOECC_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(MOECC_EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(MOECC_EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(MOECC_EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(MOECC_EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(MOECC_EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(MOECC_EXP_P5));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fi), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(live, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+}
+
+static TARGET float exp_sum(int n, float *s, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 sum = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        const __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+        _mm256_storeu_ps(s + j, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float total = hsum(sum);
+    if (j < n) { /* the tail through a padded copy, so the scalar path is the same polynomial */
+        float buf[LANES];
+        for (int i = 0; i < LANES; i++) buf[i] = j + i < n ? s[j + i] - m : MOECC_EXP_MIN - 1.0f;
+        _mm256_storeu_ps(buf, exp_nonpos(_mm256_loadu_ps(buf)));
+        for (int i = 0; j + i < n; i++) {
+            s[j + i] = buf[i];
+            total += buf[i];
+        }
+    }
+    return total;
+}
+
 const moecc_isa moecc_isa_avx2 = {
     .name = "avx2",
     .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16},
     .wsum_rows = wsum_rows,
+    .exp_sum = exp_sum,
 };
 
 #endif /* MOECC_X86 */

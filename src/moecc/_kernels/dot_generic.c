@@ -1,6 +1,8 @@
 /* dot_generic.c -- portable C inner products: the only path on non-x86, the oracle elsewhere.
  * Sixteen independent partial sums per dot product let the compiler vectorize the loop without
  * reassociating floating point on its own. */
+#include <math.h>
+
 #include "moecc.h"
 
 #define LANES 16
@@ -57,8 +59,36 @@ static void wsum_rows(int64_t K, int n, const float *a, const float *X, float *y
     }
 }
 
+/* exp(x) for x <= 0, the reference for the SIMD versions; plain C the compiler can vectorize */
+static inline float exp_nonpos(float x) {
+    const float xc = x < MOECC_EXP_MIN ? MOECC_EXP_MIN : x;
+    const float fi = nearbyintf(xc * MOECC_LOG2E);
+    const float r = (xc - fi * MOECC_LN2_HI) - fi * MOECC_LN2_LO;
+    float p = MOECC_EXP_P0;
+    p = p * r + MOECC_EXP_P1;
+    p = p * r + MOECC_EXP_P2;
+    p = p * r + MOECC_EXP_P3;
+    p = p * r + MOECC_EXP_P4;
+    p = p * r + MOECC_EXP_P5;
+    p = p * r * r + r + 1.0f;
+    const uint32_t bits = (uint32_t)((int32_t)fi + 127) << 23; /* 2^i, i in [-126, 0] */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x < MOECC_EXP_MIN ? 0.0f : p * scale;
+}
+
+static float exp_sum(int n, float *s, float m) {
+    float sum = 0.0f;
+    for (int j = 0; j < n; j++) {
+        s[j] = exp_nonpos(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
+}
+
 const moecc_isa moecc_isa_generic = {
     .name = "generic",
     .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16},
     .wsum_rows = wsum_rows,
+    .exp_sum = exp_sum,
 };

@@ -86,7 +86,23 @@ typedef struct {
     moecc_tile_fn tile[MOECC_W_NTYPES]; /* indexed by moecc_wtype */
     /* y[k] += sum_{j<n} a[j] * X[j][k] for k < K; X rows are K floats apart (attention's P @ V) */
     void (*wsum_rows)(int64_t K, int n, const float *a, const float *X, float *y);
+    /* s[j] = exp(s[j] - m) for j < n, returns their sum; m >= every s[j] (softmax numerators).
+     * Relative error ~2 ulp; arguments below MOECC_EXP_MIN give 0. */
+    float (*exp_sum)(int n, float *s, float m);
 } moecc_isa;
+
+/* exp(x) is computed as 2^i * p(r), x = i*ln2 + r, |r| <= ln2/2, p a degree-6 polynomial */
+#define MOECC_EXP_MIN (-87.0f) /* below: 0 (2^i would leave the normal range) */
+#define MOECC_LOG2E 1.44269504088896341f
+#define MOECC_LN2_HI 0.693359375f     /* ln2 split so that i * LN2_HI is exact */
+#define MOECC_LN2_LO (-2.12194440e-4f)
+/* e^r ~ 1 + r + r^2 * (P5 + r*(P4 + r*(P3 + r*(P2 + r*(P1 + r*P0))))) on |r| <= ln2/2 */
+#define MOECC_EXP_P0 1.9875691500e-4f
+#define MOECC_EXP_P1 1.3981999507e-3f
+#define MOECC_EXP_P2 8.3334519073e-3f
+#define MOECC_EXP_P3 4.1665795894e-2f
+#define MOECC_EXP_P4 1.6666665459e-1f
+#define MOECC_EXP_P5 5.0000001201e-1f
 
 extern const moecc_isa moecc_isa_generic; /* dot_generic.c: portable C, the oracle */
 #if MOECC_X86
