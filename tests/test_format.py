@@ -121,3 +121,17 @@ def test_damaged_data_found_by_verify(tmp_path, converted):
     clean = format.ModelFile(source)
     assert clean.verify() == []
     clean.close()
+
+
+def test_inspect_reports_classes_and_verifies(converted, capsys, tmp_path):
+    from moecc import inspect_file
+    path = converted("main", "bf16")
+    assert inspect_file.main([path, "--json", "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["damaged"] == []
+    assert info["classes"]["experts"]["dtypes"] == ["bf16"] and info["classes"]["norm"]["dtypes"] == ["f32"]
+    assert info["classes"]["experts"]["bits_per_weight"] == 16
+    damaged = _damaged(tmp_path, path, lambda d: d[:-100] + bytes([d[-100] ^ 1]) + d[-99:])
+    assert inspect_file.main([str(damaged), "--verify"]) == 1
+    assert "DAMAGED" in capsys.readouterr().out
+    assert inspect_file.main([str(tmp_path / "missing.moecc")]) == 2
