@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -101,23 +102,36 @@ class Model:
             check_tensor_table(self.file, self.config)
             max_ctx = self.config.max_position_embeddings
             ctx = min(max_ctx, DEFAULT_MAX_CTX) if ctx is None else ctx
-            if not isinstance(ctx, (int, np.integer)) or not 1 <= ctx <= max_ctx:
-                raise ValueError(f"ctx must be between 1 and the model's max_position_embeddings "
-                                 f"({max_ctx}), got {ctx!r}")
-            tokenizer_json = self.file.file_bytes("tokenizer.json")
-            if tokenizer_json is None:
-                raise format.FormatError(f"{self.file.path} embeds no tokenizer.json; re-convert it")
-            self.tokenizer = Tokenizer(tokenizer_json, self.file.file_bytes("tokenizer_config.json"))
-            generation_config = self.file.file_bytes("generation_config.json")
-            self.generation_config: dict = json.loads(generation_config) if generation_config else {}
-            self.eos_token_ids = self._eos_ids()
-            self.chat_template = self._chat_template()
+            if not isinstance(ctx, (int, np.integer)) or ctx < 1:
+                raise ValueError(f"ctx must be a positive integer, got {ctx!r}")
+            if ctx > max_ctx:
+                warnings.warn(f"ctx {ctx} is longer than the model was trained for "
+                              f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=3)
+            self._read_embedded_files()
             self.net = Transformer(self.config, self.file.tensor, int(ctx), int(threads))
         except BaseException:
             self.file.close()
             raise
         self.stats = GenerationStats()
         self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
+
+    def _read_embedded_files(self) -> None:
+        tokenizer_json = self.file.file_bytes("tokenizer.json")
+        if tokenizer_json is None:
+            raise format.FormatError(f"{self.file.path} embeds no tokenizer.json; re-convert it")
+        try:
+            self.tokenizer = Tokenizer(tokenizer_json, self.file.file_bytes("tokenizer_config.json"))
+            generation_config = self.file.file_bytes("generation_config.json")
+            self.generation_config: dict = json.loads(generation_config) if generation_config else {}
+            if not isinstance(self.generation_config, dict):
+                raise ValueError("generation_config.json is not a JSON object")
+            self.eos_token_ids = self._eos_ids()
+            self.chat_template = self._chat_template()
+        except format.FormatError:
+            raise
+        except Exception as e:  # tokenizers raises plain Exception for a malformed tokenizer.json
+            raise format.FormatError(f"{self.file.path}: an embedded tokenizer or generation file is "
+                                     f"unreadable ({e}); re-convert the model") from None
 
     @property
     def ctx(self) -> int:
@@ -167,7 +181,7 @@ class Model:
             raise ValueError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.config.vocab_size - 1})")
         if ids.size > self.ctx:
             raise ValueError(f"the prompt has {ids.size} tokens but the context holds {self.ctx}; "
-                             f"shorten it or load with a larger ctx= (up to {self.config.max_position_embeddings})")
+                             "shorten it or load with a larger ctx=")
         return ids.astype(np.int32)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:

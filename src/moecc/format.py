@@ -330,8 +330,14 @@ class ModelFile:
         return np.frombuffer(self._mm, view_dtype, count, self.data_offset + e.offset).reshape(*e.shape[:-1], row)
 
     def file_bytes(self, name: str) -> bytes | None:
+        """An embedded file's bytes (None if absent), checked against its CRC-32."""
         e = self.files.get(name)
-        return None if e is None else bytes(self._mm[self.data_offset + e.offset:self.data_offset + e.offset + e.size])
+        if e is None:
+            return None
+        blob = bytes(self._mm[self.data_offset + e.offset:self.data_offset + e.offset + e.size])
+        if zlib.crc32(blob) != e.crc32:
+            raise FormatError(f"{self.path}: embedded file {name} is damaged (CRC-32 mismatch); re-convert the model")
+        return blob
 
     def verify(self) -> list[str]:
         """Names of tensors and files whose bytes do not match their stored CRC-32."""
