@@ -11,6 +11,7 @@
 #define LANES 8
 #define TILE_TOKENS 2 /* 4 rows x 2 tokens = 8 accumulators of the 16 ymm registers */
 #define UNROLL 4      /* accumulators along K when streaming one row for one token */
+#define MAX_ACC 16    /* NR * NT * U never exceeds this */
 
 /* 8 weights of a row starting at element k, widened to float32 */
 INLINE TARGET __m256 load_w(const int wt, const char *row, int64_t k) {
@@ -33,55 +34,66 @@ INLINE TARGET float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* Accumulator of row r, token t, K-lane group u in a block of NR x NT: acc[ACC(r, t, u)] */
+#define ACC(r, t, u) (((u) * NR + (r)) * NT + (t))
+
 /* NR rows x NT tokens of dot products, all accumulators in registers; U accumulators per pair
  * along K (NR, NT, U compile-time constants). 4 x 2 is the prefill block; 1 x NT with U > 1
  * streams a single weight row, which the hardware prefetcher likes best. The K % 8 tail is
  * scalar. */
-INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, int64_t K,
-                         const char *w, int64_t ldw, const char *x, int64_t ldx, float *out,
-                         int64_t ldo) {
-    __m256 acc[MOECC_TILE_ROWS][TILE_TOKENS][UNROLL];
-    for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++)
-            for (int u = 0; u < U; u++) acc[r][t][u] = _mm256_setzero_ps();
+INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, const int PF,
+                         int64_t K, const char *w, int64_t ldw, const char *x, int64_t ldx,
+                         float *out, int64_t ldo) {
+    __m256 acc[MAX_ACC];
+    for (int i = 0; i < NR * NT * U; i++) acc[i] = _mm256_setzero_ps();
+    /* PF: sweep-prefetch the next NR rows (contiguous after ours) while computing, turning NR
+     * interleaved DRAM streams into one sequential stream */
+    const char *pf = w + NR * ldw;
+    const int64_t pf_step = PF ? NR * ldw * LANES * U / K : 0;
     int64_t k = 0;
     for (; k + LANES * U <= K; k += LANES * U) {
+        for (int64_t b = 0; b < pf_step; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+        pf += pf_step;
         for (int u = 0; u < U; u++) {
             __m256 xv[TILE_TOKENS];
             for (int t = 0; t < NT; t++)
                 xv[t] = _mm256_loadu_ps((const float *)(x + t * ldx) + k + LANES * u);
             for (int r = 0; r < NR; r++) {
                 const __m256 wv = load_w(wt, w + r * ldw, k + LANES * u);
-                for (int t = 0; t < NT; t++) acc[r][t][u] = _mm256_fmadd_ps(wv, xv[t], acc[r][t][u]);
+                for (int t = 0; t < NT; t++) acc[ACC(r, t, u)] = _mm256_fmadd_ps(wv, xv[t], acc[ACC(r, t, u)]);
             }
         }
     }
-    for (int t = 0; t < NT; t++) {
-        const float *xt = (const float *)(x + t * ldx);
-        for (int r = 0; r < NR; r++) {
-            for (int u = 1; u < U; u++) acc[r][t][0] = _mm256_add_ps(acc[r][t][0], acc[r][t][u]);
-            float s = hsum(acc[r][t][0]);
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) {
+            __m256 sum = acc[ACC(r, t, 0)];
+            for (int u = 1; u < U; u++) sum = _mm256_add_ps(sum, acc[ACC(r, t, u)]);
+            const float *xt = (const float *)(x + t * ldx);
+            float s = hsum(sum);
             for (int64_t j = k; j < K; j++) s += scalar_w(wt, w + r * ldw, j) * xt[j];
             out[t * ldo + r] = s;
         }
-    }
 }
+
+#undef ACC
 
 INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
     const char *wp = (const char *)w, *xp = (const char *)x;
     int t0 = 0;
-    if (nr == MOECC_TILE_ROWS)
-        for (; t0 + TILE_TOKENS <= nt; t0 += TILE_TOKENS)
-            block(wt, MOECC_TILE_ROWS, TILE_TOKENS, 1, K, wp, ldw, xp + t0 * ldx, ldx,
+    if (nr == MOECC_TILE_ROWS && nt >= TILE_TOKENS) { /* the first pass fetches the next rows */
+        block(wt, MOECC_TILE_ROWS, TILE_TOKENS, 1, 1, K, wp, ldw, xp, ldx, out, ldo);
+        for (t0 = TILE_TOKENS; t0 + TILE_TOKENS <= nt; t0 += TILE_TOKENS)
+            block(wt, MOECC_TILE_ROWS, TILE_TOKENS, 1, 0, K, wp, ldw, xp + t0 * ldx, ldx,
                   out + t0 * ldo, ldo);
+    }
     for (int r = 0; r < nr; r++) {
         const char *wr = wp + r * ldw;
         float *o = out + r;
         int t = t0;
         for (; t + TILE_TOKENS <= nt; t += TILE_TOKENS)
-            block(wt, 1, TILE_TOKENS, 2, K, wr, ldw, xp + t * ldx, ldx, o + t * ldo, ldo);
-        if (t < nt) block(wt, 1, 1, UNROLL, K, wr, ldw, xp + t * ldx, ldx, o + t * ldo, ldo);
+            block(wt, 1, TILE_TOKENS, 2, 0, K, wr, ldw, xp + t * ldx, ldx, o + t * ldo, ldo);
+        if (t < nt) block(wt, 1, 1, UNROLL, 0, K, wr, ldw, xp + t * ldx, ldx, o + t * ldo, ldo);
     }
 }
 
