@@ -179,11 +179,35 @@ static TARGET float exp_sum(int n, float *s, float m) {
     return total;
 }
 
+/* as swiglu in dot_generic.c: sigmoid from e = exp(-|z|) */
+INLINE TARGET __m256 swiglu8(__m256 z, __m256 u) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 nabs = _mm256_or_ps(z, _mm256_set1_ps(-0.0f)); /* -|z| */
+    const __m256 e = exp_nonpos(nabs);
+    const __m256 pos = _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GE_OQ);
+    const __m256 sig = _mm256_div_ps(_mm256_blendv_ps(e, one, pos), _mm256_add_ps(one, e));
+    return _mm256_mul_ps(_mm256_mul_ps(z, sig), u);
+}
+
+static TARGET void swiglu(int64_t n, float *g, const float *u) {
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        _mm256_storeu_ps(g + i, swiglu8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+    if (i < n) { /* the tail through a padded copy */
+        float gb[LANES] = {0}, ub[LANES] = {0};
+        memcpy(gb, g + i, (size_t)(n - i) * sizeof(float));
+        memcpy(ub, u + i, (size_t)(n - i) * sizeof(float));
+        _mm256_storeu_ps(gb, swiglu8(_mm256_loadu_ps(gb), _mm256_loadu_ps(ub)));
+        memcpy(g + i, gb, (size_t)(n - i) * sizeof(float));
+    }
+}
+
 const moecc_isa moecc_isa_avx2 = {
     .name = "avx2",
     .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
+    .swiglu = swiglu,
 };
 
 #endif /* MOECC_X86 */

@@ -164,11 +164,25 @@ static TARGET float exp_sum(int n, float *s, float m) {
     return _mm512_reduce_add_ps(sum);
 }
 
+/* as swiglu in dot_generic.c: sigmoid from e = exp(-|z|) */
+static TARGET void swiglu(int64_t n, float *g, const float *u) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += LANES) {
+        const __mmask16 k = n - i >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 z = _mm512_maskz_loadu_ps(k, g + i);
+        const __m512 e = exp_nonpos(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(z)));
+        const __mmask16 pos = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ);
+        const __m512 sig = _mm512_div_ps(_mm512_mask_blend_ps(pos, e, one), _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(_mm512_mul_ps(z, sig), _mm512_maskz_loadu_ps(k, u + i)));
+    }
+}
+
 const moecc_isa moecc_isa_avx512 = {
     .name = "avx512",
     .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
+    .swiglu = swiglu,
 };
 
 #endif /* MOECC_X86 */

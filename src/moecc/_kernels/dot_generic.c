@@ -86,9 +86,19 @@ static float exp_sum(int n, float *s, float m) {
     return sum;
 }
 
+/* sigmoid through exp of a non-positive argument only: e = exp(-|z|) */
+static void swiglu(int64_t n, float *g, const float *u) {
+    for (int64_t i = 0; i < n; i++) {
+        const float z = g[i], e = exp_nonpos(-fabsf(z));
+        const float sig = (z >= 0.0f ? 1.0f : e) / (1.0f + e);
+        g[i] = z * sig * u[i];
+    }
+}
+
 const moecc_isa moecc_isa_generic = {
     .name = "generic",
     .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
+    .swiglu = swiglu,
 };

@@ -11,8 +11,6 @@
  *   3. out[t] += weight * down[e] @ h[p]: each thread owns a share of the D output columns, so
  *      the scatter-add never races.
  * Scratch (from the caller, reused across calls): order[P], tmp[P] (int32), xg[P, D], h[P, I]. */
-#include <math.h>
-
 #include "moecc.h"
 
 #define MAX_TOKEN_BLOCK 64 /* moecc_token_block() never exceeds this */
@@ -53,9 +51,9 @@ static int64_t segment_end(const int32_t *order, const int32_t *idx, int64_t p, 
 
 /* rows [i0, i1) of h[n, I] = silu(xs @ G^T) * (xs @ U^T); xs: n rows of D floats, ldx bytes
  * apart (0: the same row n times); G, U: rows of wb bytes */
-static void gate_up_rows(moecc_tile_fn tile, int64_t D, const char *G, const char *U, int64_t wb,
-                         const float *xs, int64_t ldx, int64_t n, int64_t i0, int64_t i1, float *h,
-                         int64_t I) {
+static void gate_up_rows(const moecc_isa *isa, moecc_tile_fn tile, int64_t D, const char *G,
+                         const char *U, int64_t wb, const float *xs, int64_t ldx, int64_t n,
+                         int64_t i0, int64_t i1, float *h, int64_t I) {
     float g[MAX_TOKEN_BLOCK * MOECC_TILE_ROWS], u[MAX_TOKEN_BLOCK * MOECC_TILE_ROWS];
     const int64_t tb = moecc_token_block(D);
     for (int64_t t0 = 0; t0 < n; t0 += tb) {
@@ -65,12 +63,11 @@ static void gate_up_rows(moecc_tile_fn tile, int64_t D, const char *G, const cha
             const int nr = (int)(i1 - i < MOECC_TILE_ROWS ? i1 - i : MOECC_TILE_ROWS);
             tile(D, G + i * wb, wb, nr, xb, ldx, nt, g, MOECC_TILE_ROWS);
             tile(D, U + i * wb, wb, nr, xb, ldx, nt, u, MOECC_TILE_ROWS);
+            if (nr == MOECC_TILE_ROWS) isa->swiglu(nt * MOECC_TILE_ROWS, g, u);
             for (int t = 0; t < nt; t++) {
-                float *ht = h + (t0 + t) * I + i;
-                for (int r = 0; r < nr; r++) {
-                    const float z = g[t * MOECC_TILE_ROWS + r];
-                    ht[r] = z / (1.0f + expf(-z)) * u[t * MOECC_TILE_ROWS + r];
-                }
+                float *gt = g + t * MOECC_TILE_ROWS;
+                if (nr < MOECC_TILE_ROWS) isa->swiglu(nr, gt, u + t * MOECC_TILE_ROWS);
+                memcpy(h + (t0 + t) * I + i, gt, (size_t)nr * sizeof(float));
             }
         }
     }
@@ -112,7 +109,8 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
     float *h = xg + (gathered ? pad16(P * D) : 0);
     sort_by_expert(P, idx, order, tmp);
 
-    const moecc_tile_fn tile = moecc_active_isa()->tile[wt];
+    const moecc_isa *isa = moecc_active_isa();
+    const moecc_tile_fn tile = isa->tile[wt];
     const int64_t wbD = moecc_row_bytes(wt, D), wbI = moecc_row_bytes(wt, I);
     const char *G = (const char *)gate, *U = (const char *)up, *Wd = (const char *)down;
 
@@ -131,7 +129,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
         for (int64_t p = 0, q; p < P; p = q) {
             q = segment_end(order, idx, p, P);
             const int64_t e = idx[order[p]];
-            gate_up_rows(tile, D, G + e * I * wbD, U + e * I * wbD, wbD,
+            gate_up_rows(isa, tile, D, G + e * I * wbD, U + e * I * wbD, wbD,
                          gathered ? xg + p * D : x, ldx, q - p, i0, i1, h + p * I, I);
         }
         for (int64_t t = 0; t < T; t++)

@@ -89,6 +89,8 @@ typedef struct {
     /* s[j] = exp(s[j] - m) for j < n, returns their sum; m >= every s[j] (softmax numerators).
      * Relative error ~2 ulp; arguments below MOECC_EXP_MIN give 0. */
     float (*exp_sum)(int n, float *s, float m);
+    /* g[i] = silu(g[i]) * u[i] for i < n, silu(z) = z / (1 + exp(-z))  (SwiGLU) */
+    void (*swiglu)(int64_t n, float *g, const float *u);
 } moecc_isa;
 
 /* exp(x) is computed as 2^i * p(r), x = i*ln2 + r, |r| <= ln2/2, p a degree-6 polynomial */
