@@ -60,7 +60,8 @@ INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, 
                 xv[t] = _mm256_loadu_ps((const float *)(x + t * ldx) + k + LANES * u);
             for (int r = 0; r < NR; r++) {
                 const __m256 wv = load_w(wt, w + r * ldw, k + LANES * u);
-                for (int t = 0; t < NT; t++) acc[ACC(r, t, u)] = _mm256_fmadd_ps(wv, xv[t], acc[ACC(r, t, u)]);
+                for (int t = 0; t < NT; t++)
+                    acc[ACC(r, t, u)] = _mm256_fmadd_ps(wv, xv[t], acc[ACC(r, t, u)]);
             }
         }
     }
@@ -153,7 +154,8 @@ INLINE TARGET __m256 exp_nonpos(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(MOECC_EXP_P4));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(MOECC_EXP_P5));
     p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fi), _mm256_set1_epi32(127)), 23);
+    const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(fi), _mm256_set1_epi32(127));
+    const __m256i bits = _mm256_slli_epi32(biased, 23);
     return _mm256_and_ps(live, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
 }
 

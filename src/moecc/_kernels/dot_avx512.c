@@ -35,7 +35,8 @@ INLINE TARGET void fma_step(const int wt, const int NR, const int NT, const int 
         for (int t = 0; t < NT; t++) {
             const float *xt = (const float *)(x + t * ldx) + k + LANES * u;
             const __m512 xv = _mm512_maskz_loadu_ps(m, xt);
-            for (int r = 0; r < NR; r++) acc[ACC(r, t, u)] = _mm512_fmadd_ps(wv[r], xv, acc[ACC(r, t, u)]);
+            for (int r = 0; r < NR; r++)
+                acc[ACC(r, t, u)] = _mm512_fmadd_ps(wv[r], xv, acc[ACC(r, t, u)]);
         }
     }
 }
@@ -130,7 +131,8 @@ static TARGET void wsum_rows(int64_t K, int n, const float *a, const float *X, f
         const __mmask16 m = K - k >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
         __m512 yv = _mm512_maskz_loadu_ps(m, y + k);
         for (int j = 0; j < n; j++)
-            yv = _mm512_fmadd_ps(_mm512_set1_ps(a[j]), _mm512_maskz_loadu_ps(m, X + (int64_t)j * K + k), yv);
+            yv = _mm512_fmadd_ps(_mm512_set1_ps(a[j]),
+                                 _mm512_maskz_loadu_ps(m, X + (int64_t)j * K + k), yv);
         _mm512_mask_storeu_ps(y + k, m, yv);
     }
 }
@@ -157,7 +159,8 @@ static TARGET float exp_sum(int n, float *s, float m) {
     __m512 sum = _mm512_setzero_ps();
     for (int j = 0; j < n; j += LANES) {
         const __mmask16 k = n - j >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
-        const __m512 e = _mm512_maskz_mov_ps(k, exp_nonpos(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), mv)));
+        const __m512 arg = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), mv);
+        const __m512 e = _mm512_maskz_mov_ps(k, exp_nonpos(arg));
         _mm512_mask_storeu_ps(s + j, k, e);
         sum = _mm512_add_ps(sum, e);
     }
@@ -173,7 +176,8 @@ static TARGET void swiglu(int64_t n, float *g, const float *u) {
         const __m512 e = exp_nonpos(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(z)));
         const __mmask16 pos = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ);
         const __m512 sig = _mm512_div_ps(_mm512_mask_blend_ps(pos, e, one), _mm512_add_ps(one, e));
-        _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(_mm512_mul_ps(z, sig), _mm512_maskz_loadu_ps(k, u + i)));
+        const __m512 uv = _mm512_maskz_loadu_ps(k, u + i);
+        _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(_mm512_mul_ps(z, sig), uv));
     }
 }
 

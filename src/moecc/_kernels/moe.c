@@ -1,6 +1,7 @@
 /* moe.c -- the SwiGLU experts of a MoE layer; with E = 1, k = 1 also a dense SwiGLU MLP.
  *
- *   out[t] = sum_j weights[t, j] * down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])),  e = idx[t, j]
+ *   out[t] = sum_j weights[t, j] * down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])),
+ *   e = idx[t, j]
  *
  * The T*k (token, slot) pairs are sorted by expert so each expert's tokens form one segment, and
  * each segment is one small GEMM: every expert's weights are read once per call, not per token.

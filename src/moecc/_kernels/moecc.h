@@ -126,7 +126,8 @@ int moecc_max_threads(void);
 /* ---- helpers shared by the kernels ------------------------------------------------------- */
 
 /* Split [0, n) into nth chunks aligned to `align`; chunk ith is [*lo, *hi). */
-static inline void moecc_split(int64_t n, int64_t align, int nth, int ith, int64_t *lo, int64_t *hi) {
+static inline void moecc_split(int64_t n, int64_t align, int nth, int ith, int64_t *lo,
+                               int64_t *hi) {
     const int64_t blocks = (n + align - 1) / align;
     const int64_t chunk = (blocks + nth - 1) / nth * align;
     int64_t a = (int64_t)ith * chunk, b = a + chunk;
