@@ -56,7 +56,6 @@ class Qwen3MoeConfig:
         if model_type != "qwen3_moe":
             raise ConfigError(f"model_type is {model_type!r}; moecc runs only 'qwen3_moe' "
                               "(Qwen3-30B-A3B, Qwen3-Coder-30B-A3B, Qwen3-235B-A22B, ...)")
-        _refuse_unsupported(raw)
 
         def need(key: str, *aliases: str):
             for k in (key, *aliases):
@@ -65,13 +64,25 @@ class Qwen3MoeConfig:
             raise ConfigError(f"config.json has no {key!r}" +
                               (f" (nor {', '.join(map(repr, aliases))})" if aliases else ""))
 
+        try:
+            _refuse_unsupported(raw)
+            cfg = cls._parse(raw, need)
+        except (TypeError, ValueError, OverflowError, AttributeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"config.json has a value of the wrong type or range: {e}") from None
+        cfg._check()
+        return cfg
+
+    @classmethod
+    def _parse(cls, raw: dict, need) -> "Qwen3MoeConfig":
         hidden = int(need("hidden_size"))
         heads = int(need("num_attention_heads"))
         rope = raw.get("rope_parameters") or {}
         rope_theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
         eos = raw.get("eos_token_id")
         eos = () if eos is None else tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
-        cfg = cls(
+        return cls(
             vocab_size=int(need("vocab_size")),
             hidden_size=hidden,
             intermediate_size=int(need("intermediate_size")),
@@ -93,8 +104,6 @@ class Qwen3MoeConfig:
             bos_token_id=raw.get("bos_token_id"),
             eos_token_id=eos,
         )
-        cfg._check()
-        return cfg
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "Qwen3MoeConfig":
