@@ -4,9 +4,11 @@
 
 Steps: make (or reuse) a synthetic checkpoint with Qwen3-30B-A3B's geometry (`--layers N`,
 moecc.synthetic) or take `--hf DIR`; convert it with moecc-convert (`--quant`); then, for each
-round, measure the machine's read bandwidth, time moecc in a fresh subprocess, and time
-llama.cpp through the peer harness (../shared/peer/llamacpp_bench.py) for each `--peer-quant`,
-alternating which engine goes first.  Both engines see random token ids:
+round, time moecc in a fresh subprocess and llama.cpp through the peer harness
+(../shared/peer/llamacpp_bench.py) for each `--peer-quant`, alternating which engine goes first.
+Before each engine runs, the other engine's files are dropped from the page cache and the
+machine's read bandwidth is measured (it swings by 2x from minute to minute here).  Both
+engines see random token ids:
 
     prefill  one prompt of --pp tokens (512); time to the first token's logits
     decode   --tg tokens (64) one at a time after a short prompt, greedy, EOS ignored
@@ -15,8 +17,8 @@ Reported per round and as medians: tokens/s of each, moecc / llama.cpp ratios (t
 the per-round ratios), decode's achieved bandwidth (weight bytes one decode token reads --
 attention, norms, router, the k chosen experts of every layer, final norm, lm_head -- from the
 file's tensor table, divided by the time per token) as a fraction of the read bandwidth
-measured in that round, moecc's load time and peak resident memory (VmHWM of its process,
-which counts the mapped weight pages it touched).
+measured just before that engine ran, moecc's load time and peak resident memory (VmHWM of its
+process, which counts the mapped weight pages it touched).
 
 This is a developer tool: the read-bandwidth probe (benchmarks/bandwidth.py, a C loop compiled
 at run time) and the llama.cpp harness are found from a source checkout; without them pass
@@ -113,8 +115,10 @@ def _vm_status() -> dict:
     return out
 
 
-def worker(path: str, threads: int, pp: int, tg: int, seed: int) -> dict:
-    """Load, warm up, time one prefill of `pp` random ids and `tg` greedy decode steps."""
+def worker(path: str, threads: int, pp: int, tg: int, reps: int, seed: int) -> dict:
+    """Load, warm up, then time `reps` prefills of `pp` random ids and `reps` runs of `tg`
+    greedy decode steps (as the llama.cpp harness does: all prefills, then all decodes); the
+    figures are the medians."""
     import numpy as np
 
     import moecc
@@ -131,27 +135,29 @@ def worker(path: str, threads: int, pp: int, tg: int, seed: int) -> dict:
     for _ in model.generate(rng.integers(0, V, 8).tolist(), max_tokens=2, temperature=0):
         pass
     warm_s = time.perf_counter() - started
-    out = {"load_s": load_s, "warm_s": warm_s}
-    if pp:
+    out = {"load_s": load_s, "warm_s": warm_s, "pp_runs": [], "tg_runs": []}
+    for _ in range(reps if pp else 0):
         for _ in model.generate(rng.integers(0, V, pp).tolist(), max_tokens=1, temperature=0):
             pass
-        out["pp_tok_s"] = pp / model.stats.prefill_seconds
-    if tg:
+        out["pp_runs"].append(pp / model.stats.prefill_seconds)
+    for _ in range(reps if tg else 0):
         # the first token comes from the prompt; tg more are each one decode step
         for _ in model.generate(rng.integers(0, V, 8).tolist(), max_tokens=tg + 1, temperature=0):
             pass
         assert model.stats.generated_tokens == tg + 1
-        out["tg_tok_s"] = tg / model.stats.decode_seconds
+        out["tg_runs"].append(tg / model.stats.decode_seconds)
+    out["pp_tok_s"] = statistics.median(out["pp_runs"]) if out["pp_runs"] else None
+    out["tg_tok_s"] = statistics.median(out["tg_runs"]) if out["tg_runs"] else None
     status = _vm_status()
     out.update(peak_rss_mb=status.get("VmHWM"), rss_anon_mb=status.get("RssAnon"),
                rss_file_mb=status.get("RssFile"))
     return out
 
 
-def run_moecc(path: str, threads: int, pp: int, tg: int, seed: int) -> dict:
+def run_moecc(path: str, threads: int, pp: int, tg: int, reps: int, seed: int) -> dict:
     cmd = [sys.executable, "-m", "moecc.bench", "--worker", path, "--threads", str(threads),
-           "--pp", str(pp), "--tg", str(tg), "--seed", str(seed)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+           "--pp", str(pp), "--tg", str(tg), "--reps", str(reps), "--seed", str(seed)]
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError("moecc measurement failed:\n" + r.stderr[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -164,10 +170,33 @@ def run_moecc(path: str, threads: int, pp: int, tg: int, seed: int) -> dict:
 def run_peer(hf_dir: str, quant: str, threads: int, pp: int, tg: int, reps: int) -> dict:
     cmd = [sys.executable, PEER_SCRIPT, hf_dir, "--quant", quant, "--threads", str(threads),
            "--pp", str(pp), "--tg", str(tg), "--reps", str(reps)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"llama.cpp harness failed ({' '.join(cmd)}):\n" + (r.stderr + r.stdout)[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def peer_files() -> list[str]:
+    """The llama.cpp harness's GGUF files (all checkpoints'): evicted from the page cache before moecc runs."""
+    home = os.path.expanduser(os.environ.get("MOECC_PEER_HOME", "~/.cache/moecc-peer"))
+    folder = os.path.join(home, "gguf")
+    return [os.path.join(folder, f) for f in os.listdir(folder)] if os.path.isdir(folder) else []
+
+
+def evict(paths: list[str]) -> None:
+    """Drop `paths` from the page cache (clean pages only; needs no privileges).  Before each
+    engine runs, the other engine's files and the checkpoint are dropped, so each engine has the
+    whole cache to itself: otherwise pages of the engine that ran last, held on the kernel's
+    active list, push the next engine's freshly touched pages out while it is being timed."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def measure_bandwidth(threads: int) -> dict:
@@ -212,7 +241,7 @@ def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
         cmd += ["--group-size", str(args.group_size)]
     log("+ " + " ".join(cmd))
     started = time.perf_counter()
-    r = subprocess.run(cmd)
+    r = subprocess.run(cmd, check=False)
     if r.returncode != 0:
         raise SystemExit(f"moecc-bench: moecc-convert failed (exit {r.returncode}); does this moecc "
                          f"support --quant {args.quant}?")
@@ -237,7 +266,8 @@ def summarize(rounds: list[dict], peers: list[str], moecc_bytes: int, peer_bytes
     for key in ("pp_tok_s", "tg_tok_s", "load_s", "peak_rss_mb", "rss_anon_mb", "decode_bw_fraction",
                 "decode_gb_s"):
         s["moecc"][key] = _median([r["moecc"].get(key) for r in rounds])
-    s["bandwidth_gb_s"] = _median([r["bandwidth_gb_s"] for r in rounds])
+    s["bandwidth_gb_s"] = _median([e["bandwidth_gb_s"] for r in rounds
+                                   for e in [r["moecc"], *r["llama.cpp"].values()]])
     for q in peers:
         for key in ("pp_tok_s", "tg_tok_s", "peak_rss_mb", "decode_bw_fraction", "decode_gb_s"):
             s["llama.cpp"][q][key] = _median([r["llama.cpp"][q].get(key) for r in rounds])
@@ -251,21 +281,22 @@ def summarize(rounds: list[dict], peers: list[str], moecc_bytes: int, peer_bytes
 
 def print_round(i: int, r: dict, peers: list[str]) -> None:
     m = r["moecc"]
-    print(f"round {i + 1}: read bandwidth {r['bandwidth_gb_s']:.1f} GB/s")
+    print(f"round {i + 1}:")
     print(f"  moecc {r['quant']:>5}: pp {_fmt(m.get('pp_tok_s')):>8} tok/s  tg {_fmt(m.get('tg_tok_s')):>7} tok/s"
-          f"  decode {_fmt(m.get('decode_gb_s'), '.1f')} GB/s = {_fmt(m.get('decode_bw_fraction'), '.0%')} of read bw"
+          f"  decode {_fmt(m.get('decode_gb_s'), '.1f')} GB/s = {_fmt(m.get('decode_bw_fraction'), '.0%')}"
+          f" of {m['bandwidth_gb_s']:.1f}"
           f"  load {m['load_s']:.2f} s  peak RSS {m['peak_rss_mb']:.0f} MiB")
     for q in peers:
         p, ratio = r["llama.cpp"][q], r["ratio"][q]
         print(f"  llama.cpp {q}: pp {_fmt(p.get('pp_tok_s')):>8} tok/s  tg {_fmt(p.get('tg_tok_s')):>7} tok/s"
               f"  decode {_fmt(p.get('decode_gb_s'), '.1f')} GB/s = {_fmt(p.get('decode_bw_fraction'), '.0%')}"
-              f"  | moecc/llama.cpp pp {_fmt(ratio['pp'])}x tg {_fmt(ratio['tg'])}x")
+              f" of {p['bandwidth_gb_s']:.1f}  | moecc/llama.cpp pp {_fmt(ratio['pp'])}x tg {_fmt(ratio['tg'])}x")
     sys.stdout.flush()
 
 
 def print_summary(s: dict, peers: list[str], quant: str, rounds: int) -> None:
     m = s["moecc"]
-    print(f"median of {rounds} rounds (read bandwidth {_fmt(s['bandwidth_gb_s'], '.1f')} GB/s):")
+    print(f"median of {rounds} rounds (read bandwidth {_fmt(s['bandwidth_gb_s'], '.1f')} GB/s, median of all probes):")
     print(f"  moecc {quant}: pp {_fmt(m['pp_tok_s'])} tok/s, tg {_fmt(m['tg_tok_s'])} tok/s, decode reads "
           f"{m['decode_bytes_per_token'] / 1e6:.0f} MB/token -> {_fmt(m['decode_gb_s'], '.1f')} GB/s = "
           f"{_fmt(m['decode_bw_fraction'], '.0%')} of read bandwidth; load {_fmt(m['load_s'])} s, "
@@ -300,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="llama.cpp types to compare with, comma-separated from q4,q8 "
                          "(default: --quant when it is q4 or q8, else q4,q8)")
     ap.add_argument("--no-peer", action="store_true", help="time moecc only")
-    ap.add_argument("--peer-reps", type=int, default=1, help="llama.cpp repetitions inside one round; default 1")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="runs of each test inside one engine's turn, median taken (both engines); default 3, "
+                         "as the llama.cpp harness: its first decode run after a prefill is often far slower")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--pp", type=int, default=512, help="prompt tokens for prefill; default 512")
     ap.add_argument("--tg", type=int, default=64, help="decode steps; default 64")
@@ -313,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(worker(args.worker, args.threads, args.pp, args.tg, args.seed)))
+        print(json.dumps(worker(args.worker, args.threads, args.pp, args.tg, args.reps, args.seed)))
         return 0
     if args.hf is None and args.layers is None:
         ap.error("give --hf DIR (a checkpoint) or --layers N (a synthetic one)")
@@ -336,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     path, convert_s = prepare_moecc_file(args, hf)
     moecc_bytes = moecc_decode_bytes(path)
     from .checkpoint import Checkpoint
-    cfg = Checkpoint(hf).config
+    ckpt = Checkpoint(hf)
+    cfg, checkpoint_files = ckpt.config, ckpt.input_paths()
     peer_bytes = {q: peer_decode_bytes(cfg, q) for q in peers}
     for q in peers:  # the first run converts and quantizes; keep that out of the rounds
         log(f"preparing llama.cpp {q} (the first time: build ~15 min, convert and quantize a few min)")
@@ -344,21 +378,25 @@ def main(argv: list[str] | None = None) -> int:
 
     rounds = []
     for i in range(args.rounds):
-        bw = args.bandwidth if args.bandwidth is not None else measure_bandwidth(args.threads)["gb_s"]
-        r = {"bandwidth_gb_s": bw, "quant": args.quant, "llama.cpp": {}, "ratio": {}}
+        r = {"quant": args.quant, "llama.cpp": {}, "ratio": {}}
         order = ["moecc"] + peers if i % 2 == 0 else peers + ["moecc"]
         for engine in order:
+            evict(checkpoint_files + (peer_files() if engine == "moecc" else [path]))
+            # the bandwidth swings minute to minute: measure it right before each engine
+            bw = args.bandwidth if args.bandwidth is not None else measure_bandwidth(args.threads)["gb_s"]
             if engine == "moecc":
-                m = run_moecc(path, args.threads, args.pp, args.tg, seed=i)
+                m = run_moecc(path, args.threads, args.pp, args.tg, args.reps, seed=i)
                 if m.get("tg_tok_s"):
                     m["decode_gb_s"] = moecc_bytes["total"] * m["tg_tok_s"] / 1e9
                     m["decode_bw_fraction"] = m["decode_gb_s"] / bw
+                m["bandwidth_gb_s"] = bw
                 r["moecc"] = m
             else:
-                p = run_peer(hf, engine, args.threads, args.pp, args.tg, args.peer_reps)
+                p = run_peer(hf, engine, args.threads, args.pp, args.tg, args.reps)
                 if p.get("tg_tok_s"):
                     p["decode_gb_s"] = peer_bytes[engine]["total"] * p["tg_tok_s"] / 1e9
                     p["decode_bw_fraction"] = p["decode_gb_s"] / bw
+                p["bandwidth_gb_s"] = bw
                 r["llama.cpp"][engine] = p
         for q in peers:
             r["ratio"][q] = {"pp": _ratio(r["moecc"].get("pp_tok_s"), r["llama.cpp"][q].get("pp_tok_s")),
