@@ -315,6 +315,15 @@ def _ratio(a, b):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The console script: an engine's failure is one message, not a traceback."""
+    try:
+        return _main(argv)
+    except RuntimeError as e:
+        print(f"moecc-bench: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="moecc-bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
