@@ -231,9 +231,9 @@ def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
     if os.path.exists(out) and os.path.getmtime(out) > newest and not args.reconvert:
         from . import format
         mf = format.ModelFile(out)
-        quant = mf.writer_info.get("quant")
+        info = mf.writer_info
         mf.close()
-        if quant == args.quant:
+        if info.get("quant") == args.quant and (args.group_size is None or info.get("group_size") == args.group_size):
             log(f"reusing {out}")
             return out, None
     cmd = [sys.executable, "-m", "moecc.convert", hf, "-o", out, "--quant", args.quant, "--force", "--quiet"]
