@@ -26,6 +26,8 @@ C_SOURCES = [
     "dot_generic.c",
     "dot_avx2.c",
     "dot_avx512.c",
+    "qdot_generic.c",
+    "qdot_x86.c",
     "matmul.c",
     "ops.c",
     "attention.c",

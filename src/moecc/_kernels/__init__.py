@@ -1,9 +1,11 @@
 """moecc's compiled kernels: C (moecc.h) behind thin Cython bindings, OpenMP inside.
 
-Every parallel kernel takes a required keyword `threads`. Weights are float32 arrays, or uint16
-arrays holding bf16 bit patterns; activations are float32. The instruction set is chosen once
-from cpuid (best of avx512 > avx2 > generic); MOECC_ISA=generic|avx2|avx512 forces one at import,
-set_isa() at run time.
+Every parallel kernel takes a required keyword `threads`. Weights are float32 arrays, uint16
+arrays holding bf16 bit patterns, or uint8 rows of group-wise quantized q8 / q4 (pass
+wtype="q8" / "q4" and group_size; row_bytes() gives a row's size, moecc.quant is the NumPy
+oracle); activations are float32 (quantized per block of 32 inside the kernels for q8 / q4).
+The instruction set is chosen once from cpuid (best of avx512vnni > avx512 > avx2 > generic);
+MOECC_ISA=generic|avx2|avx512|avx512vnni forces one at import, set_isa() at run time.
 """
 import os as _os
 
@@ -15,9 +17,11 @@ from ._ext import (
     matmul,
     moe_ffn,
     moe_scratch_floats,
+    quantize_activations,
     rmsnorm,
     rope,
     router_topk,
+    row_bytes,
     set_isa,
 )
 
@@ -29,9 +33,11 @@ __all__ = [
     "matmul",
     "moe_ffn",
     "moe_scratch_floats",
+    "quantize_activations",
     "rmsnorm",
     "rope",
     "router_topk",
+    "row_bytes",
     "set_isa",
 ]
 

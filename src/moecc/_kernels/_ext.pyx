@@ -16,12 +16,24 @@ cdef extern from "moecc.h" nogil:
     ctypedef enum moecc_wtype:
         MOECC_W_F32
         MOECC_W_BF16
+        MOECC_W_Q8
+        MOECC_W_Q4
+    ctypedef struct moecc_wformat:
+        moecc_wtype type
+        int group
     enum:
         MOECC_OK
         MOECC_ERR_INDEX
         MOECC_ERR_SHAPE
         MOECC_ERR_WTYPE
         MOECC_ERR_ISA
+        MOECC_ERR_NOMEM
+        MOECC_QBLOCK
+
+    int moecc_wformat_check(moecc_wformat f, int64_t K)
+    int64_t moecc_row_bytes(moecc_wformat f, int64_t K)
+    int64_t moecc_xq_bytes(int64_t K)
+    void moecc_quantize_x(int64_t K, const float *x, void *xq)
 
     void moecc_dispatch_init()
     int moecc_isa_count()
@@ -32,9 +44,9 @@ cdef extern from "moecc.h" nogil:
     int moecc_openmp()
     int moecc_max_threads()
 
-    void moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wtype wt,
-                      int64_t N, float *out, int threads)
-    int moecc_embedding(const void *table, moecc_wtype wt, int64_t V, int64_t D,
+    int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wformat f,
+                     int64_t N, float *out, int threads)
+    int moecc_embedding(const void *table, moecc_wformat f, int64_t V, int64_t D,
                         const int32_t *ids, int64_t T, float *out, int threads)
     void moecc_rmsnorm(const float *x, int64_t R, int64_t D, const float *weight, float eps,
                        float *out, int threads)
@@ -47,7 +59,7 @@ cdef extern from "moecc.h" nogil:
                         int threads)
     int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t I)
     int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
-                      const void *down, moecc_wtype wt, int64_t E, int64_t I,
+                      const void *down, moecc_wformat f, int64_t E, int64_t I,
                       const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
                       float *out, int threads)
 
@@ -60,7 +72,9 @@ moecc_dispatch_init()
 cdef int F32 = cnp.NPY_FLOAT32
 cdef int I32 = cnp.NPY_INT32
 cdef int U16 = cnp.NPY_UINT16
-_DTYPE_NAMES = {F32: "float32", I32: "int32", U16: "uint16"}
+cdef int U8 = cnp.NPY_UINT8
+cdef int I8 = cnp.NPY_INT8
+_DTYPE_NAMES = {F32: "float32", I32: "int32", U16: "uint16", U8: "uint8", I8: "int8"}
 
 
 cdef cnp.ndarray _array(object a, str name, int typenum, int ndim, bint writable=False):
@@ -79,14 +93,65 @@ cdef cnp.ndarray _array(object a, str name, int typenum, int ndim, bint writable
     return arr
 
 
-cdef moecc_wtype _weights(cnp.ndarray w, str name) except *:
-    """The weight type of w: float32 -> f32, uint16 -> bf16 bit patterns."""
+_WTYPES = {"f32": MOECC_W_F32, "bf16": MOECC_W_BF16, "q8": MOECC_W_Q8, "q4": MOECC_W_Q4}
+_WTYPE_DTYPES = {"f32": F32, "bf16": U16, "q8": U8, "q4": U8}
+GROUP_SIZES = (32, 64, 128, 256)
+
+
+cdef moecc_wformat _format(str wtype, int group_size, int64_t K) except *:
+    """The C format of `wtype` ("f32", "bf16", "q8", "q4") for rows of K values; ValueError if
+    the type is unknown or group_size is not allowed (q8 / q4: 32, 64, 128 or 256, dividing K;
+    f32 / bf16: 0)."""
+    cdef moecc_wformat f
+    if wtype not in _WTYPES:
+        raise ValueError(f"unknown wtype {wtype!r}; expected one of {', '.join(_WTYPES)}")
+    f.type = _WTYPES[wtype]
+    f.group = group_size
+    if f.type == MOECC_W_Q8 or f.type == MOECC_W_Q4:
+        if group_size not in GROUP_SIZES:
+            raise ValueError(f"group_size must be one of {GROUP_SIZES} for {wtype}, got {group_size}")
+        if K % group_size:
+            raise ValueError(f"{wtype}: groups of {group_size} do not divide the row length {K}")
+    elif group_size != 0:
+        raise ValueError(f"group_size applies to q8 / q4 only, got {group_size} for {wtype}")
+    if moecc_wformat_check(f, K) != MOECC_OK:  # the C side agrees
+        raise ValueError(f"{wtype} with group_size {group_size} cannot store rows of {K}")
+    return f
+
+
+cdef moecc_wformat _weights(cnp.ndarray w, str name, object wtype, int group_size,
+                            int64_t K, tuple lead) except *:
+    """The format of weights w, rows of K values, checked: wtype None infers f32 (float32) or bf16
+    (uint16); the dtype must fit the type (TypeError) and w.shape be lead + (row length,), the
+    row length being K elements for f32 / bf16 and row_bytes(wtype, K, group_size) for q8 / q4."""
     cdef int t = cnp.PyArray_TYPE(w)
-    if t == F32:
-        return MOECC_W_F32
-    if t == U16:
-        return MOECC_W_BF16
-    raise TypeError(f"{name} must be float32 or uint16 (bf16 bits), got {w.dtype}")
+    if wtype is None:
+        if t == F32:
+            wtype = "f32"
+        elif t == U16:
+            wtype = "bf16"
+        elif t == U8:
+            raise TypeError(f"{name} is uint8: quantized weights need wtype='q8' or 'q4' and "
+                            f"group_size")
+        else:
+            raise TypeError(f"{name} must be float32 or uint16 (bf16 bits), got {(<object>w).dtype}")
+    if not isinstance(wtype, str):
+        raise TypeError(f"wtype must be a str or None, got {type(wtype).__name__}")
+    cdef moecc_wformat f = _format(wtype, group_size, K)
+    if t != _WTYPE_DTYPES[wtype]:
+        raise TypeError(f"{name} must have dtype {_DTYPE_NAMES[_WTYPE_DTYPES[wtype]]} for "
+                        f"wtype {wtype!r}, got {(<object>w).dtype}")
+    cdef int64_t n = K
+    expected = lead + (K,)
+    if f.type == MOECC_W_Q8 or f.type == MOECC_W_Q4:
+        n = moecc_row_bytes(f, K)
+        expected = lead + (n,)
+        if (<object>w).shape != expected:
+            raise ValueError(f"{name} must have shape {expected}: {wtype} rows of {K} values in "
+                             f"groups of {group_size} take {n} bytes; got shape {(<object>w).shape}")
+    elif (<object>w).shape != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {(<object>w).shape}")
+    return f
 
 
 cdef inline int64_t _dim(cnp.ndarray a, int i):
@@ -131,12 +196,15 @@ def build_info():
     }
 
 
+ISAS = ("generic", "avx2", "avx512", "avx512vnni")
+
+
 def set_isa(str name):
-    """Use the kernels of ISA `name` ("generic", "avx2", "avx512") from now on."""
+    """Use the kernels of ISA `name` (one of ISAS) from now on."""
     if moecc_set_isa(name.encode()) != MOECC_OK:
         info = build_info()
-        if name not in ("generic", "avx2", "avx512"):
-            raise ValueError(f"unknown ISA {name!r}; expected generic, avx2 or avx512")
+        if name not in ISAS:
+            raise ValueError(f"unknown ISA {name!r}; expected one of {', '.join(ISAS)}")
         if name not in info["isa_compiled"]:
             raise ValueError(f"ISA {name!r} is not compiled into this build; "
                              f"compiled: {info['isa_compiled']}")
@@ -151,42 +219,80 @@ def get_isa():
 
 # ---- kernels --------------------------------------------------------------------------------
 
-def matmul(x, w, out, *, int threads):
-    """out[T, N] = x[T, K] @ w[N, K].T; w float32, or uint16 holding bf16."""
+cdef _check_rc(int rc, str what):
+    """Errors the C side reports after the bindings' checks (should not happen but for memory)."""
+    if rc == MOECC_ERR_NOMEM:
+        raise MemoryError(f"{what}: out of memory for the quantized activations")
+    if rc != MOECC_OK:
+        raise ValueError(f"{what}: rejected by the kernel (error {rc})")
+
+
+def row_bytes(str wtype, int64_t K, int group_size=0):
+    """Bytes of one stored row of K values of `wtype` ("f32", "bf16", "q8", "q4")."""
+    if K < 0:
+        raise ValueError(f"K must be >= 0, got {K}")
+    return int(moecc_row_bytes(_format(wtype, group_size, K), K))
+
+
+def quantize_activations(x):
+    """The kernels' activation quantization (what q8 / q4 weights are multiplied with):
+    x float32 [T, K], K % 32 == 0 -> (q int8 [T, K], scales float32 [T, K/32]), x ~ scale * q
+    per block of 32. Reference: moecc.quant.quantize_activations."""
+    cdef cnp.ndarray ax = _array(x, "x", F32, 2)
+    cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1), t
+    if K % MOECC_QBLOCK:
+        raise ValueError(f"the row length must be a multiple of {MOECC_QBLOCK}, got {K}")
+    cdef int64_t xb = moecc_xq_bytes(K)
+    cdef cnp.ndarray buf = np.empty(T * xb, np.uint8)
+    cdef const float *p_x = <const float *>_ptr(ax)
+    cdef char *p_b = <char *>_ptr(buf)
+    with nogil:
+        for t in range(T):
+            moecc_quantize_x(K, p_x + t * K, p_b + t * xb)
+    rows = buf.reshape(T, xb)
+    q = rows[:, :K].view(np.int8).copy()
+    d = rows[:, K:K + 4 * (K // MOECC_QBLOCK)].copy().view(np.float32)
+    return q, d
+
+
+def matmul(x, w, out, *, int threads, wtype=None, int group_size=0):
+    """out[T, N] = x[T, K] @ w[N, K].T. w: float32, or uint16 holding bf16 (wtype None infers
+    these), or uint8 [N, row_bytes(wtype, K, group_size)] with wtype "q8" / "q4"."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef cnp.ndarray aw = _array(w, "w", -1, 2)
-    cdef moecc_wtype wt = _weights(aw, "w")
     cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
     cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1), N = _dim(aw, 0)
-    if _dim(aw, 1) != K:
-        raise ValueError(f"w must have shape (N, {K}) to match x {x.shape}, got {w.shape}")
+    cdef moecc_wformat f = _weights(aw, "w", wtype, group_size, K, (N,))
     _shape(ao, "out", (T, N))
     _disjoint(ax, "x", ao, "out")
-    cdef int nt = _threads(threads)
+    cdef int nt = _threads(threads), rc
     cdef const float *p_ax = <const float *>_ptr(ax)
     cdef const void *p_aw = <const void *>_ptr(aw)
     cdef float *p_ao = <float *>_ptr(ao)
     with nogil:
-        moecc_matmul(p_ax, T, K, p_aw, wt, N, p_ao, nt)
+        rc = moecc_matmul(p_ax, T, K, p_aw, f, N, p_ao, nt)
+    _check_rc(rc, "matmul")
 
 
-def embedding(table, ids, out, *, int threads):
-    """out[t] = table[ids[t]] as float32; table [V, D] float32 or uint16 (bf16)."""
+def embedding(table, ids, out, *, int threads, wtype=None, int group_size=0):
+    """out[t] = table[ids[t]] as float32; table [V, D] float32 or uint16 (bf16), or uint8
+    [V, row_bytes(wtype, D, group_size)] with wtype "q8" / "q4" (rows dequantized); D is out's."""
     cdef cnp.ndarray at = _array(table, "table", -1, 2)
-    cdef moecc_wtype wt = _weights(at, "table")
     cdef cnp.ndarray ai = _array(ids, "ids", I32, 1)
     cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
-    cdef int64_t V = _dim(at, 0), D = _dim(at, 1), T = _dim(ai, 0)
+    cdef int64_t V = _dim(at, 0), D = _dim(ao, 1), T = _dim(ai, 0)
+    cdef moecc_wformat f = _weights(at, "table", wtype, group_size, D, (V,))
     _shape(ao, "out", (T, D))
     cdef int nt = _threads(threads), rc
     cdef const void *p_at = <const void *>_ptr(at)
     cdef const int32_t *p_ai = <const int32_t *>_ptr(ai)
     cdef float *p_ao = <float *>_ptr(ao)
     with nogil:
-        rc = moecc_embedding(p_at, wt, V, D, p_ai, T,
+        rc = moecc_embedding(p_at, f, V, D, p_ai, T,
                              p_ao, nt)
     if rc == MOECC_ERR_INDEX:
         raise ValueError(f"ids out of range [0, {V})")
+    _check_rc(rc, "embedding")
 
 
 def rmsnorm(x, weight, float eps, out, *, int threads):
@@ -296,10 +402,13 @@ def moe_scratch_floats(T, top_k, D, I):
     return int(moecc_moe_scratch_floats(T, top_k, D, I))
 
 
-def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads):
+def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, wtype=None,
+            int group_size=0):
     """out[t] = sum_j weights[t, j] * down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])),
-    e = idx[t, j]. gate, up [E, I, D] and down [E, D, I], all float32 or all uint16 (bf16).
-    scratch: float32, at least moe_scratch_floats(T, k, D, I) elements."""
+    e = idx[t, j]. gate, up [E, I, D] and down [E, D, I], all float32 or all uint16 (bf16); or
+    with wtype "q8" / "q4" all uint8, gate and up [E, I, row_bytes(wtype, D, group_size)], down
+    [E, D, row_bytes(wtype, I, group_size)]. scratch: float32, at least moe_scratch_floats(T, k,
+    D, I) elements (enough for every weight type)."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef cnp.ndarray ag = _array(gate, "gate", -1, 3)
     cdef cnp.ndarray au = _array(up, "up", -1, 3)
@@ -308,15 +417,14 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads):
     cdef cnp.ndarray aw = _array(weights, "weights", F32, 2)
     cdef cnp.ndarray asc = _array(scratch, "scratch", F32, -1, True)
     cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
-    cdef moecc_wtype wt = _weights(ag, "gate")
     if cnp.PyArray_TYPE(au) != cnp.PyArray_TYPE(ag) or cnp.PyArray_TYPE(ad) != cnp.PyArray_TYPE(ag):
         raise TypeError(f"gate, up, down must share a dtype, got {gate.dtype}, {up.dtype}, "
                         f"{down.dtype}")
     cdef int64_t T = _dim(ax, 0), D = _dim(ax, 1)
     cdef int64_t E = _dim(ag, 0), I = _dim(ag, 1), k = _dim(ai, 1)
-    _shape(ag, "gate", (E, I, D))
-    _shape(au, "up", (E, I, D))
-    _shape(ad, "down", (E, D, I))
+    cdef moecc_wformat f = _weights(ag, "gate", wtype, group_size, D, (E, I))
+    _weights(au, "up", wtype, group_size, D, (E, I))
+    _weights(ad, "down", wtype, group_size, I, (E, D))
     _shape(ai, "idx", (T, k))
     _shape(aw, "weights", (T, k))
     _shape(ao, "out", (T, D))
@@ -339,8 +447,9 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads):
     cdef float *p_asc = <float *>_ptr(asc)
     cdef float *p_ao = <float *>_ptr(ao)
     with nogil:
-        rc = moecc_moe_ffn(p_ax, T, D, p_ag, p_au, p_ad, wt, E, I,
+        rc = moecc_moe_ffn(p_ax, T, D, p_ag, p_au, p_ad, f, E, I,
                            p_ai, p_aw, k,
                            p_asc, p_ao, nt)
     if rc == MOECC_ERR_INDEX:
         raise ValueError(f"idx out of range [0, {E})")
+    _check_rc(rc, "moe_ffn")

@@ -26,7 +26,7 @@ static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, con
         const int nb = (int)(L - j0 < KEY_BLOCK ? L - j0 : KEY_BLOCK);
         for (int j = 0; j < nb; j += MOECC_TILE_ROWS) {
             const int nr = nb - j < MOECC_TILE_ROWS ? nb - j : MOECC_TILE_ROWS;
-            dot(hd, k + (j0 + j) * hd, row_bytes, nr, q, row_bytes, ng, &s[0][j], KEY_BLOCK);
+            dot(hd, 0, k + (j0 + j) * hd, row_bytes, nr, q, row_bytes, ng, &s[0][j], KEY_BLOCK);
         }
         for (int i = 0; i < ng; i++) {
             float bmax = -INFINITY;

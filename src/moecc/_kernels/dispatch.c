@@ -20,6 +20,10 @@ static int has_avx512(void) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
            has_avx2();
 }
+static int has_avx512vnni(void) {
+    __builtin_cpu_init();
+    return has_avx512() && __builtin_cpu_supports("avx512vnni");
+}
 #endif
 
 /* compiled-in tables, worst to best */
@@ -28,6 +32,7 @@ static const isa_entry entries[] = {
 #if MOECC_X86
     {&moecc_isa_avx2, has_avx2},
     {&moecc_isa_avx512, has_avx512},
+    {&moecc_isa_avx512vnni, has_avx512vnni},
 #endif
 };
 #define N_ENTRIES ((int)(sizeof entries / sizeof entries[0]))

@@ -1,4 +1,4 @@
-/* dot_avx2.c -- AVX2 + FMA inner products (F16C reserved for fp16 scales of quantized types).
+/* dot_avx2.c -- AVX2 + FMA inner products (the q8 / q4 tiles are in qdot_x86.c).
  * Compiled only on x86 and only through per-function target attributes. */
 #include "moecc.h"
 
@@ -98,13 +98,17 @@ INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw,
     }
 }
 
-static TARGET void tile_f32(int64_t K, const void *w, int64_t ldw, int nr, const void *x,
-                            int64_t ldx, int nt, float *out, int64_t ldo) {
+static TARGET void tile_f32(int64_t K, int group, const void *w, int64_t ldw,
+                            int nr, const void *x, int64_t ldx, int nt, float *out,
+                            int64_t ldo) {
+    (void)group;
     tile_any(MOECC_W_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_bf16(int64_t K, const void *w, int64_t ldw, int nr, const void *x,
-                             int64_t ldx, int nt, float *out, int64_t ldo) {
+static TARGET void tile_bf16(int64_t K, int group, const void *w, int64_t ldw,
+                             int nr, const void *x, int64_t ldx, int nt, float *out,
+                             int64_t ldo) {
+    (void)group;
     tile_any(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -206,7 +210,8 @@ static TARGET void swiglu(int64_t n, float *g, const float *u) {
 
 const moecc_isa moecc_isa_avx2 = {
     .name = "avx2",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16},
+    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16,
+             [MOECC_W_Q8] = moecc_tile_q8_avx2, [MOECC_W_Q4] = moecc_tile_q4_avx2},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,

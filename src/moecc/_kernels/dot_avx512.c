@@ -1,5 +1,6 @@
-/* dot_avx512.c -- AVX-512 inner products (F/BW/VL/DQ). Compiled only on x86 and only through
- * per-function target attributes: the rest of the library stays baseline x86-64. */
+/* dot_avx512.c -- AVX-512 inner products (F/BW/VL/DQ; the q8 / q4 tiles are in qdot_x86.c).
+ * Compiled only on x86 and only through per-function target attributes: the rest of the library
+ * stays baseline x86-64. */
 #include "moecc.h"
 
 #if MOECC_X86
@@ -99,13 +100,17 @@ INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw,
     }
 }
 
-static TARGET void tile_f32(int64_t K, const void *w, int64_t ldw, int nr, const void *x,
-                            int64_t ldx, int nt, float *out, int64_t ldo) {
+static TARGET void tile_f32(int64_t K, int group, const void *w, int64_t ldw,
+                            int nr, const void *x, int64_t ldx, int nt, float *out,
+                            int64_t ldo) {
+    (void)group;
     tile_any(MOECC_W_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_bf16(int64_t K, const void *w, int64_t ldw, int nr, const void *x,
-                             int64_t ldx, int nt, float *out, int64_t ldo) {
+static TARGET void tile_bf16(int64_t K, int group, const void *w, int64_t ldw,
+                             int nr, const void *x, int64_t ldx, int nt, float *out,
+                             int64_t ldo) {
+    (void)group;
     tile_any(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -183,7 +188,18 @@ static TARGET void swiglu(int64_t n, float *g, const float *u) {
 
 const moecc_isa moecc_isa_avx512 = {
     .name = "avx512",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16},
+    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16,
+             [MOECC_W_Q8] = moecc_tile_q8_avx512, [MOECC_W_Q4] = moecc_tile_q4_avx512},
+    .wsum_rows = wsum_rows,
+    .exp_sum = exp_sum,
+    .swiglu = swiglu,
+};
+
+/* the same, with the q8 / q4 integer products on VNNI (dispatch.c checks avx512vnni) */
+const moecc_isa moecc_isa_avx512vnni = {
+    .name = "avx512vnni",
+    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16,
+             [MOECC_W_Q8] = moecc_tile_q8_avx512vnni, [MOECC_W_Q4] = moecc_tile_q4_avx512vnni},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,

@@ -33,8 +33,9 @@ static float dot_bf16(int64_t K, const uint16_t *w, const float *x) {
     return sum_lanes(acc);
 }
 
-static void tile_f32(int64_t K, const void *w, int64_t ldw, int nr, const void *x, int64_t ldx,
-                     int nt, float *out, int64_t ldo) {
+static void tile_f32(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                     const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    (void)group;
     for (int t = 0; t < nt; t++) {
         const float *xt = (const float *)((const char *)x + t * ldx);
         for (int r = 0; r < nr; r++)
@@ -42,8 +43,9 @@ static void tile_f32(int64_t K, const void *w, int64_t ldw, int nr, const void *
     }
 }
 
-static void tile_bf16(int64_t K, const void *w, int64_t ldw, int nr, const void *x, int64_t ldx,
-                      int nt, float *out, int64_t ldo) {
+static void tile_bf16(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    (void)group;
     for (int t = 0; t < nt; t++) {
         const float *xt = (const float *)((const char *)x + t * ldx);
         for (int r = 0; r < nr; r++)
@@ -97,7 +99,8 @@ static void swiglu(int64_t n, float *g, const float *u) {
 
 const moecc_isa moecc_isa_generic = {
     .name = "generic",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16},
+    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16,
+             [MOECC_W_Q8] = moecc_tile_q8_generic, [MOECC_W_Q4] = moecc_tile_q4_generic},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,

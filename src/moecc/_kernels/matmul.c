@@ -1,37 +1,62 @@
-/* matmul.c -- out[T, N] = x[T, K] @ W[N, K]^T for any weight type.
+/* matmul.c -- out[T, N] = x[T, K] @ W[N, K]^T for any weight format.
  *
  * Threads split the output rows N (so each weight row is streamed by exactly one thread).
  * Within a thread, tokens go in blocks that fit in L2 and each group of MOECC_TILE_ROWS weight
  * rows is reused for the whole token block: decode (T == 1) streams W once, prefill reads W
- * once per token block instead of once per token. */
+ * once per token block instead of once per token.
+ * q8 / q4 weights read activations quantized once per call (moecc_quantize_x): on the stack for a
+ * decode row of up to MOECC_XQ_STACK bytes, on the heap otherwise. */
+#include <stdlib.h>
+
 #include "moecc.h"
 
-void moecc_gemm_rows(const moecc_isa *isa, moecc_wtype wt, int64_t T, int64_t K, const float *x,
-                     const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo) {
-    const moecc_tile_fn tile = isa->tile[wt];
-    const int64_t wb = moecc_row_bytes(wt, K);
-    const int64_t tb = moecc_token_block(K);
+void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K, const void *xa,
+                     int64_t ldx, const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo) {
+    const moecc_tile_fn tile = isa->tile[f.type];
+    const int64_t wb = moecc_row_bytes(f, K);
+    const int64_t tb = moecc_token_block(ldx);
     for (int64_t t0 = 0; t0 < T; t0 += tb) {
         const int nt = (int)(T - t0 < tb ? T - t0 : tb);
         for (int64_t n = n0; n < n1; n += MOECC_TILE_ROWS) {
             const int nr = (int)(n1 - n < MOECC_TILE_ROWS ? n1 - n : MOECC_TILE_ROWS);
-            tile(K, (const char *)w + n * wb, wb, nr, x + t0 * K, K * (int64_t)sizeof(float), nt,
-                 out + t0 * ldo + n, ldo);
+            tile(K, f.group, (const char *)w + n * wb, wb, nr, (const char *)xa + t0 * ldx, ldx,
+                 nt, out + t0 * ldo + n, ldo);
         }
     }
 }
 
-void moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wtype wt, int64_t N,
-                  float *out, int threads) {
+int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wformat f, int64_t N,
+                 float *out, int threads) {
+    const int rc = moecc_wformat_check(f, K);
+    if (rc != MOECC_OK) return rc;
     const moecc_isa *isa = moecc_active_isa();
-    if (K == 0) {
+    if (K == 0 || T == 0) {
         memset(out, 0, (size_t)(T * N) * sizeof(float));
-        return;
+        return MOECC_OK;
     }
+    _Alignas(64) unsigned char stack[MOECC_XQ_STACK];
+    const int64_t xb = moecc_act_bytes(f, K);
+    void *heap = NULL, *buf = stack;
+    if (T * xb > (int64_t)sizeof stack) {
+        buf = heap = aligned_alloc(64, (size_t)(T * xb));
+        if (!heap) return MOECC_ERR_NOMEM;
+    }
+    const void *xa = xb ? buf : (const void *)x;
+    const int64_t ldx = xb ? xb : K * (int64_t)sizeof(float);
 #pragma omp parallel num_threads(threads) if (T * N * K >= MOECC_PAR_MIN)
     {
+        const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
+        if (xb) { /* each thread quantizes a share of the rows */
+            int64_t t0, t1;
+            moecc_split(T, 1, nth, ith, &t0, &t1);
+            for (int64_t t = t0; t < t1; t++)
+                moecc_quantize_x(K, x + t * K, (char *)buf + t * xb);
+#pragma omp barrier
+        }
         int64_t n0, n1;
-        moecc_split(N, 16, omp_get_num_threads(), omp_get_thread_num(), &n0, &n1);
-        moecc_gemm_rows(isa, wt, T, K, x, w, n0, n1, out, N);
+        moecc_split(N, 16, nth, ith, &n0, &n1);
+        moecc_gemm_rows(isa, f, T, K, xa, ldx, w, n0, n1, out, N);
     }
+    free(heap);
+    return MOECC_OK;
 }

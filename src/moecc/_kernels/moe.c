@@ -11,16 +11,25 @@
  *      expert, so in decode all threads stream weights all the time
  *   3. out[t] += weight * down[e] @ h[p]: each thread owns a share of the D output columns, so
  *      the scatter-add never races.
- * Scratch (from the caller, reused across calls): order[P], tmp[P] (int32), xg[P, D], h[P, I]. */
+ * q8 / q4 experts read quantized activations: phase 1 quantizes each pair's row of x (decode:
+ * the one row of x, once) instead of copying it, and between phases 2 and 3 the rows of h are
+ * quantized, each by one thread.
+ * Scratch (from the caller, reused across calls, nothing allocated here):
+ *     order[P], tmp[P] (int32); xg: P rows of D floats (f32 / bf16, prefill) or (1 or P)
+ *     quantized rows of D (q8 / q4); h[P, I] floats; hq: P quantized rows of I (q8 / q4). */
 #include "moecc.h"
-
-#define MAX_TOKEN_BLOCK 64 /* moecc_token_block() never exceeds this */
 
 static int64_t pad16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
+/* floats taken by n quantized rows of K values (K rounded up to whole blocks) */
+static int64_t xq_floats(int64_t n, int64_t K) {
+    return n * moecc_xq_bytes((K + MOECC_QBLOCK - 1) / MOECC_QBLOCK * MOECC_QBLOCK) / 4;
+}
+
 int64_t moecc_moe_scratch_floats(int64_t T, int64_t k, int64_t D, int64_t I) {
     const int64_t P = T * k;
-    return 2 * pad16(P) + (T > 1 ? pad16(P * D) : 0) + pad16(P * I);
+    const int64_t xg_f = T > 1 ? pad16(P * D) : 0, xg_q = xq_floats(T > 1 ? P : 1, D);
+    return 2 * pad16(P) + (xg_f > xg_q ? xg_f : xg_q) + pad16(P * I) + xq_floats(P, I);
 }
 
 /* order[0..P) = pair indices sorted by expert, stable (bottom-up merge sort through tmp) */
@@ -50,20 +59,20 @@ static int64_t segment_end(const int32_t *order, const int32_t *idx, int64_t p, 
     return q;
 }
 
-/* rows [i0, i1) of h[n, I] = silu(xs @ G^T) * (xs @ U^T); xs: n rows of D floats, ldx bytes
- * apart (0: the same row n times); G, U: rows of wb bytes */
-static void gate_up_rows(const moecc_isa *isa, moecc_tile_fn tile, int64_t D, const char *G,
-                         const char *U, int64_t wb, const float *xs, int64_t ldx, int64_t n,
-                         int64_t i0, int64_t i1, float *h, int64_t I) {
-    float g[MAX_TOKEN_BLOCK * MOECC_TILE_ROWS], u[MAX_TOKEN_BLOCK * MOECC_TILE_ROWS];
-    const int64_t tb = moecc_token_block(D);
+/* rows [i0, i1) of h[n, I] = silu(xs @ G^T) * (xs @ U^T); xs: n activation rows of D values,
+ * ldx bytes apart (0: the same row n times); G, U: rows of wb bytes, group size gs */
+static void gate_up_rows(const moecc_isa *isa, moecc_tile_fn tile, int gs, int64_t D,
+                         const char *G, const char *U, int64_t wb, const void *xs, int64_t ldx,
+                         int64_t n, int64_t i0, int64_t i1, float *h, int64_t I) {
+    float g[MOECC_TOKEN_BLOCK_MAX * MOECC_TILE_ROWS], u[MOECC_TOKEN_BLOCK_MAX * MOECC_TILE_ROWS];
+    const int64_t tb = moecc_token_block(ldx);
     for (int64_t t0 = 0; t0 < n; t0 += tb) {
         const int nt = (int)(n - t0 < tb ? n - t0 : tb);
         const void *xb = (const char *)xs + t0 * ldx;
         for (int64_t i = i0; i < i1; i += MOECC_TILE_ROWS) {
             const int nr = (int)(i1 - i < MOECC_TILE_ROWS ? i1 - i : MOECC_TILE_ROWS);
-            tile(D, G + i * wb, wb, nr, xb, ldx, nt, g, MOECC_TILE_ROWS);
-            tile(D, U + i * wb, wb, nr, xb, ldx, nt, u, MOECC_TILE_ROWS);
+            tile(D, gs, G + i * wb, wb, nr, xb, ldx, nt, g, MOECC_TILE_ROWS);
+            tile(D, gs, U + i * wb, wb, nr, xb, ldx, nt, u, MOECC_TILE_ROWS);
             if (nr == MOECC_TILE_ROWS) isa->swiglu(nt * MOECC_TILE_ROWS, g, u);
             for (int t = 0; t < nt; t++) {
                 float *gt = g + t * MOECC_TILE_ROWS;
@@ -74,17 +83,19 @@ static void gate_up_rows(const moecc_isa *isa, moecc_tile_fn tile, int64_t D, co
     }
 }
 
-/* columns [d0, d1) of out[tok] += weight * (hs[p] @ Wd^T) for the n pairs of a segment */
-static void down_rows(moecc_tile_fn tile, int64_t I, const char *Wd, int64_t wb, const float *hs,
-                      int64_t n, int64_t d0, int64_t d1, const int32_t *pairs,
-                      const float *weights, int64_t k, float *out, int64_t D) {
-    float y[MAX_TOKEN_BLOCK * MOECC_TILE_ROWS];
-    const int64_t tb = moecc_token_block(I);
+/* columns [d0, d1) of out[tok] += weight * (hs[p] @ Wd^T) for the n pairs of a segment; hs:
+ * activation rows of I values, ldh bytes apart */
+static void down_rows(moecc_tile_fn tile, int gs, int64_t I, const char *Wd, int64_t wb,
+                      const void *hs, int64_t ldh, int64_t n, int64_t d0, int64_t d1,
+                      const int32_t *pairs, const float *weights, int64_t k, float *out,
+                      int64_t D) {
+    float y[MOECC_TOKEN_BLOCK_MAX * MOECC_TILE_ROWS];
+    const int64_t tb = moecc_token_block(ldh);
     for (int64_t t0 = 0; t0 < n; t0 += tb) {
         const int nt = (int)(n - t0 < tb ? n - t0 : tb);
         for (int64_t d = d0; d < d1; d += MOECC_TILE_ROWS) {
             const int nr = (int)(d1 - d < MOECC_TILE_ROWS ? d1 - d : MOECC_TILE_ROWS);
-            tile(I, Wd + d * wb, wb, nr, hs + t0 * I, I * (int64_t)sizeof(float), nt, y,
+            tile(I, gs, Wd + d * wb, wb, nr, (const char *)hs + t0 * ldh, ldh, nt, y,
                  MOECC_TILE_ROWS);
             for (int t = 0; t < nt; t++) {
                 const int32_t pair = pairs[t0 + t];
@@ -97,22 +108,32 @@ static void down_rows(moecc_tile_fn tile, int64_t I, const char *Wd, int64_t wb,
 }
 
 int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
-                  const void *down, moecc_wtype wt, int64_t E, int64_t I, const int32_t *idx,
+                  const void *down, moecc_wformat f, int64_t E, int64_t I, const int32_t *idx,
                   const float *weights, int64_t k, float *scratch, float *out, int threads) {
+    int rc = moecc_wformat_check(f, D);
+    if (rc == MOECC_OK) rc = moecc_wformat_check(f, I);
+    if (rc != MOECC_OK) return rc;
     const int64_t P = T * k;
     for (int64_t p = 0; p < P; p++)
         if (idx[p] < 0 || idx[p] >= E) return MOECC_ERR_INDEX;
 
+    const int64_t xqD = moecc_act_bytes(f, D), xqI = moecc_act_bytes(f, I); /* 0: float rows */
+    const int64_t xg_floats = xqD ? xq_floats(T > 1 ? P : 1, D) : T > 1 ? pad16(P * D) : 0;
     int32_t *order = (int32_t *)scratch, *tmp = order + pad16(P);
-    float *xg = scratch + 2 * pad16(P);
+    char *xg = (char *)(scratch + 2 * pad16(P));
+    float *h = (float *)xg + xg_floats;
+    char *hq = (char *)(h + pad16(P * I));
     const int gathered = T > 1; /* decode: every pair's token is x[0], read in place */
-    const int64_t ldx = gathered ? D * (int64_t)sizeof(float) : 0;
-    float *h = xg + (gathered ? pad16(P * D) : 0);
+    const void *xs = xqD ? (const void *)xg : gathered ? (const void *)xg : (const void *)x;
+    const int64_t ldx = !gathered ? 0 : xqD ? xqD : D * (int64_t)sizeof(float);
+    const void *hs = xqI ? (const void *)hq : (const void *)h;
+    const int64_t ldh = xqI ? xqI : I * (int64_t)sizeof(float);
     sort_by_expert(P, idx, order, tmp);
+    if (xqD && !gathered) moecc_quantize_x(D, x, xg);
 
     const moecc_isa *isa = moecc_active_isa();
-    const moecc_tile_fn tile = isa->tile[wt];
-    const int64_t wbD = moecc_row_bytes(wt, D), wbI = moecc_row_bytes(wt, I);
+    const moecc_tile_fn tile = isa->tile[f.type];
+    const int64_t wbD = moecc_row_bytes(f, D), wbI = moecc_row_bytes(f, I);
     const char *G = (const char *)gate, *U = (const char *)up, *Wd = (const char *)down;
 
 #pragma omp parallel num_threads(threads) if (P * D * I >= MOECC_PAR_MIN)
@@ -120,8 +141,13 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
         const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
         if (gathered) {
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < P; p++)
-                memcpy(xg + p * D, x + (order[p] / k) * D, (size_t)D * sizeof(float));
+            for (int64_t p = 0; p < P; p++) {
+                const float *xt = x + (order[p] / k) * D;
+                if (xqD)
+                    moecc_quantize_x(D, xt, xg + p * xqD);
+                else
+                    memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
+            }
         }
         int64_t i0, i1, d0, d1;
         moecc_split(I, 16, nth, ith, &i0, &i1);
@@ -130,17 +156,21 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
         for (int64_t p = 0, q; p < P; p = q) {
             q = segment_end(order, idx, p, P);
             const int64_t e = idx[order[p]];
-            gate_up_rows(isa, tile, D, G + e * I * wbD, U + e * I * wbD, wbD,
-                         gathered ? xg + p * D : x, ldx, q - p, i0, i1, h + p * I, I);
+            gate_up_rows(isa, tile, f.group, D, G + e * I * wbD, U + e * I * wbD, wbD,
+                         (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
         }
         for (int64_t t = 0; t < T; t++)
             memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
 #pragma omp barrier
+        if (xqI) {
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < P; p++) moecc_quantize_x(I, h + p * I, hq + p * xqI);
+        }
         for (int64_t p = 0, q; p < P; p = q) {
             q = segment_end(order, idx, p, P);
             const int64_t e = idx[order[p]];
-            down_rows(tile, I, Wd + e * D * wbI, wbI, h + p * I, q - p, d0, d1, order + p, weights,
-                      k, out, D);
+            down_rows(tile, f.group, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh,
+                      q - p, d0, d1, order + p, weights, k, out, D);
         }
     }
     return MOECC_OK;

@@ -2,14 +2,16 @@
  *
  * Conventions
  *   - Every array is dense and row-major (C-contiguous); sizes are int64_t.
- *   - Activations are float32. Weights have a moecc_wtype; a weight matrix W[N, K] is N rows of
- *     moecc_row_bytes(wtype, K) bytes each.
+ *   - Activations are float32. Weights have a moecc_wformat (type, group size); a weight matrix
+ *     W[N, K] is N rows of moecc_row_bytes(format, K) bytes each, back to back, unaligned.
  *   - Parallel kernels take `threads` (>= 1) and open one OpenMP region with num_threads(threads):
  *     no global thread state.
  *   - Kernels that validate indices return an error code (MOECC_OK == 0) before doing any work.
  *
- * The only weight-type-specific code is the register tile (moecc_tile_fn) and the row conversion in
- * wtype.c; the loops of matmul.c and moe.c never look at the type.
+ * The only weight-type-specific code is the register tile (moecc_tile_fn) and the row formats in
+ * wtype.c; the loops of matmul.c and moe.c never look at the type. They only ask how many bytes
+ * an activation row for it takes (moecc_act_bytes: 0 = the float32 rows as they are; q8 / q4
+ * read activations quantized once per call, moecc_quantize_x) and pass the group size along.
  */
 #ifndef MOECC_H
 #define MOECC_H
@@ -44,6 +46,7 @@ enum {
     MOECC_ERR_SHAPE = -2, /* inconsistent sizes */
     MOECC_ERR_WTYPE = -3, /* unknown weight type */
     MOECC_ERR_ISA = -4,   /* ISA unknown, not compiled in, or not supported by this CPU */
+    MOECC_ERR_NOMEM = -5, /* a prefill buffer could not be allocated */
 };
 
 /* ---- weight types ------------------------------------------------------------------------- */
@@ -51,19 +54,87 @@ enum {
 typedef enum {
     MOECC_W_F32 = 0,  /* float32 */
     MOECC_W_BF16 = 1, /* bfloat16 bit pattern (top 16 bits of a float32), stored as uint16 */
+    MOECC_W_Q8 = 2,   /* group-wise 8-bit: a row of K is int8 q[K], then fp16 d[K/G]; w = d * q */
+    MOECC_W_Q4 = 3,   /* group-wise 4-bit: uint8 packed[K/2], then fp16 d[K/G]; w = d * (nib - 8) */
     MOECC_W_NTYPES
 } moecc_wtype;
 
-/* bytes of one weight row of K elements */
-int64_t moecc_row_bytes(moecc_wtype wt, int64_t K);
+/* How a weight matrix is stored: its type and, for q8 / q4, the values per fp16 scale (G).
+ * q4 group g of a row occupies bytes g*G/2 .. (g+1)*G/2 - 1; byte j of the group holds value j
+ * in its low nibble and value j + G/2 in its high nibble, each as q + 8 (0..15). Rows are packed
+ * back to back with no alignment. (NumPy oracle: moecc/quant.py.) */
+typedef struct {
+    moecc_wtype type;
+    int group; /* q8 / q4: 32, 64, 128 or 256, dividing K; f32 / bf16: 0 */
+} moecc_wformat;
+
+#define MOECC_QBLOCK 32     /* activation block; every q8 / q4 group is a whole number of them */
+#define MOECC_GROUP_MAX 256 /* largest supported G */
+
+/* MOECC_OK if rows of K values can be stored as f: MOECC_ERR_WTYPE for an unknown type or a
+ * group size that is not allowed for it, MOECC_ERR_SHAPE if the group does not divide K */
+int moecc_wformat_check(moecc_wformat f, int64_t K);
+/* bytes of one weight row of K elements (f valid for K) */
+int64_t moecc_row_bytes(moecc_wformat f, int64_t K);
 /* dequantize / widen one weight row to float32 */
-void moecc_row_to_f32(moecc_wtype wt, int64_t K, const void *row, float *out);
+void moecc_row_to_f32(moecc_wformat f, int64_t K, const void *row, float *out);
 
 static inline float moecc_bf16_to_f32(uint16_t h) {
     const uint32_t u = (uint32_t)h << 16;
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
+}
+
+/* IEEE half -> float32, exact for every value (subnormals, inf, NaN) */
+static inline float moecc_f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+    uint32_t bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13); /* inf, NaN */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13); /* rebias 15 -> 127 */
+    } else {
+        const float mag = (float)man * 0x1p-24f; /* zero or subnormal: man * 2^-24, exact */
+        return sign ? -mag : mag;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* the fp16 scale of group g of a q8 / q4 row of K values (rows are unaligned: memcpy) */
+static inline uint16_t moecc_q_scale_bits(moecc_wtype t, const void *row, int64_t K, int64_t g) {
+    uint16_t h;
+    memcpy(&h, (const char *)row + (t == MOECC_W_Q8 ? K : K / 2) + 2 * g, sizeof h);
+    return h;
+}
+
+/* ---- quantized activations ---------------------------------------------------------------- */
+
+/* q8 / q4 weights meet activations quantized once per call (x ~ d * q per block of 32), so the
+ * inner products are integer. One row of K float32 activations (K % 32 == 0) becomes:
+ *     int8_t  q[K]          q = round(x / d) (to nearest even), |q| <= 127
+ *     float   d[K/32]       d = max|x| / 127 over the block (0 for an all-zero block)
+ *     int32_t sum[K/32]     the sum of the block's q (for kernels that bias weights to unsigned)
+ * padded to a multiple of 64 bytes. NumPy oracle: moecc.quant.quantize_activations. */
+static inline int64_t moecc_xq_bytes(int64_t K) {
+    return (K + 8 * (K / MOECC_QBLOCK) + 63) & ~(int64_t)63;
+}
+static inline const float *moecc_xq_scales(const void *xq, int64_t K) {
+    return (const float *)((const char *)xq + K);
+}
+static inline const int32_t *moecc_xq_sums(const void *xq, int64_t K) {
+    return (const int32_t *)((const char *)xq + K + 4 * (K / MOECC_QBLOCK));
+}
+/* quantize one row (wtype.c) */
+void moecc_quantize_x(int64_t K, const float *x, void *xq);
+
+/* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 (the float32 rows in
+ * place), moecc_xq_bytes(K) for q8 / q4. */
+static inline int64_t moecc_act_bytes(moecc_wformat f, int64_t K) {
+    return f.type == MOECC_W_Q8 || f.type == MOECC_W_Q4 ? moecc_xq_bytes(K) : 0;
 }
 
 /* ---- the per-ISA table -------------------------------------------------------------------- */
@@ -74,15 +145,16 @@ static inline float moecc_bf16_to_f32(uint16_t h) {
 /* The one weight-type-specific inner product, a register tile:
  *     out[t*ldo + r] = sum_{k<K} W[r][k] * X[t][k]      r < nr (1..MOECC_TILE_ROWS), t < nt (>= 1)
  * W row r starts at (const char *)w + r*ldw, X row t at (const char *)x + t*ldx (byte strides).
- * X rows are float32 for every type so far; a quantized type will take its activations
- * pre-quantized into a type-specific row format, hence the untyped pointer and the byte stride.
+ * X rows are what moecc_act_bytes() says: float32 for f32 / bf16, quantized activation rows
+ * (moecc_xq_bytes) for q8 / q4, hence the untyped pointer and the byte stride. `group` is the
+ * weights' group size (q8 / q4; 0 otherwise).
  * A tile streams each of its nr weight rows once per few tokens (the ISA picks how many), so
  * prefill reuses weights from cache and decode (nt == 1) streams them. */
-typedef void (*moecc_tile_fn)(int64_t K, const void *w, int64_t ldw, int nr,
+typedef void (*moecc_tile_fn)(int64_t K, int group, const void *w, int64_t ldw, int nr,
                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 
 typedef struct {
-    const char *name;                   /* "generic", "avx2", "avx512" */
+    const char *name;                   /* "generic", "avx2", "avx512", "avx512vnni" */
     moecc_tile_fn tile[MOECC_W_NTYPES]; /* indexed by moecc_wtype */
     /* y[k] += sum_{j<n} a[j] * X[j][k] for k < K; X rows are K floats apart (attention's P @ V) */
     void (*wsum_rows)(int64_t K, int n, const float *a, const float *X, float *y);
@@ -108,8 +180,32 @@ typedef struct {
 
 extern const moecc_isa moecc_isa_generic; /* dot_generic.c: portable C, the oracle */
 #if MOECC_X86
-extern const moecc_isa moecc_isa_avx2;   /* dot_avx2.c:   AVX2 + FMA + F16C */
-extern const moecc_isa moecc_isa_avx512; /* dot_avx512.c: AVX-512 F/BW/VL/DQ */
+extern const moecc_isa moecc_isa_avx2;       /* dot_avx2.c:   AVX2 + FMA + F16C */
+extern const moecc_isa moecc_isa_avx512;     /* dot_avx512.c: AVX-512 F/BW/VL/DQ */
+extern const moecc_isa moecc_isa_avx512vnni; /* dot_avx512.c: the same + VNNI for q8 / q4 */
+#endif
+
+/* The q8 / q4 tiles (the ISA tables point at them): qdot_generic.c, qdot_x86.c */
+void moecc_tile_q8_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+#if MOECC_X86
+/* maddubs (AVX2) */
+void moecc_tile_q8_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                        const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                        const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+/* maddubs (AVX-512 BW/VL: 32 registers) */
+void moecc_tile_q8_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+/* dpbusd (AVX-512 VNNI, 256-bit) */
+void moecc_tile_q8_avx512vnni(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                              const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_avx512vnni(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                              const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #endif
 
 /* dispatch.c: cpuid once at init; the active table is read once at the start of each kernel */
@@ -135,27 +231,36 @@ static inline void moecc_split(int64_t n, int64_t align, int nth, int ith, int64
     *hi = b < n ? b : n;
 }
 
-/* Tokens per block so that a block of activations (tokens x K floats) stays in L2. */
-static inline int64_t moecc_token_block(int64_t K) {
-    int64_t tb = 65536 / (K > 0 ? K : 1);
-    tb = tb < 4 ? 4 : tb > 64 ? 64 : tb;
+/* Tokens per block so that a block of activation rows (ldx bytes each) stays in L2. */
+#define MOECC_TOKEN_BLOCK_MAX 64
+static inline int64_t moecc_token_block(int64_t ldx) {
+    int64_t tb = 262144 / (ldx > 0 ? ldx : 1);
+    tb = tb < 4 ? 4 : tb > MOECC_TOKEN_BLOCK_MAX ? MOECC_TOKEN_BLOCK_MAX : tb;
     return tb & ~(int64_t)3;
 }
+
+/* Bytes of quantized activations a kernel keeps on its stack for one token (decode allocates
+ * nothing); longer rows, and prefill, use the heap or the caller's scratch. */
+#define MOECC_XQ_STACK 12288
 
 /* Below this many multiply-adds a kernel runs on one thread (the fork costs more). */
 #define MOECC_PAR_MIN 16384
 
 /* ---- kernels ------------------------------------------------------------------------------ */
 
-/* matmul.c: out[T, N] = x[T, K] @ W[N, K]^T */
-void moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wtype wt, int64_t N,
-                  float *out, int threads);
-/* rows [n0, n1) of the above with the given table, on the calling thread */
-void moecc_gemm_rows(const moecc_isa *isa, moecc_wtype wt, int64_t T, int64_t K, const float *x,
-                     const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo);
+/* Every kernel taking weights returns MOECC_ERR_WTYPE / MOECC_ERR_SHAPE for a format f that
+ * moecc_wformat_check rejects for their row length. */
+
+/* matmul.c: out[T, N] = x[T, K] @ W[N, K]^T; MOECC_OK, or MOECC_ERR_NOMEM (prefill, q8 / q4) */
+int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wformat f, int64_t N,
+                 float *out, int threads);
+/* rows [n0, n1) of the above with the given table, on the calling thread, from activation rows
+ * xa, ldx bytes apart: x itself for f32 / bf16, rows made by moecc_quantize_x for q8 / q4 */
+void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K, const void *xa,
+                     int64_t ldx, const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo);
 
 /* ops.c */
-int moecc_embedding(const void *table, moecc_wtype wt, int64_t V, int64_t D, const int32_t *ids,
+int moecc_embedding(const void *table, moecc_wformat f, int64_t V, int64_t D, const int32_t *ids,
                     int64_t T, float *out, int threads);
 void moecc_rmsnorm(const float *x, int64_t R, int64_t D, const float *weight, float eps, float *out,
                    int threads);
@@ -170,10 +275,11 @@ int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const flo
                     int threads);
 
 /* moe.c: out[T, D] = sum_j weights[t, j] * SwiGLU expert idx[t, j] applied to x[t];
- * gate, up [E, inter, D], down [E, D, inter] (not named I here: <complex.h> defines I) */
+ * gate, up [E, inter, D], down [E, D, inter] (not named I here: <complex.h> defines I), all in
+ * format f (checked for both row lengths). The scratch size covers every weight type. */
 int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t inter);
 int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
-                  const void *down, moecc_wtype wt, int64_t E, int64_t inter, const int32_t *idx,
+                  const void *down, moecc_wformat f, int64_t E, int64_t inter, const int32_t *idx,
                   const float *weights, int64_t top_k, float *scratch, float *out, int threads);
 
 #endif /* MOECC_H */

@@ -3,16 +3,18 @@
 
 #include "moecc.h"
 
-/* ---- embedding: out[t] = table[ids[t]] as float32 ----------------------------------------- */
+/* ---- embedding: out[t] = table[ids[t]] as float32 (q8 / q4 rows dequantized) ----------- */
 
-int moecc_embedding(const void *table, moecc_wtype wt, int64_t V, int64_t D, const int32_t *ids,
+int moecc_embedding(const void *table, moecc_wformat f, int64_t V, int64_t D, const int32_t *ids,
                     int64_t T, float *out, int threads) {
+    const int rc = moecc_wformat_check(f, D);
+    if (rc != MOECC_OK) return rc;
     for (int64_t t = 0; t < T; t++)
         if (ids[t] < 0 || ids[t] >= V) return MOECC_ERR_INDEX;
-    const int64_t rb = moecc_row_bytes(wt, D);
+    const int64_t rb = moecc_row_bytes(f, D);
 #pragma omp parallel for num_threads(threads) if (T * D >= MOECC_PAR_MIN)
     for (int64_t t = 0; t < T; t++)
-        moecc_row_to_f32(wt, D, (const char *)table + ids[t] * rb, out + t * D);
+        moecc_row_to_f32(f, D, (const char *)table + ids[t] * rb, out + t * D);
     return MOECC_OK;
 }
 

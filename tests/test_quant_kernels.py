@@ -1,0 +1,332 @@
+"""The q8 / q4 kernels against the NumPy oracle (moecc.quant), on every ISA this machine has,
+1 and 2 threads, every group size.
+
+The kernels quantize activations per block of 32 (quant.quantize_activations) and take exact
+integer sums per block, so the reference for a product is
+
+    ref = dequantize(w) @ dequantize(quantize_activations(x))      (float64)
+
+which they must meet to float32 rounding: |got - ref| <= RTOL * (|xq| @ |w|) elementwise and
+||got - ref|| <= RTOL * ||ref||. Against the float product with the raw x the difference is the
+activation quantization error alone, a fraction of a percent.
+"""
+import numpy as np
+import pytest
+
+from moecc import _kernels as K
+from moecc import quant
+
+RTOL = 1e-5
+ISAS = K.build_info()["isa_available"]
+QTYPES = ["q8", "q4"]
+GROUPS = [32, 64, 128, 256]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    previous = K.get_isa()
+    K.set_isa(request.param)
+    yield request.param
+    K.set_isa(previous)
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
+def threads(request):
+    return request.param
+
+
+def quantized(rng, shape, dtype, G, scale=1.0):
+    """(stored uint8 rows, their exact values as float64)."""
+    w = (rng.standard_normal(shape) * scale).astype(np.float32)
+    stored = quant.quantize(w, dtype, G)
+    return stored, quant.dequantize(stored, dtype, shape[-1], G).astype(np.float64)
+
+
+def xq_values(x):
+    """x as the kernels see it: quantized per block of 32, as float64 (exact)."""
+    q, d = quant.quantize_activations(x)
+    T, Kd = x.shape
+    return (q.reshape(T, -1, 32).astype(np.float64) * d[..., None]).reshape(T, Kd)
+
+
+def assert_matches(got, ref, magnitude, rtol=RTOL):
+    err = np.abs(got.astype(np.float64) - ref)
+    worst = np.unravel_index(np.argmax(err - rtol * magnitude), err.shape)
+    assert np.all(err <= rtol * magnitude + 1e-30), (
+        f"at {worst}: got {got[worst]}, ref {ref[worst]}, bound {rtol * magnitude[worst]}")
+    assert np.linalg.norm(err) <= rtol * np.linalg.norm(ref) + 1e-30
+
+
+# ---- formats -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"] + QTYPES)
+@pytest.mark.parametrize("G", GROUPS)
+@pytest.mark.parametrize("mult", [1, 3, 8])
+def test_row_bytes(dtype, G, mult):
+    g = G if dtype in QTYPES else 0
+    assert K.row_bytes(dtype, G * mult, g) == quant.row_bytes(dtype, G * mult, g)
+
+
+@pytest.mark.parametrize("Kd", [32, 96, 2048])
+def test_quantize_activations_exact(Kd):
+    rng = np.random.default_rng(Kd)
+    x = rng.standard_normal((7, Kd)).astype(np.float32) * np.float32(3)
+    x[1, :32] = 0                      # an all-zero block: scale 0, q 0
+    x[2, 32:64] = 1e-30                # tiny but not zero
+    x[3, :32] = np.arange(32) - 15.5   # values whose x / d land on .5: round to even
+    x[4, :] = np.float32(1e30) * np.sign(x[4])
+    q, d = K.quantize_activations(x)
+    q_ref, d_ref = quant.quantize_activations(x)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(d, d_ref)
+
+
+def test_quantize_activations_checks():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        K.quantize_activations(np.zeros((2, 48), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        K.quantize_activations(np.zeros((2, 64), np.float64))
+
+
+# ---- matmul ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("G", GROUPS)
+@pytest.mark.parametrize("T", [1, 2, 5, 17])
+@pytest.mark.parametrize("N,mult", [(1, 1), (3, 2), (33, 3), (129, 7), (20, 5)])
+def test_matmul(isa, threads, dtype, G, T, N, mult):
+    Kd = G * mult
+    rng = np.random.default_rng(T * 1000 + N * 10 + mult + G)
+    x = rng.standard_normal((T, Kd)).astype(np.float32)
+    w, wref = quantized(rng, (N, Kd), dtype, G)
+    out = np.full((T, N), np.nan, np.float32)
+    K.matmul(x, w, out, threads=threads, wtype=dtype, group_size=G)
+    xq = xq_values(x)
+    assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
+    # the activation quantization error alone: small next to the float product with x itself
+    exact = x.astype(np.float64) @ wref.T
+    assert np.linalg.norm(out - exact) <= 0.02 * np.linalg.norm(exact)
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("G", GROUPS)
+@pytest.mark.parametrize("T,Kd,N", [(70, 1024, 37), (1, 10240, 9), (3, 512, 300)])
+def test_matmul_large(isa, threads, dtype, G, T, Kd, N):
+    # 70 tokens: more than one token block; K = 10240: a decode row too long for the stack
+    rng = np.random.default_rng(T + Kd + N)
+    x = rng.standard_normal((T, Kd)).astype(np.float32)
+    w, wref = quantized(rng, (N, Kd), dtype, G)
+    out = np.empty((T, N), np.float32)
+    K.matmul(x, w, out, threads=threads, wtype=dtype, group_size=G)
+    xq = xq_values(x)
+    assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("G", [32, 256])
+def test_matmul_extremes(isa, dtype, G):
+    # every weight and activation at the ends of its range: no int16 / int32 saturation
+    rng = np.random.default_rng(G)
+    Kd, N, T = 4 * G, 8, 3
+    lo, hi = (-128, 127) if dtype == "q8" else (0, 15)
+    w = quant.quantize(np.ones((N, Kd), np.float32), dtype, G)
+    nq = Kd if dtype == "q8" else Kd // 2
+    if dtype == "q8":
+        w[:, :nq] = rng.choice(np.array([lo, hi], np.int8), (N, nq)).view(np.uint8)
+        w[0, :nq] = np.int8(-128).view(np.uint8)
+    else:
+        nib = rng.choice([lo, hi], (N, nq, 2))
+        nib[0] = 0
+        w[:, :nq] = (nib[..., 0] | (nib[..., 1] << 4)).astype(np.uint8)
+    wref = quant.dequantize(w, dtype, Kd, G).astype(np.float64)
+    x = rng.choice(np.array([-1.0, 1.0], np.float32), (T, Kd)) * np.float32(5)
+    x[0] = -5.0
+    out = np.empty((T, N), np.float32)
+    K.matmul(x, w, out, threads=1, wtype=dtype, group_size=G)
+    xq = xq_values(x)
+    assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
+
+
+# ---- embedding -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("G", GROUPS)
+@pytest.mark.parametrize("mult", [1, 3])
+def test_embedding(threads, dtype, G, mult):
+    D = G * mult
+    rng = np.random.default_rng(G * mult)
+    table, ref = quantized(rng, (50, D), dtype, G)
+    ids = np.concatenate([[0, 49, 3, 3, 17], rng.integers(0, 50, 100)]).astype(np.int32)
+    out = np.empty((len(ids), D), np.float32)
+    K.embedding(table, ids, out, threads=threads, wtype=dtype, group_size=G)
+    np.testing.assert_array_equal(out, quant.dequantize(table[ids], dtype, D, G))
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+def test_embedding_fp16_scales(dtype):
+    # every finite fp16 scale, subnormals included, converts exactly (the portable path)
+    G, D = 32, 32
+    scales = np.arange(0, 0x7C00, 7, dtype=np.uint16)
+    scales = np.concatenate([scales, scales | 0x8000])
+    table = quant.quantize(np.ones((len(scales), D), np.float32), dtype, G)
+    table[:, -2:] = scales.view(np.uint8).reshape(-1, 2)
+    ids = np.arange(len(scales), dtype=np.int32)
+    out = np.empty((len(ids), D), np.float32)
+    K.embedding(table, ids, out, threads=1, wtype=dtype, group_size=G)
+    np.testing.assert_array_equal(out, quant.dequantize(table, dtype, D, G))
+
+
+# ---- moe_ffn ---------------------------------------------------------------------------------
+
+
+def silu(z):
+    return z / (1 + np.exp(-z))
+
+
+def moe_ref(x, gate, up, down, idx, wts):
+    """SwiGLU experts on dequantized weights, with the activations quantized where the kernel
+    quantizes them: x before gate / up, h before down."""
+    out = np.zeros(x.shape)
+    xq = xq_values(x)
+    for t in range(x.shape[0]):
+        for j in range(idx.shape[1]):
+            e = idx[t, j]
+            h = silu(gate[e] @ xq[t]) * (up[e] @ xq[t])
+            hq = xq_values(h.astype(np.float32)[None])[0]
+            out[t] += wts[t, j] * (down[e] @ hq)
+    return out
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("G", GROUPS)
+@pytest.mark.parametrize(
+    "T,E,k,dm,im",
+    [(1, 8, 2, 2, 3), (1, 1, 1, 1, 2), (2, 4, 2, 1, 1), (5, 6, 3, 3, 2), (17, 8, 2, 1, 3)],
+)
+def test_moe_ffn(isa, threads, dtype, G, T, E, k, dm, im):
+    D, I = G * dm, G * im
+    rng = np.random.default_rng(T * 100 + E * 10 + D + I)
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    gate, gref = quantized(rng, (E, I, D), dtype, G, scale=D**-0.5)
+    up, uref = quantized(rng, (E, I, D), dtype, G, scale=D**-0.5)
+    down, dref = quantized(rng, (E, D, I), dtype, G, scale=I**-0.5)
+    idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
+    wts = rng.random((T, k)).astype(np.float32)
+    scratch = np.empty(K.moe_scratch_floats(T, k, D, I), np.float32)
+    out = np.full((T, D), np.nan, np.float32)
+    K.moe_ffn(x, gate, up, down, idx, wts, scratch, out, threads=threads, wtype=dtype,
+              group_size=G)
+    ref = moe_ref(x, gref, uref, dref, idx, wts.astype(np.float64))
+    # h is quantized from the kernel's float32 values: a value on a rounding edge may land one
+    # step away from the reference's, an error of one quantization step of that block
+    err = np.abs(out - ref)
+    assert np.linalg.norm(err) <= 2e-3 * np.linalg.norm(ref)
+    assert err.max() <= 1e-2 * np.abs(ref).max()
+
+
+def test_moe_ffn_repeated_expert(isa, threads):
+    # one token routed twice to the same expert, several tokens sharing experts
+    G, D, I, E = 64, 128, 192, 4
+    rng = np.random.default_rng(3)
+    idx = np.array([[1, 1, 2], [3, 1, 0], [2, 2, 1]], np.int32)
+    x = rng.standard_normal((3, D)).astype(np.float32)
+    gate, gref = quantized(rng, (E, I, D), "q4", G, scale=D**-0.5)
+    up, uref = quantized(rng, (E, I, D), "q4", G, scale=D**-0.5)
+    down, dref = quantized(rng, (E, D, I), "q4", G, scale=I**-0.5)
+    wts = rng.random((3, 3)).astype(np.float32)
+    for rows in (slice(0, 1), slice(0, 3)):
+        T = rows.stop - rows.start
+        scratch = np.empty(K.moe_scratch_floats(T, 3, D, I), np.float32)
+        out = np.empty((T, D), np.float32)
+        K.moe_ffn(x[rows], gate, up, down, idx[rows], wts[rows], scratch, out, threads=threads,
+                  wtype="q4", group_size=G)
+        ref = moe_ref(x[rows], gref, uref, dref, idx[rows], wts[rows].astype(np.float64))
+        assert np.linalg.norm(out - ref) <= 2e-3 * np.linalg.norm(ref)
+
+
+def test_moe_scratch_covers_every_type():
+    for T, k, D, I in [(1, 8, 2048, 768), (256, 8, 2048, 768), (3, 2, 32, 64), (1, 1, 1, 1)]:
+        n = K.moe_scratch_floats(T, k, D, I)
+        P = T * k
+        quant_rows = (P if T > 1 else 1) * (D + D // 4) + P * I + P * (I + I // 4)
+        assert n * 4 >= quant_rows + 8 * P
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+
+def test_errors_matmul():
+    x, out = np.zeros((2, 64), np.float32), np.zeros((2, 3), np.float32)
+    w8 = np.zeros((3, quant.row_bytes("q8", 64, 32)), np.uint8)
+    K.matmul(x, w8, out, threads=1, wtype="q8", group_size=32)
+    with pytest.raises(ValueError, match=r"must have shape \(3, 68\).*68 bytes; got shape \(3, 67\)"):
+        K.matmul(x, w8[:, :-1].copy(), out, threads=1, wtype="q8", group_size=32)
+    with pytest.raises(ValueError, match=r"\(3, 36\)"):
+        K.matmul(x, w8, out, threads=1, wtype="q4", group_size=32)  # q4 rows are 36 bytes
+    for bad in (0, 16, 48, 512):
+        with pytest.raises(ValueError, match="group_size must be one of"):
+            K.matmul(x, w8, out, threads=1, wtype="q8", group_size=bad)
+    with pytest.raises(ValueError, match="do not divide the row length 64"):
+        K.matmul(x, w8, out, threads=1, wtype="q8", group_size=128)
+    with pytest.raises(TypeError, match="uint8"):
+        K.matmul(x, w8.view(np.int8), out, threads=1, wtype="q8", group_size=32)
+    with pytest.raises(TypeError, match="wtype='q8' or 'q4'"):
+        K.matmul(x, w8, out, threads=1)
+    with pytest.raises(ValueError, match="unknown wtype"):
+        K.matmul(x, w8, out, threads=1, wtype="q5", group_size=32)
+    with pytest.raises(TypeError, match="float32 for wtype 'f32'"):
+        K.matmul(x, w8, out, threads=1, wtype="f32")
+    with pytest.raises(ValueError, match="group_size applies to q8 / q4 only"):
+        K.matmul(x, np.zeros((3, 64), np.float32), out, threads=1, wtype="f32", group_size=32)
+    # explicit f32 / bf16 still work
+    K.matmul(x, np.zeros((3, 64), np.float32), out, threads=1, wtype="f32")
+    K.matmul(x, np.zeros((3, 64), np.uint16), out, threads=1, wtype="bf16", group_size=0)
+
+
+def test_errors_embedding():
+    table = np.zeros((10, quant.row_bytes("q4", 64, 64)), np.uint8)
+    K.embedding(table, np.array([1], np.int32), np.zeros((1, 64), np.float32), threads=1,
+                wtype="q4", group_size=64)
+    with pytest.raises(ValueError, match="bytes; got shape"):
+        K.embedding(table, np.array([1], np.int32), np.zeros((1, 128), np.float32), threads=1,
+                    wtype="q4", group_size=64)
+    with pytest.raises(ValueError, match="ids out of range"):
+        K.embedding(table, np.array([10], np.int32), np.zeros((1, 64), np.float32), threads=1,
+                    wtype="q4", group_size=64)
+
+
+def test_errors_moe():
+    T, E, k, D, I, G = 2, 4, 2, 64, 96, 32
+    rb = quant.row_bytes
+    args = dict(
+        x=np.zeros((T, D), np.float32),
+        gate=np.zeros((E, I, rb("q8", D, G)), np.uint8),
+        up=np.zeros((E, I, rb("q8", D, G)), np.uint8),
+        down=np.zeros((E, D, rb("q8", I, G)), np.uint8),
+        idx=np.zeros((T, k), np.int32), weights=np.zeros((T, k), np.float32),
+        scratch=np.zeros(K.moe_scratch_floats(T, k, D, I), np.float32),
+        out=np.zeros((T, D), np.float32),
+    )
+
+    def call(wtype="q8", group_size=G, **changes):
+        a = dict(args, **changes)
+        K.moe_ffn(a["x"], a["gate"], a["up"], a["down"], a["idx"], a["weights"], a["scratch"],
+                  a["out"], threads=1, wtype=wtype, group_size=group_size)
+
+    call()
+    with pytest.raises(ValueError, match=r"down must have shape \(4, 64, 102\)"):
+        call(down=np.zeros((E, D, rb("q8", D, G)), np.uint8))
+    with pytest.raises(ValueError, match="up must have shape"):
+        call(up=np.zeros((E, I, rb("q4", D, G)), np.uint8))
+    g64 = np.zeros((E, I, rb("q8", D, 64)), np.uint8)
+    with pytest.raises(ValueError, match="do not divide the row length 96"):
+        call(group_size=64, gate=g64, up=g64)  # fine for gate / up (D = 64), not for down
+    with pytest.raises(TypeError, match="share a dtype"):
+        call(up=np.zeros((E, I, D), np.float32))
+    with pytest.raises(TypeError, match="wtype='q8' or 'q4'"):
+        call(wtype=None, group_size=0)
+    with pytest.raises(ValueError, match="idx out of range"):
+        call(idx=np.array([[0, 4], [1, 2]], np.int32))
