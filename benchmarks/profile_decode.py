@@ -33,13 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in m.file.tensors:  # fault every weight page in before timing
         m.file.tensor(name).reshape(-1).view(np.uint8)[::4096].sum()
     cfg = m.config
-    names = {}  # (shape) of a matmul weight -> its role
-    D, hd = cfg.hidden_size, cfg.head_dim
-    names[(cfg.num_attention_heads * hd, D)] = "matmul q_proj"
-    names[(cfg.num_key_value_heads * hd, D)] = "matmul k_proj+v_proj"
-    names[(D, cfg.num_attention_heads * hd)] = "matmul o_proj"
-    names[(cfg.num_experts, D)] = "matmul router"
-    names[(cfg.vocab_size, D)] = "matmul lm_head"
+    # a matmul is labelled by the weight it reads, found from where that weight's bytes lie
+    labels = {}
+    for name in m.file.tensors:
+        short = name.rsplit(".", 2)[-2] if name.endswith(".weight") else name.rsplit(".", 1)[-1]
+        short = {"gate": "router", "k_proj": "k_proj+v_proj", "v_proj": "k_proj+v_proj"}.get(short, short)
+        labels[m.file.tensor(name).__array_interface__["data"][0]] = "matmul " + short
 
     K = model_module.K
     seconds = collections.defaultdict(float)
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = attr
                 nbytes = 0
                 if attr == "matmul":
-                    label = names.get(tuple(args[1].shape), f"matmul {tuple(args[1].shape)}")
+                    label = labels.get(args[1].__array_interface__["data"][0], f"matmul {tuple(args[1].shape)}")
                     nbytes = args[1].nbytes
                 elif attr == "moe_ffn":
                     k = args[4].shape[1]
