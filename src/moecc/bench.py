@@ -176,6 +176,50 @@ def run_peer(hf_dir: str, quant: str, threads: int, pp: int, tg: int, reps: int)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+class OtherLoad:
+    """CPU time that processes other than this one and its children spent during a `with` block,
+    as a fraction of the machine's CPUs: on a shared machine a turn that others slowed down
+    shows up here, not as a mysterious slow run."""
+
+    def __enter__(self):
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc):
+        machine, own, wall = (b - a for a, b in zip(self._start, self._sample()))
+        self.fraction = max(machine - own, 0.0) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        import resource
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for f in ("ru_utime", "ru_stime"))
+        return machine, own, time.monotonic()
+
+
+CONTENDED = 0.05  # other processes' share of the CPUs above which a turn is flagged
+
+
+def wait_until_idle(max_seconds: float) -> None:
+    """Wait (up to `max_seconds`) for a 2-second window in which other processes use < 5% of the CPUs."""
+    deadline = time.monotonic() + max_seconds
+    waited = False
+    while True:
+        with OtherLoad() as other:
+            time.sleep(2.0)
+        if other.fraction <= CONTENDED or time.monotonic() >= deadline:
+            if waited:
+                log(f"  ...{'idle' if other.fraction <= CONTENDED else 'still busy; going on'}")
+            return
+        if not waited:
+            log(f"  other processes use {other.fraction:.0%} of the CPUs; waiting up to {max_seconds:.0f} s for them")
+            waited = True
+
+
 def peer_files() -> list[str]:
     """The llama.cpp harness's GGUF files (all checkpoints'): evicted from the page cache before moecc runs."""
     home = os.path.expanduser(os.environ.get("MOECC_PEER_HOME", "~/.cache/moecc-peer"))
@@ -279,18 +323,24 @@ def summarize(rounds: list[dict], peers: list[str], moecc_bytes: int, peer_bytes
     return s
 
 
+def _contended(turn: dict) -> str:
+    share = turn.get("other_cpu", 0.0)
+    return f"  [other processes used {share:.0%} of the CPUs]" if share > CONTENDED else ""
+
+
 def print_round(i: int, r: dict, peers: list[str]) -> None:
     m = r["moecc"]
     print(f"round {i + 1}:")
     print(f"  moecc {r['quant']:>5}: pp {_fmt(m.get('pp_tok_s')):>8} tok/s  tg {_fmt(m.get('tg_tok_s')):>7} tok/s"
           f"  decode {_fmt(m.get('decode_gb_s'), '.1f')} GB/s = {_fmt(m.get('decode_bw_fraction'), '.0%')}"
           f" of {m['bandwidth_gb_s']:.1f}"
-          f"  load {m['load_s']:.2f} s  peak RSS {m['peak_rss_mb']:.0f} MiB")
+          f"  load {m['load_s']:.2f} s  peak RSS {m['peak_rss_mb']:.0f} MiB{_contended(m)}")
     for q in peers:
         p, ratio = r["llama.cpp"][q], r["ratio"][q]
         print(f"  llama.cpp {q}: pp {_fmt(p.get('pp_tok_s')):>8} tok/s  tg {_fmt(p.get('tg_tok_s')):>7} tok/s"
               f"  decode {_fmt(p.get('decode_gb_s'), '.1f')} GB/s = {_fmt(p.get('decode_bw_fraction'), '.0%')}"
-              f" of {p['bandwidth_gb_s']:.1f}  | moecc/llama.cpp pp {_fmt(ratio['pp'])}x tg {_fmt(ratio['tg'])}x")
+              f" of {p['bandwidth_gb_s']:.1f}  | moecc/llama.cpp pp {_fmt(ratio['pp'])}x tg {_fmt(ratio['tg'])}x"
+              f"{_contended(p)}")
     sys.stdout.flush()
 
 
@@ -349,6 +399,8 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds (at least 3 for a meaningful median); default 3")
     ap.add_argument("--bandwidth", type=float, default=None,
                     help="read bandwidth in GB/s, instead of measuring it each round")
+    ap.add_argument("--wait-idle", type=float, default=300, metavar="SECONDS",
+                    help="before each turn, wait up to this long for other processes to go quiet; default 300")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -390,23 +442,23 @@ def _main(argv: list[str] | None) -> int:
         r = {"quant": args.quant, "llama.cpp": {}, "ratio": {}}
         order = ["moecc"] + peers if i % 2 == 0 else peers + ["moecc"]
         for engine in order:
+            wait_until_idle(args.wait_idle)
             evict(checkpoint_files + (peer_files() if engine == "moecc" else [path]))
             # the bandwidth swings minute to minute: measure it right before each engine
-            bw = args.bandwidth if args.bandwidth is not None else measure_bandwidth(args.threads)["gb_s"]
+            with OtherLoad() as other:
+                bw = args.bandwidth if args.bandwidth is not None else measure_bandwidth(args.threads)["gb_s"]
+                result = (run_moecc(path, args.threads, args.pp, args.tg, args.reps, seed=i) if engine == "moecc"
+                          else run_peer(hf, engine, args.threads, args.pp, args.tg, args.reps))
+            result["other_cpu"] = round(other.fraction, 3)
+            result["bandwidth_gb_s"] = bw
+            if result.get("tg_tok_s"):
+                nbytes = moecc_bytes["total"] if engine == "moecc" else peer_bytes[engine]["total"]
+                result["decode_gb_s"] = nbytes * result["tg_tok_s"] / 1e9
+                result["decode_bw_fraction"] = result["decode_gb_s"] / bw
             if engine == "moecc":
-                m = run_moecc(path, args.threads, args.pp, args.tg, args.reps, seed=i)
-                if m.get("tg_tok_s"):
-                    m["decode_gb_s"] = moecc_bytes["total"] * m["tg_tok_s"] / 1e9
-                    m["decode_bw_fraction"] = m["decode_gb_s"] / bw
-                m["bandwidth_gb_s"] = bw
-                r["moecc"] = m
+                r["moecc"] = result
             else:
-                p = run_peer(hf, engine, args.threads, args.pp, args.tg, args.reps)
-                if p.get("tg_tok_s"):
-                    p["decode_gb_s"] = peer_bytes[engine]["total"] * p["tg_tok_s"] / 1e9
-                    p["decode_bw_fraction"] = p["decode_gb_s"] / bw
-                p["bandwidth_gb_s"] = bw
-                r["llama.cpp"][engine] = p
+                r["llama.cpp"][engine] = result
         for q in peers:
             r["ratio"][q] = {"pp": _ratio(r["moecc"].get("pp_tok_s"), r["llama.cpp"][q].get("pp_tok_s")),
                              "tg": _ratio(r["moecc"].get("tg_tok_s"), r["llama.cpp"][q].get("tg_tok_s"))}
@@ -415,6 +467,10 @@ def _main(argv: list[str] | None) -> int:
 
     summary = summarize(rounds, peers, moecc_bytes["total"], {q: b["total"] for q, b in peer_bytes.items()})
     print_summary(summary, peers, args.quant, len(rounds))
+    busy = sum(t.get("other_cpu", 0) > CONTENDED for r in rounds for t in [r["moecc"], *r["llama.cpp"].values()])
+    if busy:
+        print(f"  warning: other processes were busy during {busy} of {len(rounds) * (1 + len(peers))} turns; "
+              "their figures are suspect (see [other processes ...] above)")
     if args.json:
         report = {
             "checkpoint": os.path.abspath(hf), "layers": cfg.num_hidden_layers, "moecc_file": path,
