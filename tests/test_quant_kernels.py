@@ -69,12 +69,13 @@ def test_row_bytes(dtype, G, mult):
 
 
 @pytest.mark.parametrize("Kd", [32, 96, 2048])
-def test_quantize_activations_exact(Kd):
+def test_quantize_activations_exact(isa, Kd):
     rng = np.random.default_rng(Kd)
     x = rng.standard_normal((7, Kd)).astype(np.float32) * np.float32(3)
     x[1, :32] = 0                      # an all-zero block: scale 0, q 0
-    x[2, 32:64] = 1e-30                # tiny but not zero
-    x[3, :32] = np.arange(32) - 15.5   # values whose x / d land on .5: round to even
+    x[2, -32:] = 1e-30                 # tiny but not zero
+    x[3, :32] = np.arange(32) - 15.5   # max 127 below: scale 1, so x / d is x: ties to even
+    x[3, 0] = 127
     x[4, :] = np.float32(1e30) * np.sign(x[4])
     q, d = K.quantize_activations(x)
     q_ref, d_ref = quant.quantize_activations(x)

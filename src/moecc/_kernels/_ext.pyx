@@ -33,7 +33,7 @@ cdef extern from "moecc.h" nogil:
     int moecc_wformat_check(moecc_wformat f, int64_t K)
     int64_t moecc_row_bytes(moecc_wformat f, int64_t K)
     int64_t moecc_xq_bytes(int64_t K)
-    void moecc_quantize_x(int64_t K, const float *x, void *xq)
+    void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq)
 
     void moecc_dispatch_init()
     int moecc_isa_count()
@@ -235,11 +235,12 @@ def row_bytes(str wtype, int64_t K, int group_size=0):
 
 
 def quantize_activations(x):
-    """The kernels' activation quantization (what q8 / q4 weights are multiplied with):
+    """The kernels' activation quantization (what q8 / q4 weights are multiplied with), on the
+    ISA in use:
     x float32 [T, K], K % 32 == 0 -> (q int8 [T, K], scales float32 [T, K/32]), x ~ scale * q
     per block of 32. Reference: moecc.quant.quantize_activations."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
-    cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1), t
+    cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1)
     if K % MOECC_QBLOCK:
         raise ValueError(f"the row length must be a multiple of {MOECC_QBLOCK}, got {K}")
     cdef int64_t xb = moecc_xq_bytes(K)
@@ -247,8 +248,7 @@ def quantize_activations(x):
     cdef const float *p_x = <const float *>_ptr(ax)
     cdef char *p_b = <char *>_ptr(buf)
     with nogil:
-        for t in range(T):
-            moecc_quantize_x(K, p_x + t * K, p_b + t * xb)
+        moecc_quantize_rows(p_x, T, K, p_b)
     rows = buf.reshape(T, xb)
     q = rows[:, :K].view(np.int8).copy()
     d = rows[:, K:K + 4 * (K // MOECC_QBLOCK)].copy().view(np.float32)

@@ -215,6 +215,7 @@ const moecc_isa moecc_isa_avx2 = {
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
+    .quantize_x = moecc_quantize_x_avx2,
 };
 
 #endif /* MOECC_X86 */

@@ -193,6 +193,7 @@ const moecc_isa moecc_isa_avx512 = {
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
+    .quantize_x = moecc_quantize_x_avx2,
 };
 
 /* the same, with the q8 / q4 integer products on VNNI (dispatch.c checks avx512vnni) */
@@ -203,6 +204,7 @@ const moecc_isa moecc_isa_avx512vnni = {
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
+    .quantize_x = moecc_quantize_x_avx2,
 };
 
 #endif /* MOECC_X86 */

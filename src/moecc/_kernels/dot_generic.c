@@ -104,4 +104,5 @@ const moecc_isa moecc_isa_generic = {
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
+    .quantize_x = moecc_quantize_x,
 };

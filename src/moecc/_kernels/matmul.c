@@ -4,7 +4,7 @@
  * Within a thread, tokens go in blocks that fit in L2 and each group of MOECC_TILE_ROWS weight
  * rows is reused for the whole token block: decode (T == 1) streams W once, prefill reads W
  * once per token block instead of once per token.
- * q8 / q4 weights read activations quantized once per call (moecc_quantize_x): on the stack for a
+ * q8 / q4 weights read activations quantized once per call (isa->quantize_x): on the stack for a
  * decode row of up to MOECC_XQ_STACK bytes, on the heap otherwise. */
 #include <stdlib.h>
 
@@ -50,7 +50,7 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wfor
             int64_t t0, t1;
             moecc_split(T, 1, nth, ith, &t0, &t1);
             for (int64_t t = t0; t < t1; t++)
-                moecc_quantize_x(K, x + t * K, (char *)buf + t * xb);
+                isa->quantize_x(K, x + t * K, (char *)buf + t * xb);
 #pragma omp barrier
         }
         int64_t n0, n1;
@@ -59,4 +59,9 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wfor
     }
     free(heap);
     return MOECC_OK;
+}
+
+void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq) {
+    const moecc_isa *isa = moecc_active_isa();
+    for (int64_t t = 0; t < T; t++) isa->quantize_x(K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
 }

@@ -128,7 +128,7 @@ static inline const float *moecc_xq_scales(const void *xq, int64_t K) {
 static inline const int32_t *moecc_xq_sums(const void *xq, int64_t K) {
     return (const int32_t *)((const char *)xq + K + 4 * (K / MOECC_QBLOCK));
 }
-/* quantize one row (wtype.c) */
+/* quantize one row (wtype.c: the reference; the ISA tables have a vector one) */
 void moecc_quantize_x(int64_t K, const float *x, void *xq);
 
 /* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 (the float32 rows in
@@ -163,6 +163,8 @@ typedef struct {
     float (*exp_sum)(int n, float *s, float m);
     /* g[i] = silu(g[i]) * u[i] for i < n, silu(z) = z / (1 + exp(-z))  (SwiGLU) */
     void (*swiglu)(int64_t n, float *g, const float *u);
+    /* moecc_quantize_x, bit for bit */
+    void (*quantize_x)(int64_t K, const float *x, void *xq);
 } moecc_isa;
 
 /* exp(x) is computed as 2^i * p(r), x = i*ln2 + r, |r| <= ln2/2, p a degree-6 polynomial */
@@ -191,6 +193,7 @@ void moecc_tile_q8_generic(int64_t K, int group, const void *w, int64_t ldw, int
 void moecc_tile_q4_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #if MOECC_X86
+void moecc_quantize_x_avx2(int64_t K, const float *x, void *xq);
 /* maddubs (AVX2) */
 void moecc_tile_q8_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
@@ -254,6 +257,8 @@ static inline int64_t moecc_token_block(int64_t ldx) {
 /* matmul.c: out[T, N] = x[T, K] @ W[N, K]^T; MOECC_OK, or MOECC_ERR_NOMEM (prefill, q8 / q4) */
 int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wformat f, int64_t N,
                  float *out, int threads);
+/* the T rows of x[T, K] quantized as the matmul of q8 / q4 does, moecc_xq_bytes(K) apart */
+void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq);
 /* rows [n0, n1) of the above with the given table, on the calling thread, from activation rows
  * xa, ldx bytes apart: x itself for f32 / bf16, rows made by moecc_quantize_x for q8 / q4 */
 void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K, const void *xa,

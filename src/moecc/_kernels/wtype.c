@@ -78,7 +78,10 @@ void moecc_quantize_x(int64_t K, const float *x, void *xq) {
     for (int64_t b = 0; b < K / MOECC_QBLOCK; b++) {
         const float *xb = x + b * MOECC_QBLOCK;
         float amax = 0.0f;
-        for (int j = 0; j < MOECC_QBLOCK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        for (int j = 0; j < MOECC_QBLOCK; j++) {
+            const float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+        }
         const float scale = amax / 127.0f;
         const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
         int32_t s = 0;
