@@ -19,7 +19,7 @@ import numpy as np
 
 from . import chat_template, format
 from .config import ConfigError, Qwen3MoeConfig, tensor_specs
-from .model import PREFILL_CHUNK, Transformer
+from .model import PREFILL_CHUNK, Transformer, Weight
 from .sampler import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -108,12 +108,16 @@ class Model:
                 warnings.warn(f"ctx {ctx} is longer than the model was trained for "
                               f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=3)
             self._read_embedded_files()
-            self.net = Transformer(self.config, self.file.tensor, int(ctx), int(threads))
+            self.net = Transformer(self.config, self.file.tensor, self._weight, int(ctx), int(threads))
         except BaseException:
             self.file.close()
             raise
         self.stats = GenerationStats()
         self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
+
+    def _weight(self, name: str) -> Weight:
+        entry = self.file.tensors[name]
+        return Weight(self.file.tensor(name), entry.dtype, entry.group_size)
 
     def _read_embedded_files(self) -> None:
         tokenizer_json = self.file.file_bytes("tokenizer.json")

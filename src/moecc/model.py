@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,37 +26,53 @@ from .config import Qwen3MoeConfig
 PREFILL_CHUNK = 256
 
 
+class Weight(NamedTuple):
+    """A weight matrix (or a stack of them) as stored: the mapped data and its storage type."""
+    data: np.ndarray  # f32, bf16 bits (uint16), or q8 / q4 rows (uint8 [..., rows, row_bytes])
+    wtype: str  # "f32", "bf16", "q8", "q4"
+    group_size: int = 0  # q8 / q4 only
+
+    def stacked(self) -> "Weight":
+        """The same matrix as a stack of one (a dense MLP runs as a single always-chosen expert)."""
+        return self._replace(data=self.data[np.newaxis])
+
+
 @dataclass
 class LayerWeights:
     input_layernorm: np.ndarray  # [D] f32
-    q_proj: np.ndarray  # [Hq*hd, D]
-    k_proj: np.ndarray  # [Hkv*hd, D]
-    v_proj: np.ndarray  # [Hkv*hd, D]
-    o_proj: np.ndarray  # [D, Hq*hd]
+    q_proj: Weight  # [Hq*hd, D]
+    k_proj: Weight  # [Hkv*hd, D]
+    v_proj: Weight  # [Hkv*hd, D]
+    o_proj: Weight  # [D, Hq*hd]
     q_norm: np.ndarray  # [hd] f32
     k_norm: np.ndarray  # [hd] f32
     post_attention_layernorm: np.ndarray  # [D] f32
     router: np.ndarray | None  # [E, D] f32; None in a dense layer
-    gate_proj: np.ndarray  # [E, I, D] (a dense layer: [1, I, D])
-    up_proj: np.ndarray  # [E, I, D]
-    down_proj: np.ndarray  # [E, D, I]
+    gate_proj: Weight  # [E, I, D] (a dense layer: [1, I, D])
+    up_proj: Weight  # [E, I, D]
+    down_proj: Weight  # [E, D, I]
 
 
-def layer_weights(cfg: Qwen3MoeConfig, tensor, layer: int) -> LayerWeights:
-    """The weights of one layer, from `tensor(name) -> array` (zero-copy views of the file)."""
+def layer_weights(cfg: Qwen3MoeConfig, array, weight, layer: int) -> LayerWeights:
+    """The weights of one layer: `array(name)` gives a float32 view, `weight(name)` a Weight."""
     p = f"model.layers.{layer}."
     if cfg.is_sparse_layer(layer):
-        router = tensor(p + "mlp.gate.weight")
-        mlp = [tensor(p + f"mlp.experts.{n}") for n in ("gate_proj", "up_proj", "down_proj")]
-    else:  # a dense SwiGLU MLP is one always-chosen expert
+        router = array(p + "mlp.gate.weight")
+        mlp = [weight(p + f"mlp.experts.{n}") for n in ("gate_proj", "up_proj", "down_proj")]
+    else:
         router = None
-        mlp = [tensor(p + f"mlp.{n}.weight")[np.newaxis] for n in ("gate_proj", "up_proj", "down_proj")]
+        mlp = [weight(p + f"mlp.{n}.weight").stacked() for n in ("gate_proj", "up_proj", "down_proj")]
     return LayerWeights(
-        tensor(p + "input_layernorm.weight"),
-        tensor(p + "self_attn.q_proj.weight"), tensor(p + "self_attn.k_proj.weight"),
-        tensor(p + "self_attn.v_proj.weight"), tensor(p + "self_attn.o_proj.weight"),
-        tensor(p + "self_attn.q_norm.weight"), tensor(p + "self_attn.k_norm.weight"),
-        tensor(p + "post_attention_layernorm.weight"), router, *mlp)
+        array(p + "input_layernorm.weight"),
+        weight(p + "self_attn.q_proj.weight"), weight(p + "self_attn.k_proj.weight"),
+        weight(p + "self_attn.v_proj.weight"), weight(p + "self_attn.o_proj.weight"),
+        array(p + "self_attn.q_norm.weight"), array(p + "self_attn.k_norm.weight"),
+        array(p + "post_attention_layernorm.weight"), router, *mlp)
+
+
+def linear(x: np.ndarray, w: Weight, out: np.ndarray, threads: int) -> None:
+    """out = x @ w.T, whatever the storage type of w."""
+    K.matmul(x, w.data, out, threads=threads, wtype=w.wtype, group_size=w.group_size)
 
 
 def rope_tables(cfg: Qwen3MoeConfig, ctx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,14 +117,15 @@ class Buffers:
 class Transformer:
     """The network: weights (views of the mapped file), buffers, and the forward pass."""
 
-    def __init__(self, cfg: Qwen3MoeConfig, tensor, ctx: int, threads: int):
+    def __init__(self, cfg: Qwen3MoeConfig, array, weight, ctx: int, threads: int):
+        """`array(name)`: a float32 tensor view; `weight(name)`: a Weight (see layer_weights)."""
         self.cfg = cfg
         self.ctx = ctx
         self.threads = threads
-        self.embed_tokens = tensor("model.embed_tokens.weight")  # [V, D]
-        self.layers = [layer_weights(cfg, tensor, i) for i in range(cfg.num_hidden_layers)]
-        self.norm = tensor("model.norm.weight")  # [D]
-        self.lm_head = self.embed_tokens if cfg.tie_word_embeddings else tensor("lm_head.weight")  # [V, D]
+        self.embed_tokens = weight("model.embed_tokens.weight")  # [V, D]
+        self.layers = [layer_weights(cfg, array, weight, i) for i in range(cfg.num_hidden_layers)]
+        self.norm = array("model.norm.weight")  # [D]
+        self.lm_head = self.embed_tokens if cfg.tie_word_embeddings else weight("lm_head.weight")  # [V, D]
         self.cos, self.sin = rope_tables(cfg, ctx)
         self.buf = Buffers(cfg, PREFILL_CHUNK, ctx)
         self.lock = threading.Lock()
@@ -119,13 +137,14 @@ class Transformer:
         Writes the logits of every position ([T, V]) or of the last one ([1, V]) to `logits_out`."""
         T, b, n = len(ids), self.buf, self.threads
         x = b.x[:T]
-        K.embedding(self.embed_tokens, ids, x, threads=n)
+        e = self.embed_tokens
+        K.embedding(e.data, ids, x, threads=n, wtype=e.wtype, group_size=e.group_size)
         for layer, w in enumerate(self.layers):
             self.attention_block(layer, w, x, start)
             self.mlp_block(w, x)
         rows = x if all_positions else x[T - 1:]
         K.rmsnorm(rows, self.norm, self.cfg.rms_norm_eps, rows, threads=n)
-        K.matmul(rows, self.lm_head, logits_out, threads=n)
+        linear(rows, self.lm_head, logits_out, n)
 
     def attention_block(self, layer: int, w: LayerWeights, x: np.ndarray, start: int) -> None:
         """x += o_proj(attention(q, k, v)) with q, k, v from input_layernorm(x)."""
@@ -134,9 +153,9 @@ class Transformer:
         Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
         h, q, k, v, attn, out = b.h[:T], b.q[:T], b.k[:T], b.v[:T], b.attn[:T], b.out[:T]
         K.rmsnorm(x, w.input_layernorm, eps, h, threads=n)
-        K.matmul(h, w.q_proj, q, threads=n)
-        K.matmul(h, w.k_proj, k, threads=n)
-        K.matmul(h, w.v_proj, v, threads=n)
+        linear(h, w.q_proj, q, n)
+        linear(h, w.k_proj, k, n)
+        linear(h, w.v_proj, v, n)
         # per-head RMSNorm of q and k, then rotary position embedding
         q_heads, k_heads = q.reshape(T * Hq, hd), k.reshape(T * Hkv, hd)
         K.rmsnorm(q_heads, w.q_norm, eps, q_heads, threads=n)
@@ -149,7 +168,7 @@ class Transformer:
         k_cache[:, start:start + T] = k.reshape(T, Hkv, hd).transpose(1, 0, 2)
         v_cache[:, start:start + T] = v.reshape(T, Hkv, hd).transpose(1, 0, 2)
         K.attention(q.reshape(T, Hq, hd), k_cache, v_cache, start, attn.reshape(T, Hq, hd), threads=n)
-        K.matmul(attn, w.o_proj, out, threads=n)
+        linear(attn, w.o_proj, out, n)
         x += out
 
     def mlp_block(self, w: LayerWeights, x: np.ndarray) -> None:
@@ -165,5 +184,6 @@ class Transformer:
             K.router_topk(b.router_logits[:T], cfg.num_experts_per_tok, cfg.norm_topk_prob, ids, weights, threads=n)
         else:
             ids, weights = b.dense_ids[:T], b.dense_weights[:T]
-        K.moe_ffn(h, w.gate_proj, w.up_proj, w.down_proj, ids, weights, b.moe_scratch, out, threads=n)
+        K.moe_ffn(h, w.gate_proj.data, w.up_proj.data, w.down_proj.data, ids, weights, b.moe_scratch, out,
+                  threads=n, wtype=w.gate_proj.wtype, group_size=w.gate_proj.group_size)
         x += out

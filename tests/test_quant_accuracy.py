@@ -1,0 +1,95 @@
+"""Accuracy of q8 / q4 models against transformers, bounded by the error of the weights alone.
+
+For each storage type and group size, the engine's error on the fixture is compared with the
+error of the float engine run on weights that were quantized and dequantized in NumPy (the
+quantization of the weights alone).  The quantized engine also quantizes activations, so it may
+be somewhat worse, but not more than twice: a wrong scale, grouping or activation quantization
+breaks the bound."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import moecc
+from conftest import FIXTURES, Reference, relative_error
+from moecc import quant
+from moecc.checkpoint import Checkpoint, save_safetensors
+from moecc.config import tensor_specs
+from moecc.convert import StoragePlan, convert
+
+SETTINGS = [("q8", 32), ("q8", 128), ("q4", 32), ("q4", 128)]
+
+
+def _stacked_name(name: str) -> str:
+    """model.layers.L.mlp.experts.E.gate_proj.weight -> model.layers.L.mlp.experts.gate_proj"""
+    parts = name.split(".")
+    if "experts" not in parts:
+        return name
+    i = parts.index("experts")
+    return ".".join(parts[:i + 1] + [parts[i + 2]])
+
+
+def _weights_only_checkpoint(folder, plan: StoragePlan):
+    """The `main` fixture with every tensor the plan quantizes replaced by dequantize(quantize(w)),
+    stored as f32, per-expert, in one file."""
+    source = Checkpoint(os.path.join(FIXTURES, "main", "hf"))
+    shutil.copytree(source.folder, folder, ignore=shutil.ignore_patterns("*.safetensors*"))
+    roles = {s.name: s for s in tensor_specs(source.config)}
+    tensors = {}
+    for name in source.weight_map:
+        values = quant.source_to_f32(source.tensor(name), source.source_dtype(name))
+        dtype, group_size = plan.storage(roles[_stacked_name(name)])
+        if dtype in quant.QUANTIZED:
+            values = quant.dequantize(quant.quantize(values, dtype, group_size), dtype, values.shape[-1], group_size)
+        tensors[name] = ("F32", np.ascontiguousarray(values))
+    save_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+
+
+def _errors(model, reference):
+    errors, agree, total = [], 0, 0
+    for ids, expected in reference.prompts():
+        got = model.logits(ids.tolist())
+        errors.append(relative_error(got, expected))
+        agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
+        total += len(ids)
+    return max(errors), agree / total
+
+
+@pytest.mark.parametrize("dtype,group_size", SETTINGS)
+def test_quantized_error_within_twice_the_weights_alone(tmp_path, dtype, group_size):
+    reference = Reference("main")
+    plan = StoragePlan(dtype, group_size)
+    quantized = tmp_path / "q.moecc"
+    convert(reference.hf_dir, str(quantized), plan, progress=False)
+    _weights_only_checkpoint(tmp_path / "dequantized", plan)
+    weights_only = tmp_path / "w.moecc"
+    convert(str(tmp_path / "dequantized"), str(weights_only), "f32", progress=False)
+
+    err_q, top1_q = _errors(moecc.load(quantized, threads=2), reference)
+    err_w, top1_w = _errors(moecc.load(weights_only, threads=2), reference)
+    print(json.dumps({"dtype": dtype, "group_size": group_size, "engine_rel_err": err_q, "engine_top1": top1_q,
+                      "weights_only_rel_err": err_w, "weights_only_top1": top1_w}))
+    assert err_w > 1e-4  # the quantization is real (the f32 engine alone is ~1e-6 off)
+    assert err_q <= 2 * err_w, f"{dtype} g{group_size}: engine error {err_q:.4f} > 2 x weights-only {err_w:.4f}"
+    assert top1_q >= top1_w - 0.05  # top-1 agreement with transformers as good as the weights allow
+
+
+def test_group_size_that_does_not_divide_a_width_is_refused_by_name(tmp_path, capsys):
+    from moecc.convert import main
+    code = main([os.path.join(FIXTURES, "odd", "hf"), "-o", str(tmp_path / "m.moecc"), "--quant", "q4", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.embed_tokens.weight has rows of 80 values" in err and "--keep" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_q4_g32_file_costs_4_5_bits_per_weight(converted, tmp_path):
+    from moecc import format
+    out = tmp_path / "q4.moecc"
+    convert(os.path.join(FIXTURES, "main", "hf"), str(out), StoragePlan("q4", 32), progress=False)
+    mf = format.ModelFile(out)
+    quantized = [e for e in mf.tensors.values() if e.dtype == "q4"]
+    bits = 8 * sum(e.size for e in quantized) / sum(int(np.prod(e.shape)) for e in quantized)
+    assert abs(bits - 4.5) / 4.5 <= 0.03
+    mf.close()
