@@ -109,9 +109,13 @@ class Buffers:
         self.token = np.zeros(1, np.int32)
         self.positions = np.arange(ctx, dtype=np.int32)
         self.logits = np.zeros((1, cfg.vocab_size), f32)
+        # The cache is written through now, so its memory is committed at load (a machine short of
+        # RAM fails here, not mid-answer) and resident memory stays flat while generating.
         cache_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, ctx, hd)
-        self.k_cache = np.zeros(cache_shape, f32)
-        self.v_cache = np.zeros(cache_shape, f32)
+        self.k_cache = np.empty(cache_shape, f32)
+        self.v_cache = np.empty(cache_shape, f32)
+        self.k_cache.fill(0)
+        self.v_cache.fill(0)
 
 
 class Transformer:
