@@ -83,6 +83,37 @@ def test_quantize_activations_exact(isa, Kd):
     np.testing.assert_array_equal(d, d_ref)
 
 
+def kernel_order(q, dtype, G):
+    """moecc.h's order of quantized activations for weights (dtype, G): natural, except q4 with
+    G <= 64, where each unit of four blocks holds the values that meet low nibbles, then those
+    that meet high nibbles."""
+    if dtype != "q4" or G > 64:
+        return q
+    T, Kd = q.shape
+    out = np.empty_like(q)
+    for b in range(0, Kd // 32, 4):
+        nb = min(4, Kd // 32 - b)
+        blocks = q[:, 32 * b:32 * (b + nb)].reshape(T, nb, 32)
+        if G == 32:  # a packed byte holds values j and j + 16 of its block
+            lo, hi = blocks[:, :, :16], blocks[:, :, 16:]
+        else:  # ... values j and j + 32 of its group of two blocks
+            lo, hi = blocks[:, 0::2], blocks[:, 1::2]
+        out[:, 32 * b:32 * (b + nb)] = np.concatenate([lo.reshape(T, -1), hi.reshape(T, -1)], 1)
+    return out
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("G", GROUPS)
+def test_quantize_activations_order(isa, dtype, G):
+    rng = np.random.default_rng(G)
+    for Kd in (G, 7 * G, 2048 + G if G < 256 else 1024):
+        x = rng.standard_normal((3, Kd)).astype(np.float32)
+        q, d = K.quantize_activations(x, wtype=dtype, group_size=G)
+        q_ref, d_ref = quant.quantize_activations(x)
+        np.testing.assert_array_equal(q, kernel_order(q_ref, dtype, G))
+        np.testing.assert_array_equal(d, d_ref)
+
+
 def test_quantize_activations_checks():
     with pytest.raises(ValueError, match="multiple of 32"):
         K.quantize_activations(np.zeros((2, 48), np.float32))

@@ -33,7 +33,7 @@ cdef extern from "moecc.h" nogil:
     int moecc_wformat_check(moecc_wformat f, int64_t K)
     int64_t moecc_row_bytes(moecc_wformat f, int64_t K)
     int64_t moecc_xq_bytes(int64_t K)
-    void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq)
+    void moecc_quantize_rows(moecc_wformat f, const float *x, int64_t T, int64_t K, void *xq)
 
     void moecc_dispatch_init()
     int moecc_isa_count()
@@ -234,21 +234,25 @@ def row_bytes(str wtype, int64_t K, int group_size=0):
     return int(moecc_row_bytes(_format(wtype, group_size, K), K))
 
 
-def quantize_activations(x):
+def quantize_activations(x, *, wtype="q8", int group_size=32):
     """The kernels' activation quantization (what q8 / q4 weights are multiplied with), on the
-    ISA in use:
-    x float32 [T, K], K % 32 == 0 -> (q int8 [T, K], scales float32 [T, K/32]), x ~ scale * q
-    per block of 32. Reference: moecc.quant.quantize_activations."""
+    ISA in use: x float32 [T, K], K % 32 == 0 -> (q int8 [T, K], scales float32 [T, K/32]),
+    x ~ scale * q per block of 32 (reference: moecc.quant.quantize_activations). q is in the
+    order the kernels for weights (wtype, group_size) read it: the order of the values, except
+    for q4 with group_size <= 64 (moecc.h, quantized activations)."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1)
     if K % MOECC_QBLOCK:
         raise ValueError(f"the row length must be a multiple of {MOECC_QBLOCK}, got {K}")
+    if wtype not in ("q8", "q4"):
+        raise ValueError(f"wtype must be 'q8' or 'q4', got {wtype!r}")
+    cdef moecc_wformat f = _format(wtype, group_size, K)
     cdef int64_t xb = moecc_xq_bytes(K)
     cdef cnp.ndarray buf = np.empty(T * xb, np.uint8)
     cdef const float *p_x = <const float *>_ptr(ax)
     cdef char *p_b = <char *>_ptr(buf)
     with nogil:
-        moecc_quantize_rows(p_x, T, K, p_b)
+        moecc_quantize_rows(f, p_x, T, K, p_b)
     rows = buf.reshape(T, xb)
     q = rows[:, :K].view(np.int8).copy()
     d = rows[:, K:K + 4 * (K // MOECC_QBLOCK)].copy().view(np.float32)

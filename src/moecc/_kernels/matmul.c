@@ -50,7 +50,7 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wfor
             int64_t t0, t1;
             moecc_split(T, 1, nth, ith, &t0, &t1);
             for (int64_t t = t0; t < t1; t++)
-                isa->quantize_x(K, x + t * K, (char *)buf + t * xb);
+                isa->quantize_x(f, K, x + t * K, (char *)buf + t * xb);
 #pragma omp barrier
         }
         int64_t n0, n1;
@@ -61,7 +61,8 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wfor
     return MOECC_OK;
 }
 
-void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq) {
+void moecc_quantize_rows(moecc_wformat f, const float *x, int64_t T, int64_t K, void *xq) {
     const moecc_isa *isa = moecc_active_isa();
-    for (int64_t t = 0; t < T; t++) isa->quantize_x(K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
+    for (int64_t t = 0; t < T; t++)
+        isa->quantize_x(f, K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
 }

@@ -130,7 +130,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
     const int64_t ldh = xqI ? xqI : I * (int64_t)sizeof(float);
     sort_by_expert(P, idx, order, tmp);
     const moecc_isa *isa = moecc_active_isa();
-    if (xqD && !gathered) isa->quantize_x(D, x, xg);
+    if (xqD && !gathered) isa->quantize_x(f, D, x, xg);
 
     const moecc_tile_fn tile = isa->tile[f.type];
     const int64_t wbD = moecc_row_bytes(f, D), wbI = moecc_row_bytes(f, I);
@@ -144,7 +144,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
             for (int64_t p = 0; p < P; p++) {
                 const float *xt = x + (order[p] / k) * D;
                 if (xqD)
-                    isa->quantize_x(D, xt, xg + p * xqD);
+                    isa->quantize_x(f, D, xt, xg + p * xqD);
                 else
                     memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
             }
@@ -164,7 +164,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
 #pragma omp barrier
         if (xqI) {
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < P; p++) isa->quantize_x(I, h + p * I, hq + p * xqI);
+            for (int64_t p = 0; p < P; p++) isa->quantize_x(f, I, h + p * I, hq + p * xqI);
         }
         for (int64_t p = 0, q; p < P; p = q) {
             q = segment_end(order, idx, p, P);

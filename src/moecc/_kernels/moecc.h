@@ -118,7 +118,16 @@ static inline uint16_t moecc_q_scale_bits(moecc_wtype t, const void *row, int64_
  *     int8_t  q[K]          q = round(x / d) (to nearest even), |q| <= 127
  *     float   d[K/32]       d = max|x| / 127 over the block (0 for an all-zero block)
  *     int32_t sum[K/32]     the sum of the block's q (for kernels that bias weights to unsigned)
- * padded to a multiple of 64 bytes. NumPy oracle: moecc.quant.quantize_activations. */
+ * padded to a multiple of 64 bytes. NumPy oracle: moecc.quant.quantize_activations.
+ *
+ * The q are in the order of the values, except for q4 weights with G <= 64, whose activations
+ * are laid out the way 64 packed bytes unpack: the row is cut into units of four blocks (128
+ * values; the last unit has the nb <= 4 blocks left), and within a unit the values that meet
+ * low nibbles come first, then those that meet high nibbles, each in packed-byte order:
+ *     G = 32: b0[0:16] b1[0:16] b2[0:16] b3[0:16] b0[16:32] b1[16:32] b2[16:32] b3[16:32]
+ *     G = 64: b0 b2 b1 b3                 (nb = 2: b0 b1)
+ * so a vector of low (high) nibbles meets one contiguous vector of activations. Blocks are only
+ * moved in halves or whole, so d and sum stay per block, in block order. */
 static inline int64_t moecc_xq_bytes(int64_t K) {
     return (K + 8 * (K / MOECC_QBLOCK) + 63) & ~(int64_t)63;
 }
@@ -128,8 +137,27 @@ static inline const float *moecc_xq_scales(const void *xq, int64_t K) {
 static inline const int32_t *moecc_xq_sums(const void *xq, int64_t K) {
     return (const int32_t *)((const char *)xq + K + 4 * (K / MOECC_QBLOCK));
 }
-/* quantize one row (wtype.c: the reference; the ISA tables have a vector one) */
-void moecc_quantize_x(int64_t K, const float *x, void *xq);
+/* Where the q of block b go in an activation row for weights f: values 0..15 of the block at
+ * byte *lo, values 16..31 at *hi. */
+static inline void moecc_xq_block_at(moecc_wformat f, int64_t K, int64_t b, int64_t *lo,
+                                     int64_t *hi) {
+    if (f.type == MOECC_W_Q4 && f.group <= 64) {
+        const int64_t unit = b / 4, i = b % 4, left = K / MOECC_QBLOCK - 4 * unit;
+        const int64_t nb = left < 4 ? left : 4, base = 128 * unit;
+        if (f.group == 32) {
+            *lo = base + 16 * i;
+            *hi = base + 16 * nb + 16 * i;
+        } else {
+            *lo = base + (i % 2) * 16 * nb + 32 * (i / 2);
+            *hi = *lo + 16;
+        }
+        return;
+    }
+    *lo = MOECC_QBLOCK * b;
+    *hi = *lo + 16;
+}
+/* quantize one row for weights f (wtype.c: the reference; the ISA tables have a vector one) */
+void moecc_quantize_x(moecc_wformat f, int64_t K, const float *x, void *xq);
 
 /* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 (the float32 rows in
  * place), moecc_xq_bytes(K) for q8 / q4. */
@@ -164,7 +192,7 @@ typedef struct {
     /* g[i] = silu(g[i]) * u[i] for i < n, silu(z) = z / (1 + exp(-z))  (SwiGLU) */
     void (*swiglu)(int64_t n, float *g, const float *u);
     /* moecc_quantize_x, bit for bit */
-    void (*quantize_x)(int64_t K, const float *x, void *xq);
+    void (*quantize_x)(moecc_wformat f, int64_t K, const float *x, void *xq);
 } moecc_isa;
 
 /* exp(x) is computed as 2^i * p(r), x = i*ln2 + r, |r| <= ln2/2, p a degree-6 polynomial */
@@ -193,7 +221,7 @@ void moecc_tile_q8_generic(int64_t K, int group, const void *w, int64_t ldw, int
 void moecc_tile_q4_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #if MOECC_X86
-void moecc_quantize_x_avx2(int64_t K, const float *x, void *xq);
+void moecc_quantize_x_avx2(moecc_wformat f, int64_t K, const float *x, void *xq);
 /* maddubs (AVX2) */
 void moecc_tile_q8_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
@@ -257,8 +285,8 @@ static inline int64_t moecc_token_block(int64_t ldx) {
 /* matmul.c: out[T, N] = x[T, K] @ W[N, K]^T; MOECC_OK, or MOECC_ERR_NOMEM (prefill, q8 / q4) */
 int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wformat f, int64_t N,
                  float *out, int threads);
-/* the T rows of x[T, K] quantized as the matmul of q8 / q4 does, moecc_xq_bytes(K) apart */
-void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq);
+/* the T rows of x[T, K] quantized as the matmul of weights f does, moecc_xq_bytes(K) apart */
+void moecc_quantize_rows(moecc_wformat f, const float *x, int64_t T, int64_t K, void *xq);
 /* rows [n0, n1) of the above with the given table, on the calling thread, from activation rows
  * xa, ldx bytes apart: x itself for f32 / bf16, rows made by moecc_quantize_x for q8 / q4 */
 void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K, const void *xa,

@@ -1,17 +1,28 @@
 /* qdot_avx512.c -- q8 / q4 weights against quantized activations on 512-bit vectors, for the
- * tables avx512 (maddubs, AVX-512 BW) and avx512vnni (dpbusd). The oracle is qdot_generic.c;
- * the scheme is qdot_avx2.c's (read its header first), two blocks per vector:
+ * tables avx512 (maddubs, AVX-512 BW) and avx512vnni (dpbusd). The oracle is qdot_generic.c.
  *
- *   - one vector holds a pair of activation blocks (64 values, blocks 2P and 2P+1 of a step of
- *     eight): its 16 int32 lanes are the pair's partial sums, scaled lane-wise by the pair's two
- *     scales s = dx * dw, spread over the vector by one permute;
- *   - q8: 64 bytes of q are a pair; q4, G = 32: 32 packed bytes are two groups, their nibbles
- *     permuted into natural order; G = 64: 32 packed bytes are one group, low nibbles then high
- *     nibbles; G >= 128: 64 packed bytes give two pairs at once (low nibbles: blocks j, j+1;
- *     high nibbles: blocks j + G/64, j + G/64 + 1).
- * Half as many instructions as the 256-bit code, which is what limits the 256-bit code on cores
- * that split 512-bit operations in two (Zen 4: ~1.7x the decode speed in cache).
- * A short last step is handled with masked loads (nothing is read past a row) and zero scales. */
+ * The int8 products take one unsigned and one signed operand:
+ *   - q4: the nibble u = q + 8 is the unsigned operand, u . a = q . a + 8 sum(a);
+ *   - q8 with dpbusd: u = q + 128 (q xor 0x80), u . a = q . a + 128 sum(a);
+ *   - q8 with maddubs: |q| . (a with the sign of q) (q + 128 would overflow maddubs' int16).
+ * Each vector of 16 int32 partial sums is converted to float and accumulated with the scales
+ * s = dx[block] * dw[group] of its lanes, the bias * sum(a) terms coming off once per segment:
+ *
+ *     acc += float(isum) * s                row . x = hsum(acc) - bias * sum_blocks s * sum(a)
+ *
+ * Weights go by segments of 16 blocks (512 values), whose scales dw, dx (and, for small
+ * register blocks, their products) are one vector each; a vector's lane scales are one permute
+ * of those. Per vector of int32 sums:
+ *   - q8: 64 bytes of q, the blocks 2p, 2p+1 (lanes 0-7, 8-15);
+ *   - q4, G <= 64: 64 packed bytes (a unit of four blocks) give a vector of low nibbles and one
+ *     of high nibbles; the activations are stored in the same order (moecc.h), so each meets
+ *     one contiguous vector of them. G = 32: both vectors hold halves of the same four blocks
+ *     (one per 128-bit lane), so their products go into one int32 sum; G = 64: low nibbles are
+ *     blocks 0 and 2 of the unit, high nibbles 1 and 3;
+ *   - q4, G >= 128: 64 packed bytes give low nibbles (blocks j, j+1) and high nibbles (blocks
+ *     j + G/64, j + G/64 + 1), the activations in natural order.
+ * Half as many instructions as 256-bit code, which on cores that run 512-bit operations as two
+ * halves (Zen 4) is what counts. The end of a row is read with masked loads (never past it). */
 #include "moecc.h"
 
 #if MOECC_X86
@@ -22,25 +33,33 @@
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
-#define STEP 8     /* blocks per step: one vector of scales, four pairs */
+#define SEG 16     /* blocks per segment: one vector of scales */
 #define MAX_ACC 16 /* NR * NT * U never exceeds this */
 #define MAX_NT 4   /* tokens of a register block */
 
-enum { MADDUBS = 0, DPBUSD = 1 };
-
-/* int32 x 16 partial sums of a pair of blocks: u the unsigned weight operand, sq the signed q
- * (q8 with maddubs only), a the activations */
+/* int32 x 16 partial sums of u . a: u the unsigned weight operand, sq the signed q (q8 with
+ * maddubs only), a the activations */
 typedef __m512i (*idot_fn)(__m512i u, __m512i sq, __m512i a);
+/* int32 x 16 partial sums of u1 . a1 + u2 . a2, nibbles u1, u2 */
+typedef __m512i (*idot2_fn)(__m512i u1, __m512i a1, __m512i u2, __m512i a2);
+
+INLINE TARGET_512 __m512i ones16(void) { return _mm512_set1_epi16(1); }
 
 INLINE TARGET_512 __m512i idot_maddubs(__m512i u, __m512i sq, __m512i a) {
     (void)sq;
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, a), _mm512_set1_epi16(1));
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, a), ones16());
 }
 
 /* |q| . (a with the sign of q); AVX-512 has no sign_epi8: negate a where q < 0 */
 INLINE TARGET_512 __m512i idot_maddubs_signed(__m512i u, __m512i sq, __m512i a) {
     const __m512i sa = _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(sq), _mm512_setzero_si512(), a);
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, sa), _mm512_set1_epi16(1));
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, sa), ones16());
+}
+
+/* nibbles: |int16 sums| <= 4 * 15 * 127, no overflow adding the two before the madd */
+INLINE TARGET_512 __m512i idot2_maddubs(__m512i u1, __m512i a1, __m512i u2, __m512i a2) {
+    const __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(u1, a1), _mm512_maddubs_epi16(u2, a2));
+    return _mm512_madd_epi16(p, ones16());
 }
 
 INLINE TARGET_VNNI __m512i idot_dpbusd(__m512i u, __m512i sq, __m512i a) {
@@ -48,204 +67,253 @@ INLINE TARGET_VNNI __m512i idot_dpbusd(__m512i u, __m512i sq, __m512i a) {
     return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, a);
 }
 
-/* mask of the first n of 64 bytes */
-INLINE TARGET_512 __mmask64 first_bytes(int n) {
-    return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+INLINE TARGET_VNNI __m512i idot2_dpbusd(__m512i u1, __m512i a1, __m512i u2, __m512i a2) {
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u1, a1), u2, a2);
 }
 
-/* The weight operand of the pair of blocks b, b+1 of a q8 row, or of a q4 row with G <= 64
- * (one = 1: only block b exists, the tail of a row) */
-INLINE TARGET_512 void unpack_pair(const int wt, const int mode, const int G, const char *row,
-                                   int64_t b, int one, __m512i *u, __m512i *sq) {
-    const __m512i low4 = _mm512_set1_epi8(15);
-    if (wt == MOECC_W_Q8) {
-        const __m512i q = _mm512_maskz_loadu_epi8(first_bytes(one ? 32 : 64), row + 32 * b);
-        if (mode == DPBUSD) {
-            *u = _mm512_xor_si512(q, _mm512_set1_epi8((char)0x80));
-        } else {
-            *u = _mm512_abs_epi8(q); /* -128 -> 128 as unsigned: still exact */
-            *sq = q;
-        }
-        return;
-    }
-    const __m256i p = _mm256_maskz_loadu_epi8(one ? 0xFFFFu : 0xFFFFFFFFu, row + 16 * b);
-    const __m256i h = _mm256_srli_epi16(p, 4);
-    __m512i z;
-    if (G == 32) { /* [g0 low | g1 low], [g0 high | g1 high] -> g0 low, g0 high, g1 low, g1 high */
-        const __m512i order = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
-        z = _mm512_permutex2var_epi64(_mm512_castsi256_si512(p), order, _mm512_castsi256_si512(h));
-    } else { /* G = 64: one group, low nibbles (values 0..31) then high nibbles (32..63) */
-        z = _mm512_inserti64x4(_mm512_castsi256_si512(p), h, 1);
-    }
-    *u = *sq = _mm512_and_si512(z, low4);
+/* the first n (<= 64) of the 64 bytes at p, the rest 0 */
+INLINE TARGET_512 __m512i load_bytes(const char *p, int n) {
+    const __mmask64 m = n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+    return _mm512_maskz_loadu_epi8(m, p);
 }
 
-/* pair scales: lanes 0-7 s[2P], lanes 8-15 s[2P+1] */
-INLINE TARGET_512 __m512i pair_index(int P) {
-    return _mm512_setr_epi32(2 * P, 2 * P, 2 * P, 2 * P, 2 * P, 2 * P, 2 * P, 2 * P, 2 * P + 1,
-                             2 * P + 1, 2 * P + 1, 2 * P + 1, 2 * P + 1, 2 * P + 1, 2 * P + 1,
-                             2 * P + 1);
+/* ---- scales ------------------------------------------------------------------------------ */
+
+/* Which block of the segment each lane of a vector of sums belongs to: base + pattern */
+enum { PAIR, QUAD, SPREAD };            /* l / 8,  l / 4,  2 * (l / 8) */
+INLINE TARGET_512 __m512i lane_blocks(int base, const int pattern) {
+    const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i p = pattern == PAIR ? pair : pattern == QUAD ? quad : _mm512_add_epi32(pair, pair);
+    return _mm512_add_epi32(_mm512_set1_epi32(base), p);
 }
 
-/* the 8 weight scales of the blocks b0 .. b0+7 of a row (group = block * 32 / G) as float */
-INLINE TARGET_512 __m256 step_dw(const int G, const char *scales, int64_t b0) {
-    const __m128i h = _mm_maskz_loadu_epi16((__mmask8)((1u << (STEP * MOECC_QBLOCK / G)) - 1),
-                                            scales + 2 * (b0 * MOECC_QBLOCK / G));
-    const __m256 d = _mm256_cvtph_ps(h);
+/* the 16 weight scales of the blocks b0 .. b0+15 of a row (group = block * 32 / G) as float;
+ * m of them (a multiple of G/32) exist, the others are 0 */
+INLINE TARGET_512 __m512 segment_dw(const int G, const char *scales, int64_t b0, int m) {
+    const int ng = m * MOECC_QBLOCK / G;
+    const __m256i h = _mm256_maskz_loadu_epi16((__mmask16)((1u << ng) - 1),
+                                               scales + 2 * (b0 * MOECC_QBLOCK / G));
+    const __m512 d = _mm512_cvtph_ps(h);
     if (G == 32) return d;
-    const __m256i idx = G == 64    ? _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)
-                        : G == 128 ? _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)
-                                   : _mm256_setzero_si256();
-    return _mm256_permutevar8x32_ps(d, idx);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_permutexvar_ps(_mm512_srli_epi32(lane, G == 64 ? 1 : G == 128 ? 2 : 3), d);
 }
+
+/* few (row, token) pairs keep the products dx * dw; more make them per vector of sums */
+#define KEEP_PRODUCTS(NR, NT) ((NR) * (NT) <= 2)
+
+typedef struct {
+    __m512 dw[MOECC_TILE_ROWS], dx[MAX_NT], s[2]; /* s[r*NT + t] if KEEP_PRODUCTS */
+} segment_scales;
 
 #define ACC(r, t, u) acc[((u) * NR + (r)) * NT + (t)]
 
-/* acc(r, t, u) += the pair P of the step at b0 for every row and token; wu, wq: its weights */
-INLINE TARGET_512 void pair_dots(idot_fn idot, const int NR, const int NT, const int u, int P,
-                                 int64_t b0, int one, const __m512i *wu, const __m512i *wq,
-                                 const char *x, int64_t ldx, const float (*s)[STEP],
-                                 __m512 *acc) {
-    const __m512i idx = pair_index(P);
+/* the scales of the m blocks of the segment at b0, and the bias correction
+ * acc(r, t, 0) -= bias * s * sum(a) */
+INLINE TARGET_512 void make_scales(const int wt, const int G, const int NR, const int NT,
+                                   const int bias, int64_t K, int64_t b0, int m, const char *w,
+                                   int64_t ldw, const char *x, int64_t ldx, segment_scales *sc,
+                                   __m512 *acc) {
+    const int64_t qbytes = wt == MOECC_W_Q8 ? K : K / 2; /* the scales follow the q */
+    const __mmask16 live = (__mmask16)((1u << m) - 1);
+    for (int r = 0; r < NR; r++) sc->dw[r] = segment_dw(G, w + r * ldw + qbytes, b0, m);
     for (int t = 0; t < NT; t++) {
-        const __m512i a =
-            _mm512_maskz_loadu_epi8(first_bytes(one ? 32 : 64), x + t * ldx + 32 * (b0 + 2 * P));
+        const char *xt = x + t * ldx;
+        sc->dx[t] = _mm512_maskz_loadu_ps(live, moecc_xq_scales(xt, K) + b0);
+        const __m512i sum = _mm512_maskz_loadu_epi32(live, moecc_xq_sums(xt, K) + b0);
+        const __m512 corr = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(-bias));
         for (int r = 0; r < NR; r++) {
-            const __m512 f = _mm512_cvtepi32_ps(idot(wu[r], wq[r], a));
-            const __m512 sv = _mm512_permutexvar_ps(
-                idx, _mm512_castps256_ps512(_mm256_load_ps(s[r * NT + t])));
-            ACC(r, t, u) = _mm512_fmadd_ps(f, sv, ACC(r, t, u));
+            const __m512 sv = _mm512_mul_ps(sc->dx[t], sc->dw[r]);
+            if (KEEP_PRODUCTS(NR, NT)) sc->s[r * NT + t] = sv;
+            if (bias) ACC(r, t, 0) = _mm512_fmadd_ps(sv, corr, ACC(r, t, 0));
         }
     }
 }
 
-/* acc += the blocks [0, nb) of the step at block b0; a full step sends pair P to accumulator
- * P % U (the loops over u are the compile-time ones) */
-INLINE TARGET_512 void step_pairs(const int wt, const int mode, idot_fn idot, const int G,
-                                  const int NR, const int NT, const int U, int nb, int64_t b0,
-                                  const char *w, int64_t ldw, const char *x, int64_t ldx,
-                                  const float (*s)[STEP], __m512 *acc) {
-    __m512i wu[MOECC_TILE_ROWS], wq[MOECC_TILE_ROWS];
-    if (wt == MOECC_W_Q8 || G <= 64) {
-        const int npairs = (nb + 1) / 2;
-        for (int P0 = 0; P0 < npairs; P0 += U)
+/* ---- one vector of sums for every (row, token) ------------------------------------------ */
+
+/* acc(r, t, u) += float(sums) * scales of their lanes (blocks: lane_blocks(base, pattern)).
+ * The sums: idot(wu[r], wq[r], a) with a the n bytes at xoff of token t's row or, with idot2,
+ * idot2(wu[r], a, wv[r], a2) with a2 the n bytes at xoff2. */
+INLINE TARGET_512 void dots(idot_fn idot, idot2_fn idot2, const int NR, const int NT, const int u,
+                            int base, const int pattern, const __m512i *wu, const __m512i *wq,
+                            const __m512i *wv, int64_t xoff, int64_t xoff2, int n, const char *x,
+                            int64_t ldx, const segment_scales *sc, __m512 *acc) {
+    const __m512i idx = lane_blocks(base, pattern);
+    __m512 dwl[MOECC_TILE_ROWS];
+    if (!KEEP_PRODUCTS(NR, NT))
+        for (int r = 0; r < NR; r++) dwl[r] = _mm512_permutexvar_ps(idx, sc->dw[r]);
+    for (int t = 0; t < NT; t++) {
+        const char *xt = x + t * ldx;
+        const __m512i a = load_bytes(xt + xoff, n);
+        const __m512i a2 = idot2 ? load_bytes(xt + xoff2, n) : a;
+        const __m512 dxl = KEEP_PRODUCTS(NR, NT) ? sc->dx[t] : _mm512_permutexvar_ps(idx, sc->dx[t]);
+        for (int r = 0; r < NR; r++) {
+            const __m512i isum = idot2 ? idot2(wu[r], a, wv[r], a2) : idot(wu[r], wq[r], a);
+            const __m512 sv = KEEP_PRODUCTS(NR, NT) ? _mm512_permutexvar_ps(idx, sc->s[r * NT + t])
+                                                    : _mm512_mul_ps(dwl[r], dxl);
+            ACC(r, t, u) = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sv, ACC(r, t, u));
+        }
+    }
+}
+
+/* acc += the m blocks of the segment at b0; a full segment (m == SEG) spreads its vectors over
+ * the U accumulators of a (row, token) (the loops over u are the compile-time ones) */
+INLINE TARGET_512 void segment(const int wt, const int mode_dpbusd, idot_fn idot, idot2_fn idot2,
+                               const int G, const int NR, const int NT, const int U, int m,
+                               int64_t b0, const char *w, int64_t ldw, const char *x, int64_t ldx,
+                               const segment_scales *sc, __m512 *acc) {
+    const __m512i low4 = _mm512_set1_epi8(15);
+    __m512i wa[MOECC_TILE_ROWS], wb[MOECC_TILE_ROWS];
+    if (wt == MOECC_W_Q8) { /* pairs of blocks */
+        for (int p0 = 0; p0 < (m + 1) / 2; p0 += U)
             for (int u = 0; u < U; u++) {
-                const int P = P0 + u, one = 2 * P + 1 == nb;
-                for (int r = 0; r < NR; r++)
-                    unpack_pair(wt, mode, G, w + r * ldw, b0 + 2 * P, one, &wu[r], &wq[r]);
-                pair_dots(idot, NR, NT, u, P, b0, one, wu, wq, x, ldx, s, acc);
-            }
-    } else { /* q4, G >= 128: 64 packed bytes (k) -> pairs Pl (low nibbles) and Ph (high) */
-        const __m512i low4 = _mm512_set1_epi8(15);
-        const int UK = U > 1 ? U / 2 : 1;
-        for (int k0 = 0; k0 < nb / 4; k0 += UK)
-            for (int kk = 0; kk < UK; kk++) {
-                const int k = k0 + kk, ul = U > 1 ? 2 * kk : 0, uh = U > 1 ? 2 * kk + 1 : 0;
-                const int jl = 64 * k / (G / 2) * (G / 32) + 64 * k % (G / 2) / 32;
-                const int Pl = jl / 2, Ph = (jl + G / 64) / 2;
-                __m512i hi[MOECC_TILE_ROWS];
+                const int p = p0 + u, n = 2 * p + 1 == m ? 32 : 64;
                 for (int r = 0; r < NR; r++) {
-                    const __m512i p = _mm512_loadu_si512(w + r * ldw + 16 * b0 + 64 * k);
-                    wu[r] = _mm512_and_si512(p, low4);
-                    hi[r] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
+                    const __m512i q = load_bytes(w + r * ldw + 32 * (b0 + 2 * p), n);
+                    if (mode_dpbusd) {
+                        wa[r] = _mm512_xor_si512(q, _mm512_set1_epi8((char)0x80));
+                    } else {
+                        wa[r] = _mm512_abs_epi8(q); /* -128 -> 128 as unsigned: exact */
+                        wb[r] = q;
+                    }
                 }
-                pair_dots(idot, NR, NT, ul, Pl, b0, 0, wu, wu, x, ldx, s, acc);
-                pair_dots(idot, NR, NT, uh, Ph, b0, 0, hi, hi, x, ldx, s, acc);
+                dots(idot, NULL, NR, NT, u, 2 * p, PAIR, wa, wb, wa, 32 * (b0 + 2 * p), 0, n, x,
+                     ldx, sc, acc);
+            }
+    } else if (G == 32) { /* units of four blocks, one vector of sums each */
+        for (int k0 = 0; k0 < (m + 3) / 4; k0 += U)
+            for (int u = 0; u < U; u++) {
+                const int k = k0 + u, nbu = m - 4 * k < 4 ? m - 4 * k : 4;
+                for (int r = 0; r < NR; r++) {
+                    const __m512i p = load_bytes(w + r * ldw + 16 * (b0 + 4 * k), 16 * nbu);
+                    wa[r] = _mm512_and_si512(p, low4);
+                    wb[r] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
+                }
+                const int64_t xu = 32 * (b0 + 4 * k);
+                dots(idot, idot2, NR, NT, u, 4 * k, QUAD, wa, wa, wb, xu, xu + 16 * nbu, 16 * nbu, x,
+                     ldx, sc, acc);
+            }
+    } else { /* 64 packed bytes (k) give two vectors of sums */
+        const int UK = U > 1 ? U / 2 : 1, nk = G == 64 ? (m + 3) / 4 : m / 4;
+        for (int k0 = 0; k0 < nk; k0 += UK)
+            for (int kk = 0; kk < UK; kk++) {
+                const int k = k0 + kk, ua = U > 1 ? 2 * kk : 0, ub = U > 1 ? 2 * kk + 1 : 0;
+                const int nbu = m - 4 * k < 4 ? m - 4 * k : 4;
+                for (int r = 0; r < NR; r++) {
+                    const __m512i p = load_bytes(w + r * ldw + 16 * (b0 + 4 * k), 16 * nbu);
+                    wa[r] = _mm512_and_si512(p, low4);
+                    wb[r] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
+                }
+                if (G == 64) { /* unit layout: low nibbles blocks 0, 2; high nibbles 1, 3 */
+                    const int64_t xu = 32 * (b0 + 4 * k);
+                    dots(idot, NULL, NR, NT, ua, 4 * k, SPREAD, wa, wa, wa, xu, 0, 16 * nbu, x,
+                         ldx, sc, acc);
+                    dots(idot, NULL, NR, NT, ub, 4 * k + 1, SPREAD, wb, wb, wb, xu + 16 * nbu, 0,
+                         16 * nbu, x, ldx, sc, acc);
+                } else { /* natural order: low nibbles blocks jl, jl+1; high jh, jh+1 */
+                    const int jl = 64 * k / (G / 2) * (G / 32) + 64 * k % (G / 2) / 32;
+                    const int jh = jl + G / 64;
+                    dots(idot, NULL, NR, NT, ua, jl, PAIR, wa, wa, wa, 32 * (b0 + jl), 0, 64, x,
+                         ldx, sc, acc);
+                    dots(idot, NULL, NR, NT, ub, jh, PAIR, wb, wb, wb, 32 * (b0 + jh), 0, 64, x,
+                         ldx, sc, acc);
+                }
             }
     }
 }
 
-/* Register block: NR rows x NT tokens, U accumulators per pair of (row, token); every size a
- * compile-time constant once inlined. out[t*ldo + r] = W[r] . X[t]. */
-INLINE TARGET_512 void block(const int wt, const int mode, idot_fn idot, const int G,
-                             const int NR, const int NT, const int U, int64_t K, const char *w,
-                             int64_t ldw, const char *x, int64_t ldx, float *out, int64_t ldo) {
+/* Register block: NR rows x NT tokens, U accumulators per (row, token); every size a
+ * compile-time constant once inlined. v[r*NT + t] = the lanes whose sum is W[r] . X[t]. */
+INLINE TARGET_512 void block(const int wt, const int mode_dpbusd, idot_fn idot, idot2_fn idot2,
+                             const int G, const int NR, const int NT, const int U, int64_t K,
+                             const char *w, int64_t ldw, const char *x, int64_t ldx, __m512 *v) {
     const int64_t nblocks = K / MOECC_QBLOCK;
-    const int64_t qbytes = wt == MOECC_W_Q8 ? K : K / 2; /* the scales follow the q */
-    const int bias = wt == MOECC_W_Q4 ? 8 : mode == DPBUSD ? 128 : 0;
-    const __m256 nbias = _mm256_set1_ps(-(float)bias);
+    const int bias = wt == MOECC_W_Q4 ? 8 : mode_dpbusd ? 128 : 0;
     __m512 acc[MAX_ACC];
     for (int i = 0; i < NR * NT * U; i++) acc[i] = _mm512_setzero_ps();
-    _Alignas(32) float s[MOECC_TILE_ROWS * MAX_NT][STEP]; /* s[r*NT + t][j] */
-
-    for (int64_t b0 = 0; b0 < nblocks; b0 += STEP) {
-        const int nb = nblocks - b0 < STEP ? (int)(nblocks - b0) : STEP;
-        const __mmask8 live = (__mmask8)((1u << nb) - 1);
-        /* the step's scales s = dx * dw, and the bias correction -bias * sum(a) * s */
-        __m256 dw[MOECC_TILE_ROWS], dx[MAX_NT], corr[MAX_NT];
-        for (int r = 0; r < NR; r++) {
-            if (nb == STEP) {
-                dw[r] = step_dw(G, w + r * ldw + qbytes, b0);
-            } else { /* the last, short step: scalar, zero-padded */
-                _Alignas(32) float buf[STEP];
-                for (int j = 0; j < STEP; j++)
-                    buf[j] = j < nb ? moecc_f16_to_f32(moecc_q_scale_bits(
-                                          wt, w + r * ldw, K, (b0 + j) * MOECC_QBLOCK / G))
-                                    : 0.0f;
-                dw[r] = _mm256_load_ps(buf);
-            }
-        }
-        for (int t = 0; t < NT; t++) {
-            const char *xt = x + t * ldx;
-            dx[t] = _mm256_maskz_loadu_ps(live, moecc_xq_scales(xt, K) + b0);
-            corr[t] = _mm256_mul_ps(
-                _mm256_cvtepi32_ps(_mm256_maskz_loadu_epi32(live, moecc_xq_sums(xt, K) + b0)),
-                nbias);
-        }
-        for (int r = 0; r < NR; r++)
-            for (int t = 0; t < NT; t++) {
-                const __m256 sv = _mm256_mul_ps(dx[t], dw[r]);
-                _mm256_store_ps(s[r * NT + t], sv);
-                if (bias)
-                    ACC(r, t, 0) = _mm512_add_ps(
-                        ACC(r, t, 0), _mm512_zextps256_ps512(_mm256_mul_ps(sv, corr[t])));
-            }
-        if (nb == STEP)
-            step_pairs(wt, mode, idot, G, NR, NT, U, STEP, b0, w, ldw, x, ldx, s, acc);
+    for (int64_t b0 = 0; b0 < nblocks; b0 += SEG) {
+        const int m = nblocks - b0 < SEG ? (int)(nblocks - b0) : SEG;
+        segment_scales sc;
+        make_scales(wt, G, NR, NT, bias, K, b0, m, w, ldw, x, ldx, &sc, acc);
+        if (m == SEG)
+            segment(wt, mode_dpbusd, idot, idot2, G, NR, NT, U, SEG, b0, w, ldw, x, ldx, &sc, acc);
         else
-            step_pairs(wt, mode, idot, G, NR, NT, 1, nb, b0, w, ldw, x, ldx, s, acc);
+            segment(wt, mode_dpbusd, idot, idot2, G, NR, NT, 1, m, b0, w, ldw, x, ldx, &sc, acc);
     }
     for (int r = 0; r < NR; r++)
         for (int t = 0; t < NT; t++) {
             __m512 sum = ACC(r, t, 0);
             for (int u = 1; u < U; u++) sum = _mm512_add_ps(sum, ACC(r, t, u));
-            out[t * ldo + r] = _mm512_reduce_add_ps(sum);
+            v[r * NT + t] = sum;
         }
 }
 
 #undef ACC
 
-/* The tile for one group size: NR x NT register blocks over the rows and tokens, then the
- * leftover tokens a row at a time (decode: one row, one token, four accumulators). */
-INLINE TARGET_512 void tile_g(const int wt, const int mode, idot_fn idot, const int G, int64_t K,
-                              const char *w, int64_t ldw, int nr, const char *x, int64_t ldx,
-                              int nt, float *out, int64_t ldo) {
-    int t0 = 0;
-    if (nr == MOECC_TILE_ROWS && nt >= MAX_NT) {
-        for (; t0 + MAX_NT <= nt; t0 += MAX_NT)
-            block(wt, mode, idot, G, MOECC_TILE_ROWS, MAX_NT, 1, K, w, ldw, x + t0 * ldx, ldx,
-                  out + t0 * ldo, ldo);
+/* [sum(a), sum(b), sum(c), sum(d)]: four horizontal sums at once */
+INLINE TARGET_512 __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] -> [a, b, c, d] partial sums */
+    const __m512 abcd =
+        _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* The tile for one group size: 4 x 4 register blocks over the rows and tokens, then the
+ * leftover tokens two or one at a time, row by row (decode: one row, one token, four
+ * accumulators); the sums of four rows are reduced together. */
+INLINE TARGET_512 void tile_g(const int wt, const int mode_dpbusd, idot_fn idot, idot2_fn idot2,
+                              const int G, int64_t K, const char *w, int64_t ldw, int nr,
+                              const char *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    int t = 0;
+    if (nr == MOECC_TILE_ROWS) {
+        for (; t + MAX_NT <= nt; t += MAX_NT) {
+            __m512 v[MOECC_TILE_ROWS * MAX_NT];
+            block(wt, mode_dpbusd, idot, idot2, G, MOECC_TILE_ROWS, MAX_NT, 1, K, w, ldw,
+                  x + t * ldx, ldx, v);
+            for (int i = 0; i < MAX_NT; i++)
+                _mm_storeu_ps(out + (t + i) * ldo,
+                              hsum4(v[i], v[MAX_NT + i], v[2 * MAX_NT + i], v[3 * MAX_NT + i]));
+        }
     }
-    for (int r = 0; r < nr; r++) {
-        const char *wr = w + r * ldw;
-        float *o = out + r;
-        int t = t0;
-        for (; t + 2 <= nt; t += 2)
-            block(wt, mode, idot, G, 1, 2, 2, K, wr, ldw, x + t * ldx, ldx, o + t * ldo, ldo);
-        if (t < nt)
-            block(wt, mode, idot, G, 1, 1, 4, K, wr, ldw, x + t * ldx, ldx, o + t * ldo, ldo);
+    while (t < nt) {
+        const int two = nt - t >= 2;
+        __m512 v[MOECC_TILE_ROWS][2];
+        for (int r = 0; r < MOECC_TILE_ROWS; r++) {
+            v[r][0] = v[r][1] = _mm512_setzero_ps();
+            if (r >= nr) continue;
+            if (two)
+                block(wt, mode_dpbusd, idot, idot2, G, 1, 2, 2, K, w + r * ldw, ldw, x + t * ldx,
+                      ldx, v[r]);
+            else
+                block(wt, mode_dpbusd, idot, idot2, G, 1, 1, 4, K, w + r * ldw, ldw, x + t * ldx,
+                      ldx, v[r]);
+        }
+        for (int i = 0; i <= two; i++, t++) {
+            _Alignas(16) float o[MOECC_TILE_ROWS];
+            _mm_store_ps(o, hsum4(v[0][i], v[1][i], v[2][i], v[3][i]));
+            for (int r = 0; r < nr; r++) out[t * ldo + r] = o[r];
+        }
     }
 }
 
-INLINE TARGET_512 void tile_q(const int wt, const int mode, idot_fn idot, int64_t K, int G,
-                              const void *w, int64_t ldw, int nr, const void *x, int64_t ldx,
-                              int nt, float *out, int64_t ldo) {
+INLINE TARGET_512 void tile_q(const int wt, const int mode_dpbusd, idot_fn idot, idot2_fn idot2,
+                              int64_t K, int G, const void *w, int64_t ldw, int nr, const void *x,
+                              int64_t ldx, int nt, float *out, int64_t ldo) {
     const char *wp = (const char *)w, *xp = (const char *)x;
     switch (G) {
-    case 32: tile_g(wt, mode, idot, 32, K, wp, ldw, nr, xp, ldx, nt, out, ldo); break;
-    case 64: tile_g(wt, mode, idot, 64, K, wp, ldw, nr, xp, ldx, nt, out, ldo); break;
-    case 128: tile_g(wt, mode, idot, 128, K, wp, ldw, nr, xp, ldx, nt, out, ldo); break;
-    default: tile_g(wt, mode, idot, 256, K, wp, ldw, nr, xp, ldx, nt, out, ldo); break;
+    case 32: tile_g(wt, mode_dpbusd, idot, idot2, 32, K, wp, ldw, nr, xp, ldx, nt, out, ldo); break;
+    case 64: tile_g(wt, mode_dpbusd, idot, idot2, 64, K, wp, ldw, nr, xp, ldx, nt, out, ldo); break;
+    case 128:
+        tile_g(wt, mode_dpbusd, idot, idot2, 128, K, wp, ldw, nr, xp, ldx, nt, out, ldo);
+        break;
+    default:
+        tile_g(wt, mode_dpbusd, idot, idot2, 256, K, wp, ldw, nr, xp, ldx, nt, out, ldo);
+        break;
     }
 }
 
@@ -254,25 +322,27 @@ INLINE TARGET_512 void tile_q(const int wt, const int mode, idot_fn idot, int64_
 TARGET_512 void moecc_tile_q8_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
                                      const void *x, int64_t ldx, int nt, float *out,
                                      int64_t ldo) {
-    tile_q(MOECC_W_Q8, MADDUBS, idot_maddubs_signed, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_W_Q8, 0, idot_maddubs_signed, idot2_maddubs, K, group, w, ldw, nr, x, ldx, nt,
+           out, ldo);
 }
 
 TARGET_512 void moecc_tile_q4_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
                                      const void *x, int64_t ldx, int nt, float *out,
                                      int64_t ldo) {
-    tile_q(MOECC_W_Q4, MADDUBS, idot_maddubs, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_W_Q4, 0, idot_maddubs, idot2_maddubs, K, group, w, ldw, nr, x, ldx, nt, out,
+           ldo);
 }
 
 TARGET_VNNI void moecc_tile_q8_avx512vnni(int64_t K, int group, const void *w, int64_t ldw,
                                           int nr, const void *x, int64_t ldx, int nt, float *out,
                                           int64_t ldo) {
-    tile_q(MOECC_W_Q8, DPBUSD, idot_dpbusd, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_W_Q8, 1, idot_dpbusd, idot2_dpbusd, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_VNNI void moecc_tile_q4_avx512vnni(int64_t K, int group, const void *w, int64_t ldw,
                                           int nr, const void *x, int64_t ldx, int nt, float *out,
                                           int64_t ldo) {
-    tile_q(MOECC_W_Q4, DPBUSD, idot_dpbusd, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_W_Q4, 1, idot_dpbusd, idot2_dpbusd, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 #endif /* MOECC_X86 */

@@ -30,6 +30,7 @@ static int32_t dot_block(const int8_t *a, const int8_t *b) {
 
 static void tile_q(moecc_wtype wt, int64_t K, int G, const void *w, int64_t ldw, int nr,
                    const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    const moecc_wformat f = {wt, G};
     int8_t qw[MOECC_GROUP_MAX];
     for (int r = 0; r < nr; r++) {
         const char *row = (const char *)w + r * ldw;
@@ -39,11 +40,16 @@ static void tile_q(moecc_wtype wt, int64_t K, int G, const void *w, int64_t ldw,
             const float dw = moecc_f16_to_f32(moecc_q_scale_bits(wt, row, K, g));
             for (int t = 0; t < nt; t++) {
                 const void *xt = (const char *)x + t * ldx;
-                const int8_t *qx = (const int8_t *)xt + g * G;
                 const float *dx = moecc_xq_scales(xt, K) + g * G / MOECC_QBLOCK;
                 float acc = 0.0f;
-                for (int b = 0; b < G / MOECC_QBLOCK; b++)
-                    acc += dx[b] * (float)dot_block(qw + b * MOECC_QBLOCK, qx + b * MOECC_QBLOCK);
+                for (int b = 0; b < G / MOECC_QBLOCK; b++) {
+                    int8_t qx[MOECC_QBLOCK]; /* the block's activations, in order (moecc.h) */
+                    int64_t at[2];
+                    moecc_xq_block_at(f, K, g * G / MOECC_QBLOCK + b, &at[0], &at[1]);
+                    memcpy(qx, (const int8_t *)xt + at[0], 16);
+                    memcpy(qx + 16, (const int8_t *)xt + at[1], 16);
+                    acc += dx[b] * (float)dot_block(qw + b * MOECC_QBLOCK, qx);
+                }
                 out[t * ldo + r] += dw * acc;
             }
         }

@@ -69,9 +69,9 @@ void moecc_row_to_f32(moecc_wformat f, int64_t K, const void *row, float *out) {
     }
 }
 
-/* One block: the same float32 operations as quant.quantize_activations, so the int8 values
- * agree exactly (rounding to nearest even in the default rounding mode). */
-void moecc_quantize_x(int64_t K, const float *x, void *xq) {
+/* The same float32 operations as quant.quantize_activations, so the int8 values agree
+ * exactly (rounding to nearest even in the default rounding mode); stored in f's order. */
+void moecc_quantize_x(moecc_wformat f, int64_t K, const float *x, void *xq) {
     int8_t *q = (int8_t *)xq;
     float *d = (float *)((char *)xq + K);
     int32_t *sum = (int32_t *)((char *)xq + K + 4 * (K / MOECC_QBLOCK));
@@ -84,11 +84,13 @@ void moecc_quantize_x(int64_t K, const float *x, void *xq) {
         }
         const float scale = amax / 127.0f;
         const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        int64_t at[2];
+        moecc_xq_block_at(f, K, b, &at[0], &at[1]);
         int32_t s = 0;
         for (int j = 0; j < MOECC_QBLOCK; j++) {
             float v = nearbyintf(xb[j] * inv);
             v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-            q[b * MOECC_QBLOCK + j] = (int8_t)v;
+            q[at[j / 16] + j % 16] = (int8_t)v;
             s += (int32_t)v;
         }
         d[b] = scale;
