@@ -2,7 +2,11 @@
 import json
 import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -183,3 +187,44 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, reference, monkeypatch)
     out = tmp_path / "m.moecc"
     assert convert.main([reference.hf_dir, "-o", str(out), "--quiet"]) == 130
     assert os.listdir(tmp_path) == []
+
+
+def _convert_in_child(preamble: str, hf_dir: str, out: str) -> subprocess.Popen:
+    code = (f"import sys\n{preamble}\nfrom moecc.convert import main\n"
+            f"sys.exit(main([{hf_dir!r}, '-o', {out!r}, '--quiet']))\n")
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_during_conversion_leaves_nothing(tmp_path):
+    from conftest import Reference
+    slow_encode = ("import time, moecc.quant as q\n"
+                   "encode = q.encode\n"
+                   "q.encode = lambda *a, **k: (time.sleep(0.02), encode(*a, **k))[1]\n")
+    out = tmp_path / "m.moecc"
+    child = _convert_in_child(slow_encode, Reference("main").hf_dir, str(out))
+    deadline = time.monotonic() + 60
+    while not os.listdir(tmp_path) and time.monotonic() < deadline:  # the temporary file appears
+        time.sleep(0.01)
+    assert os.listdir(tmp_path), "conversion never started"
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "interrupted" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_failure_leaves_nothing(tmp_path):
+    """A full disk (here: a file size limit, so writes fail with EFBIG) is an error, with no litter."""
+    from conftest import Reference
+    limit = ("import resource, signal\n"
+             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n")
+    out = tmp_path / "m.moecc"
+    child = _convert_in_child(limit, Reference("main").hf_dir, str(out))
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 2 and "moecc-convert: error:" in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_output_folder_is_a_clear_error(capsys, reference):
+    code, err = _run([reference.hf_dir, "-o", "/proc/m.moecc", "--quiet"], capsys)
+    assert code == 2 and "moecc-convert: error:" in err

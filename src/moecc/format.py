@@ -110,10 +110,10 @@ class Writer:
     """Writes a .moecc file in one pass, tensors in the order they were declared.
 
     The whole table is laid out up front (sizes follow from dtypes and shapes), so data streams
-    straight to disk after the header.  The file is written under a temporary name in the
-    destination folder and renamed into place only by `commit()`; `abort()` (or leaving the
-    `with` block with an exception) removes it, so no half-written file is ever left under the
-    output name.
+    straight to disk after the header.  Use it as a context manager: entering creates the file
+    under a temporary name in the destination folder; leaving renames it into place (`commit`),
+    or removes it if an exception (an interrupt included) ended the block (`abort`), so no
+    half-written file is ever left under the output name.
     """
 
     def __init__(self, path: str | os.PathLike, config: dict,
@@ -144,12 +144,14 @@ class Writer:
         self._crc_current = 0
         self.tmp_path = os.path.join(os.path.dirname(os.path.abspath(self.path)),
                                      f".{os.path.basename(self.path)}.{os.getpid()}.partial")
-        self._f = open(self.tmp_path, "wb")
         # The header holds CRCs that are known only at the end: reserve its space now with
         # placeholder CRCs of the widest width, rewrite it in place at commit.
         self._header_room = len(self._header_bytes(placeholder=True))
         self.data_offset = _align(_PREAMBLE.size + self._header_room, DATA_ALIGNMENT)
-        self._f.truncate(0)
+        self._f = None  # opened by __enter__, so that whatever opens it also removes it
+
+    def _open(self) -> None:
+        self._f = open(self.tmp_path, "wb")
         self._f.seek(self.data_offset)
 
     @property
@@ -206,12 +208,17 @@ class Writer:
         os.replace(self.tmp_path, self.path)
 
     def abort(self) -> None:
-        if not self._f.closed:
+        if self._f is not None and not self._f.closed:
             self._f.close()
         if os.path.exists(self.tmp_path):
             os.unlink(self.tmp_path)
 
     def __enter__(self) -> "Writer":
+        try:
+            self._open()
+        except BaseException:
+            self.abort()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
