@@ -34,6 +34,7 @@
 #define STEP 8     /* blocks per step: one vector of scales */
 #define MAX_ACC 16 /* NR * NT * U never exceeds this */
 #define MAX_NT 2   /* tokens of a register block (16 ymm registers) */
+#define PF_AHEAD 2 /* a tile of rows prefetches the rows this many tiles on */
 
 INLINE TARGET_AVX2 __m256i ones16(void) { return _mm256_set1_epi16(1); }
 
@@ -206,9 +207,15 @@ INLINE TARGET_AVX2 void block(const int wt, const int G, const int NR, const int
     __m256 acc[MAX_ACC];
     for (int i = 0; i < NR * NT * U; i++) acc[i] = _mm256_setzero_ps();
     _Alignas(32) float s[MOECC_TILE_ROWS * MAX_NT][STEP]; /* s[r*NT + t][j] */
+    /* sweep-prefetch the NR rows PF_AHEAD tiles on, a share per step: DRAM then sees one
+     * sequential stream instead of NR interleaved ones */
+    const char *pf = w + PF_AHEAD * NR * ldw;
+    const int64_t pf_step = NR > 1 ? (NR * ldw * STEP / nblocks + 63) & ~(int64_t)63 : 0;
 
     for (int64_t b0 = 0; b0 < nblocks; b0 += STEP) {
         const int nb = nblocks - b0 < STEP ? (int)(nblocks - b0) : STEP;
+        for (int64_t b = 0; b < pf_step; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+        pf += pf_step;
         /* the step's scales s = dx * dw, and the bias correction -bias * sum(a) * s */
         __m256 dw[MOECC_TILE_ROWS], dx[MAX_NT], corr[MAX_NT];
         if (nb == STEP) {
@@ -259,22 +266,25 @@ INLINE TARGET_AVX2 void block(const int wt, const int G, const int NR, const int
 
 #undef ACC
 
-/* The tile for one group size: 4 x 2 register blocks over the rows and tokens, then the
- * leftover tokens a row at a time (decode: one row, one token, four accumulators). */
+/* The tile for one group size. Four rows: 4 x 2 register blocks over the tokens, then 4 x 1
+ * (decode: four rows side by side, one accumulator each, with the sweep prefetch); fewer rows:
+ * row by row, tokens two or one at a time. */
 INLINE TARGET_AVX2 void tile_g(const int wt, const int G, int64_t K, const char *w, int64_t ldw,
                                int nr, const char *x, int64_t ldx, int nt, float *out,
                                int64_t ldo) {
-    int t0 = 0;
-    if (nr == MOECC_TILE_ROWS && nt >= MAX_NT) {
-        for (; t0 + MAX_NT <= nt; t0 += MAX_NT)
-            block(wt, G, MOECC_TILE_ROWS, MAX_NT, 1, K, w, ldw, x + t0 * ldx, ldx,
-                  out + t0 * ldo, ldo);
+    int t = 0;
+    if (nr == MOECC_TILE_ROWS) {
+        for (; t + MAX_NT <= nt; t += MAX_NT)
+            block(wt, G, MOECC_TILE_ROWS, MAX_NT, 1, K, w, ldw, x + t * ldx, ldx, out + t * ldo,
+                  ldo);
+        if (t < nt)
+            block(wt, G, MOECC_TILE_ROWS, 1, 1, K, w, ldw, x + t * ldx, ldx, out + t * ldo, ldo);
+        return;
     }
     for (int r = 0; r < nr; r++) {
         const char *wr = w + r * ldw;
         float *o = out + r;
-        int t = t0;
-        for (; t + 2 <= nt; t += 2)
+        for (t = 0; t + 2 <= nt; t += 2)
             block(wt, G, 1, 2, 2, K, wr, ldw, x + t * ldx, ldx, o + t * ldo, ldo);
         if (t < nt) block(wt, G, 1, 1, 4, K, wr, ldw, x + t * ldx, ldx, o + t * ldo, ldo);
     }
