@@ -109,7 +109,8 @@ cdef moecc_wformat _format(str wtype, int group_size, int64_t K) except *:
     f.group = group_size
     if f.type == MOECC_W_Q8 or f.type == MOECC_W_Q4:
         if group_size not in GROUP_SIZES:
-            raise ValueError(f"group_size must be one of {GROUP_SIZES} for {wtype}, got {group_size}")
+            raise ValueError(f"group_size must be one of {GROUP_SIZES} for {wtype}, "
+                             f"got {group_size}")
         if K % group_size:
             raise ValueError(f"{wtype}: groups of {group_size} do not divide the row length {K}")
     elif group_size != 0:
@@ -134,7 +135,8 @@ cdef moecc_wformat _weights(cnp.ndarray w, str name, object wtype, int group_siz
             raise TypeError(f"{name} is uint8: quantized weights need wtype='q8' or 'q4' and "
                             f"group_size")
         else:
-            raise TypeError(f"{name} must be float32 or uint16 (bf16 bits), got {(<object>w).dtype}")
+            raise TypeError(f"{name} must be float32 or uint16 (bf16 bits), "
+                            f"got {(<object>w).dtype}")
     if not isinstance(wtype, str):
         raise TypeError(f"wtype must be a str or None, got {type(wtype).__name__}")
     cdef moecc_wformat f = _format(wtype, group_size, K)
@@ -148,7 +150,8 @@ cdef moecc_wformat _weights(cnp.ndarray w, str name, object wtype, int group_siz
         expected = lead + (n,)
         if (<object>w).shape != expected:
             raise ValueError(f"{name} must have shape {expected}: {wtype} rows of {K} values in "
-                             f"groups of {group_size} take {n} bytes; got shape {(<object>w).shape}")
+                             f"groups of {group_size} take {n} bytes; "
+                             f"got shape {(<object>w).shape}")
     elif (<object>w).shape != expected:
         raise ValueError(f"{name} must have shape {expected}, got {(<object>w).shape}")
     return f

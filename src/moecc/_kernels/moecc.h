@@ -8,10 +8,11 @@
  *     no global thread state.
  *   - Kernels that validate indices return an error code (MOECC_OK == 0) before doing any work.
  *
- * The only weight-type-specific code is the register tile (moecc_tile_fn) and the row formats in
- * wtype.c; the loops of matmul.c and moe.c never look at the type. They only ask how many bytes
- * an activation row for it takes (moecc_act_bytes: 0 = the float32 rows as they are; q8 / q4
- * read activations quantized once per call, moecc_quantize_x) and pass the group size along.
+ * The only weight-type-specific code is the register tile (moecc_tile_fn: dot_*.c for f32 / bf16,
+ * qdot_*.c for q8 / q4) and the row formats in wtype.c; the loops of matmul.c and moe.c never look
+ * at the type. They only ask how many bytes an activation row for it takes (moecc_act_bytes: 0 =
+ * the float32 rows as they are; q8 / q4 read activations quantized once per call by the ISA's
+ * quantize_x, in the order the format wants) and pass the group size along.
  */
 #ifndef MOECC_H
 #define MOECC_H
@@ -44,7 +45,7 @@ enum {
     MOECC_OK = 0,
     MOECC_ERR_INDEX = -1, /* an id / expert index / position is out of range */
     MOECC_ERR_SHAPE = -2, /* inconsistent sizes */
-    MOECC_ERR_WTYPE = -3, /* unknown weight type */
+    MOECC_ERR_WTYPE = -3, /* unknown weight type, or a group size it does not allow */
     MOECC_ERR_ISA = -4,   /* ISA unknown, not compiled in, or not supported by this CPU */
     MOECC_ERR_NOMEM = -5, /* a prefill buffer could not be allocated */
 };

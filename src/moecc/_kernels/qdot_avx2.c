@@ -65,7 +65,8 @@ INLINE TARGET_AVX2 float hsum(__m256 v) {
 INLINE TARGET_AVX2 __m256i load_bytes(const char *p, int n) {
     if (n >= 32) return _mm256_loadu_si256((const __m256i *)p);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_maskload_epi32((const int *)p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n / 4), lane));
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(n / 4), lane);
+    return _mm256_maskload_epi32((const int *)p, live);
 }
 
 /* the 8 weight scales of the blocks b0 .. b0+7 of a row (group = block * 32 / G) as float */

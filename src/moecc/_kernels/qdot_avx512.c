@@ -85,7 +85,9 @@ enum { PAIR, QUAD, SPREAD };            /* l / 8,  l / 4,  2 * (l / 8) */
 INLINE TARGET_512 __m512i lane_blocks(int base, const int pattern) {
     const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    const __m512i p = pattern == PAIR ? pair : pattern == QUAD ? quad : _mm512_add_epi32(pair, pair);
+    const __m512i p = pattern == PAIR   ? pair
+                      : pattern == QUAD ? quad
+                                        : _mm512_add_epi32(pair, pair);
     return _mm512_add_epi32(_mm512_set1_epi32(base), p);
 }
 
@@ -149,7 +151,8 @@ INLINE TARGET_512 void dots(idot_fn idot, idot2_fn idot2, const int NR, const in
         const char *xt = x + t * ldx;
         const __m512i a = load_bytes(xt + xoff, n);
         const __m512i a2 = idot2 ? load_bytes(xt + xoff2, n) : a;
-        const __m512 dxl = KEEP_PRODUCTS(NR, NT) ? sc->dx[t] : _mm512_permutexvar_ps(idx, sc->dx[t]);
+        const __m512 dxl =
+            KEEP_PRODUCTS(NR, NT) ? sc->dx[t] : _mm512_permutexvar_ps(idx, sc->dx[t]);
         for (int r = 0; r < NR; r++) {
             const __m512i isum = idot2 ? idot2(wu[r], a, wv[r], a2) : idot(wu[r], wq[r], a);
             const __m512 sv = KEEP_PRODUCTS(NR, NT) ? _mm512_permutexvar_ps(idx, sc->s[r * NT + t])
@@ -193,8 +196,8 @@ INLINE TARGET_512 void segment(const int wt, const int mode_dpbusd, idot_fn idot
                     wb[r] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
                 }
                 const int64_t xu = 32 * (b0 + 4 * k);
-                dots(idot, idot2, NR, NT, u, 4 * k, QUAD, wa, wa, wb, xu, xu + 16 * nbu, 16 * nbu, x,
-                     ldx, sc, acc);
+                dots(idot, idot2, NR, NT, u, 4 * k, QUAD, wa, wa, wb, xu, xu + 16 * nbu, 16 * nbu,
+                     x, ldx, sc, acc);
             }
     } else { /* 64 packed bytes (k) give two vectors of sums */
         const int UK = U > 1 ? U / 2 : 1, nk = G == 64 ? (m + 3) / 4 : m / 4;
