@@ -22,7 +22,14 @@
  *   - q4, G >= 128: 64 packed bytes give low nibbles (blocks j, j+1) and high nibbles (blocks
  *     j + G/64, j + G/64 + 1), the activations in natural order.
  * Half as many instructions as 256-bit code, which on cores that run 512-bit operations as two
- * halves (Zen 4) is what counts. The end of a row is read with masked loads (never past it). */
+ * halves (Zen 4) is what counts. The end of a row is read with masked loads (never past it).
+ * Decode streams four rows side by side and sweep-prefetches the rows ~8 KB on, so that DRAM
+ * sees one sequential stream.
+ *
+ * The int product is passed to the (always inlined) loops as a function: the loops are compiled
+ * for AVX-512 BW and inlined into each table's entry points, the VNNI ones carrying the wider
+ * target (a function of a wider target cannot be inlined into a narrower one; the other way
+ * round is fine), so one copy of the loops serves both tables. */
 #include "moecc.h"
 
 #if MOECC_X86
