@@ -1,5 +1,6 @@
 """Chat templates rendered as transformers renders them; chat turns reuse the KV cache."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -146,3 +147,32 @@ def test_cli_applies_the_template_by_default(converted, capsys):
     assert generate.main(["--model", converted("main", "bf16"), "--prompt", "Hi", "--max-tokens", "3",
                           "--raw", "--temperature", "0"]) == 0
     assert f"prompt: {len(model.tokenizer.encode('Hi'))} tokens" in capsys.readouterr().err
+
+
+def test_thinking_filter_dims_or_hides_the_thinking():
+    from moecc.chat import DIM, RESET, ThinkingFilter
+    pieces = ["<thi", "nk>\nweigh", "ing it</th", "ink>\n\nThe answer", " is 4."]
+    dimmed = ThinkingFilter(starts_thinking=False, hide=False, dim=True)
+    out = "".join(dimmed.feed(p) for p in pieces) + dimmed.feed("", final=True)
+    assert out.replace(DIM, "").replace(RESET, "") == "\nweighing itThe answer is 4."
+    assert f"{DIM}ing it{RESET}" in out
+    hidden = ThinkingFilter(starts_thinking=False, hide=True, dim=False)
+    assert "".join(hidden.feed(p) for p in pieces) + hidden.feed("", final=True) == "The answer is 4."
+    # a Thinking-2507 template opened <think> in the prompt: the output starts inside it
+    opened = ThinkingFilter(starts_thinking=True, hide=True, dim=False)
+    assert opened.feed("still thinking</think>\n\nDone.", final=True) == "Done."
+
+
+def test_chat_cli_converses_resets_and_exits(converted):
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-m", "moecc.chat", "--model", converted("main", "bf16"),
+                          "--max-tokens", "6", "--temperature", "0", "--no-think"],
+                         input="Hello there\nAnd again?\n/reset\nHi\n/exit\n", capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    speed_lines = [line for line in run.stderr.splitlines() if "prompt tokens processed" in line]
+    assert len(speed_lines) == 3
+    reused = [int(re.search(r"\((\d+) reused\)", line).group(1)) for line in speed_lines]
+    assert reused[0] == 0 and reused[1] > 10  # turn 2 reuses turn 1
+    assert reused[2] < 8  # after /reset only the template's opening tokens still match
