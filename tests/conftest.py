@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 
+from moecc import _kernels as K
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CASES = ("main", "odd")
 
@@ -31,6 +33,20 @@ class Reference:
         """(prompt ids, transformers' greedy continuation) pairs."""
         n = sum(1 for k in self.arrays if k.startswith("greedy_prompt_"))
         return [(self.arrays[f"greedy_prompt_{j}"], self.arrays[f"greedy_tokens_{j}"]) for j in range(n)]
+
+
+@pytest.fixture(params=K.build_info()["isa_available"])
+def isa(request):
+    """Each instruction-set path this machine can run, forced in turn (kernel tests)."""
+    previous = K.get_isa()
+    K.set_isa(request.param)
+    yield request.param
+    K.set_isa(previous)
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
+def threads(request):
+    return request.param
 
 
 @pytest.fixture(scope="session", params=CASES)

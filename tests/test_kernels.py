@@ -13,37 +13,19 @@ import numpy as np
 import pytest
 
 from moecc import _kernels as K
+from moecc import quant
 
 RTOL = 1e-5
 ATOL = 1e-6
-ISAS = K.build_info()["isa_available"]
 WDTYPES = ["f32", "bf16"]
 
 
 # ---- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    previous = K.get_isa()
-    K.set_isa(request.param)
-    yield request.param
-    K.set_isa(previous)
 
 
-@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
-def threads(request):
-    return request.param
-
-
-def to_bf16(a: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bit patterns (uint16), rounded to nearest even."""
-    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def from_bf16(h: np.ndarray) -> np.ndarray:
-    return (h.astype(np.uint32) << 16).view(np.float32)
+to_bf16, from_bf16 = quant.f32_to_bf16, quant.bf16_to_f32
 
 
 def weights(rng, shape, wdtype, scale=1.0):

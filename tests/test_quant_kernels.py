@@ -17,22 +17,10 @@ from moecc import _kernels as K
 from moecc import quant
 
 RTOL = 1e-5
-ISAS = K.build_info()["isa_available"]
 QTYPES = ["q8", "q4"]
 GROUPS = [32, 64, 128, 256]
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    previous = K.get_isa()
-    K.set_isa(request.param)
-    yield request.param
-    K.set_isa(previous)
-
-
-@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
-def threads(request):
-    return request.param
 
 
 def quantized(rng, shape, dtype, G, scale=1.0):
