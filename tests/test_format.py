@@ -135,3 +135,15 @@ def test_inspect_reports_classes_and_verifies(converted, capsys, tmp_path):
     assert inspect_file.main([str(damaged), "--verify"]) == 1
     assert "DAMAGED" in capsys.readouterr().out
     assert inspect_file.main([str(tmp_path / "missing.moecc")]) == 2
+
+
+def test_random_bytes(tmp_path):
+    path = tmp_path / "random.moecc"
+    path.write_bytes(os.urandom(1 << 16))
+    with pytest.raises(format.FormatError, match="not a .moecc file"):
+        moecc.load(path)
+
+
+def test_a_folder_instead_of_a_file(tmp_path):
+    with pytest.raises(format.FormatError, match="is a folder"):
+        moecc.load(tmp_path)
