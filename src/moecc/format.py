@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -241,11 +242,12 @@ class ModelFile:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             raise FormatError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise FormatError(f"{self.path} is a folder; give the path of a .moecc file "
-                              "(moecc-convert makes one from a Hugging Face folder)") from None
         try:
-            self.file_size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise FormatError(f"{self.path} is a folder; give the path of a .moecc file "
+                                  "(moecc-convert makes one from a Hugging Face folder)")
+            self.file_size = info.st_size
             if self.file_size < _PREAMBLE.size:
                 raise FormatError(f"{self.path} is {self.file_size} bytes, too short to be a .moecc file")
             self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
