@@ -1,6 +1,7 @@
 """Property-based fuzzing of the loader: a mutated header or tensor table may be refused, but
 loading and running never crash the process (a crash here kills the test run)."""
 import json
+import os
 import struct
 
 import numpy as np
@@ -38,7 +39,8 @@ def _mutate(header: dict, draw) -> dict:
     return header
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("MOECC_FUZZ_EXAMPLES", 150)), deadline=None, derandomize=not os.environ.get("MOECC_FUZZ_EXAMPLES"),
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_headers_never_crash(converted, tmp_path_factory, data):
     source = open(converted("odd", "bf16"), "rb").read()

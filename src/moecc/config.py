@@ -13,6 +13,10 @@ import os
 from dataclasses import dataclass, field
 
 
+MAX_DIMENSION = 1 << 24  # far above any real width, head count or vocabulary; catches damaged values
+MAX_LAYERS = 1024
+
+
 class ConfigError(ValueError):
     """The configuration describes a model this engine does not run."""
 
@@ -120,8 +124,11 @@ class Qwen3MoeConfig:
         positive = ("vocab_size", "hidden_size", "moe_intermediate_size", "num_hidden_layers",
                     "num_attention_heads", "num_key_value_heads", "head_dim", "decoder_sparse_step")
         for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"config {name} = {getattr(self, name)} must be positive")
+            if not 0 < getattr(self, name) < MAX_DIMENSION:
+                raise ConfigError(f"config {name} = {getattr(self, name)} must be positive and below {MAX_DIMENSION}")
+        if not 0 <= self.num_experts < MAX_DIMENSION or self.num_hidden_layers > MAX_LAYERS:
+            raise ConfigError(f"config num_experts = {self.num_experts} / num_hidden_layers = "
+                              f"{self.num_hidden_layers} is out of range")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_attention_heads ({self.num_attention_heads}) is not a multiple "
                               f"of num_key_value_heads ({self.num_key_value_heads})")

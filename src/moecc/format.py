@@ -43,6 +43,7 @@ hands out a single view.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import stat
@@ -75,7 +76,7 @@ class FormatError(ValueError):
 
 def tensor_nbytes(dtype: str, shape: tuple[int, ...], group_size: int = 0) -> int:
     """Bytes of a tensor; ValueError when `group_size` cannot cut its rows."""
-    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    rows = math.prod(int(s) for s in shape[:-1])  # Python ints: a damaged shape cannot overflow
     return rows * quant.row_bytes(dtype, shape[-1], group_size)
 
 
@@ -306,7 +307,7 @@ class ModelFile:
             dtype = str(raw["dtype"]) if tensor else ""
             shape = tuple(int(s) for s in raw["shape"]) if tensor else ()
             group_size = int(raw.get("group_size", 0)) if tensor else 0
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise FormatError(f"{self.path}: {what} {name} has a malformed entry; the file is damaged") from None
         if tensor:
             if dtype not in DTYPES:
