@@ -66,6 +66,17 @@ class SafetensorsFile:
     def dtype_of(self, name: str) -> str:
         return self.entries[name]["dtype"]
 
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of tensor `name` from this process (they stay in the page cache):
+        without this, every page read stays resident until the file is closed, and the process
+        would grow to the size of the checkpoint."""
+        begin, end = self.entries[name]["data_offsets"]
+        page = mmap.PAGESIZE
+        start = (self._base + begin) // page * page
+        stop = min(self._size, self._base + end)
+        if stop > start and hasattr(mmap, "MADV_DONTNEED"):
+            self._mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
 
 class Checkpoint:
     """A Hugging Face qwen3_moe checkpoint folder."""
@@ -121,6 +132,10 @@ class Checkpoint:
             raise CheckpointError(f"tensor {name} has shape {list(array.shape)}, but config.json "
                                   f"implies {list(shape)}")
         return array
+
+    def release(self, name: str) -> None:
+        """Done with tensor `name`: give back the memory its mapped pages hold."""
+        self._shard(self.weight_map[name]).release(name)
 
     def source_dtype(self, name: str) -> str:
         return self._shard(self.weight_map[name]).dtype_of(name)

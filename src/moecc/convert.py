@@ -76,6 +76,7 @@ def _source_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarr
     rows = max(1, _BLOCK_BYTES // max(1, array[0].nbytes if array.ndim > 1 else array.nbytes))
     for start in range(0, array.shape[0], rows):
         yield array[start:start + rows], dtype
+    ckpt.release(spec.name)
 
 
 def _expert_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarray, str]]:
@@ -85,6 +86,7 @@ def _expert_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarr
         for e in range(num_experts):
             name = f"{prefix}.{e}.{projection}.weight"
             yield ckpt.tensor(name, (rows, cols)), ckpt.source_dtype(name)
+            ckpt.release(name)
         return
     fused_name = prefix + (".down_proj" if projection == "down_proj" else ".gate_up_proj")
     if not ckpt.has(fused_name):
@@ -97,6 +99,8 @@ def _expert_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarr
         half = slice(0, rows) if projection == "gate_proj" else slice(rows, 2 * rows)
     for e in range(num_experts):
         yield fused[e, half], ckpt.source_dtype(fused_name)
+    if projection != "gate_proj":  # gate_up_proj is read twice, for gate and then for up
+        ckpt.release(fused_name)
 
 
 def convert(hf_dir: str, out_path: str, plan: StoragePlan | str = "bf16", force: bool = False,
