@@ -13,6 +13,8 @@ trap 'rm -rf "$work"' EXIT
 cp -r "$root/src" "$root/tests" "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$work/"
 find "$work/src" -name '*.so' -delete
 cd "$work"
+# the build's own requirements (pip's build isolation installs them only for `pip install .`)
+python -c "import Cython, setuptools, numpy" 2>/dev/null || python -m pip install -q "Cython>=3.0" setuptools numpy
 export CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
 export LDFLAGS="-fsanitize=address,undefined"
 python setup.py -q build_ext --inplace >/dev/null
