@@ -10,6 +10,7 @@ Environment:
   MOECC_OPENMP=0   build serial even if the compiler has OpenMP
 """
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -84,8 +85,11 @@ class BuildExt(build_ext):
             with open(src, "w") as f:
                 f.write(OMP_PROBE)
             objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=[OPENMP_FLAG])
+            # LDFLAGS reach the extension's link but not an executable's: pass them here too, so
+            # a build with, say, -fsanitize in CFLAGS and LDFLAGS probes like it will link
             self.compiler.link_executable(
-                objs, "probe", output_dir=tmp, extra_postargs=[OPENMP_FLAG]
+                objs, "probe", output_dir=tmp,
+                extra_postargs=[OPENMP_FLAG] + shlex.split(os.environ.get("LDFLAGS", "")),
             )
             return True
         except Exception:  # CompileError / LinkError: no usable OpenMP

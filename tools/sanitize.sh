@@ -22,6 +22,7 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=lib
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"  # CPython's own allocations are not ours to report
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export PYTHONPATH="$work/src"
+python -c "from moecc import _kernels; print('sanitized build:', _kernels.build_info())"
 if [ "$#" -eq 0 ]; then
     set -- tests/test_kernels.py tests/test_quant_kernels.py tests/test_engine.py tests/test_fuzz_loader.py -q -p no:cacheprovider
 fi
