@@ -242,30 +242,31 @@ class Model:
         come from the checkpoint's generation_config.json; `temperature=0` is greedy.  Generation
         stops at the model's EOS tokens, at any `stop` string (which is not returned), after
         `max_tokens`, or when the context is full."""
-        if not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0:
-            raise ValueError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
-        params = self.sampling_params(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                      repetition_penalty=repetition_penalty,
-                                      presence_penalty=presence_penalty, seed=seed)
-        ids = self._check_ids(self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt)
-        stops = [stop] if isinstance(stop, str) else [s for s in (stop or ()) if s]
-        return self._generate(ids, max_tokens, params, stops, reuse_cache=False)
+        return self._start(prompt, max_tokens, stop, reuse_cache=False, temperature=temperature, top_k=top_k,
+                           top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                           presence_penalty=presence_penalty, seed=seed)
 
     def chat(self, messages: list[dict], max_tokens: int = 1024, *, enable_thinking: bool | None = None,
-             tools: list[dict] | None = None, **sampling) -> Iterator[GeneratedToken]:
-        """Answer the conversation `messages` with the chat template applied; yields as `generate`.
+             tools: list[dict] | None = None, stop: Sequence[str] | str | None = None,
+             **sampling) -> Iterator[GeneratedToken]:
+        """Answer the conversation `messages` with the chat template applied; yields as `generate`
+        and takes the same sampling keywords.
 
         The KV cache is kept between calls: a new turn reuses it up to the longest common token
         prefix of the new prompt and what the cache holds, and processes only the rest."""
         prompt = self.apply_chat_template(messages, add_generation_prompt=True,
                                           enable_thinking=enable_thinking, tools=tools)
-        stop = sampling.pop("stop", None)
+        return self._start(prompt, max_tokens, stop, reuse_cache=True, **sampling)
+
+    def _start(self, prompt: str | Sequence[int], max_tokens: int, stop, reuse_cache: bool,
+               **sampling) -> Iterator[GeneratedToken]:
+        """Check the request (eagerly, so mistakes raise at the call), then hand out the generator."""
         if not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0:
             raise ValueError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
         params = self.sampling_params(**sampling)
-        ids = self._check_ids(self.tokenizer.encode(prompt))
+        ids = self._check_ids(self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt)
         stops = [stop] if isinstance(stop, str) else [s for s in (stop or ()) if s]
-        return self._generate(ids, max_tokens, params, stops, reuse_cache=True)
+        return self._generate(ids, max_tokens, params, stops, reuse_cache)
 
     def _reusable_prefix(self, ids: np.ndarray) -> int:
         """How many leading ids the cache already holds (at least one id is left to run)."""
