@@ -336,8 +336,7 @@ class _StopFilter:
     def flush(self) -> str:
         if not self.stopped:
             self._pending += self._decoder.flush()
-        out = self._release(final=True)
-        return out
+        return self._release(final=True)
 
     def _release(self, final: bool = False) -> str:
         if self.stopped:

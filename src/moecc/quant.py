@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# how a Hugging Face safetensors dtype is viewed by checkpoint.py
-SOURCE_DTYPES = ("F32", "F16", "BF16")
 QUANTIZED = ("q8", "q4")
 GROUP_SIZES = (32, 64, 128, 256)
 
