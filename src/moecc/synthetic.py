@@ -16,6 +16,10 @@ rounding them.  Tensors stream to disk in chunks from two worker threads, so mem
 few chunks whatever the checkpoint's size; each chunk has its own seed, so the output does not
 depend on the thread count.
 
+`write_quantized_model` (make_synthetic.py --quant q4, moecc-bench --synthetic) skips the
+checkpoint: it writes the q4 / q8 .moecc file moecc-convert would make from one, straight from
+random quantized values, so the full 48-layer model (17 GB at q4) needs no 61 GB bf16 source.
+
 The tokenizer is a byte-level BPE with Qwen2's pre-tokenizer and exactly Qwen's layout: 151,643
 regular tokens (256 bytes, then synthetic word-like merges) and Qwen3's 26 added tokens at ids
 151,643.. (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, ...).  Its merges are not Qwen's, so
@@ -33,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from .quant import GROUP_SIZES, QUANTIZED
 
 # config.json of Qwen/Qwen3-30B-A3B, but for num_hidden_layers / max_window_layers (set per call)
 QWEN3_30B_A3B_CONFIG = {
@@ -188,17 +194,13 @@ def build_tokenizer(n_regular: int = QWEN_REGULAR_TOKENS):
     return tok, vocab, merges
 
 
-def write_tokenizer_files(out_dir: str, vocab_size: int) -> int:
-    """tokenizer.json, tokenizer_config.json, vocab.json, merges.txt; returns the <|endoftext|> id."""
+def tokenizer_files(vocab_size: int) -> tuple[dict[str, bytes], int]:
+    """tokenizer.json, tokenizer_config.json, vocab.json, merges.txt as bytes, and the
+    <|endoftext|> id (the number of regular tokens)."""
     n_regular = min(QWEN_REGULAR_TOKENS, vocab_size - len(QWEN3_ADDED_TOKENS))
     if n_regular < 256 + 4 + 52:
         raise ValueError(f"vocab_size {vocab_size} is too small for a byte-level BPE with Qwen's added tokens")
     tok, vocab, merges = build_tokenizer(n_regular)
-    tok.save(os.path.join(out_dir, "tokenizer.json"))
-    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f, ensure_ascii=False, separators=(",", ":"))
-    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     added = {str(n_regular + i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
                                   "single_word": False, "special": s}
              for i, (c, s) in enumerate(QWEN3_ADDED_TOKENS)}
@@ -210,9 +212,36 @@ def write_tokenizer_files(out_dir: str, vocab_size: int) -> int:
         "pad_token": "<|endoftext|>", "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer",
         "unk_token": None,
     }
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, ensure_ascii=False)
-    return n_regular
+    files = {
+        "tokenizer.json": tok.to_str(pretty=True).encode(),
+        "vocab.json": json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode(),
+        "merges.txt": ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode(),
+        "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False).encode(),
+    }
+    return files, n_regular
+
+
+def synthetic_files(layers: int, vocab_size: int | None = None, **overrides) -> tuple[dict, dict[str, bytes]]:
+    """The config dict and every non-weight file of a synthetic checkpoint with `layers` layers
+    (config.json, generation_config.json and the tokenizer files), as bytes.  `overrides`
+    replace config.json keys (e.g. hidden_size=64 for a tiny test model)."""
+    cfg = dict(QWEN3_30B_A3B_CONFIG, num_hidden_layers=layers, max_window_layers=layers)
+    if vocab_size is not None:
+        cfg["vocab_size"] = vocab_size
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}")
+    cfg.update(overrides)
+    if layers < 1:
+        raise ValueError("layers must be at least 1")
+    files, n_regular = tokenizer_files(cfg["vocab_size"])
+    gen = dict(GENERATION_CONFIG)
+    if n_regular != QWEN_REGULAR_TOKENS:  # a small vocabulary moves the added tokens down
+        cfg.update(bos_token_id=n_regular, eos_token_id=n_regular + 2)
+        gen.update(bos_token_id=n_regular, eos_token_id=[n_regular + 2, n_regular], pad_token_id=n_regular)
+    for name, data in (("config.json", cfg), ("generation_config.json", gen)):
+        files[name] = (json.dumps(data, indent=2) + "\n").encode()
+    return cfg, files
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,26 +357,11 @@ def make_checkpoint(out_dir: str, layers: int = 8, vocab_size: int | None = None
     """Write a synthetic Qwen3-30B-A3B-shaped checkpoint with `layers` layers into `out_dir`.
     `overrides` replace config.json keys (e.g. hidden_size=64 for a tiny test model).
     Returns {"bytes": weight bytes written, "shards": count, "config": the config dict}."""
-    cfg = dict(QWEN3_30B_A3B_CONFIG, num_hidden_layers=layers, max_window_layers=layers)
-    if vocab_size is not None:
-        cfg["vocab_size"] = vocab_size
-    unknown = set(overrides) - set(cfg)
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}")
-    cfg.update(overrides)
-    if layers < 1:
-        raise ValueError("layers must be at least 1")
+    cfg, files = synthetic_files(layers, vocab_size, **overrides)
     os.makedirs(out_dir, exist_ok=True)
-
-    n_regular = write_tokenizer_files(out_dir, cfg["vocab_size"])
-    gen = dict(GENERATION_CONFIG)
-    if n_regular != QWEN_REGULAR_TOKENS:  # a small vocabulary moves the added tokens down
-        cfg.update(bos_token_id=n_regular, eos_token_id=n_regular + 2)
-        gen.update(bos_token_id=n_regular, eos_token_id=[n_regular + 2, n_regular], pad_token_id=n_regular)
-    for name, data in (("config.json", cfg), ("generation_config.json", gen)):
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+    for name, blob in files.items():
+        with open(os.path.join(out_dir, name), "wb") as f:
+            f.write(blob)
 
     tensors = hf_tensors(cfg)
     shards = _shards(tensors, shard_bytes)
@@ -380,25 +394,130 @@ def make_checkpoint(out_dir: str, layers: int = 8, vocab_size: int | None = None
     return {"bytes": done, "shards": len(shards), "config": cfg}
 
 
+# --------------------------------------------------------------------------------------------
+# a quantized .moecc file straight from random bits
+
+SYNTHETIC_MODEL = "qwen3-30b-a3b"  # the geometry write_quantized_model makes (moecc-bench --synthetic)
+_BLOCK_BYTES = 16 << 20  # quantized tensors are generated and written in row blocks of about this size
+
+
+def _quant_levels(dtype: str) -> np.ndarray:
+    """The values a uniformly random stored byte (q8) or nibble (q4) decodes to, before the scale."""
+    if dtype == "q4":
+        return np.arange(16) - 8
+    return np.maximum(np.arange(256, dtype=np.uint8).view(np.int8), -127)  # q8 never stores -128
+
+
+def quantized_scale(dtype: str, std: float = WEIGHT_STD) -> float:
+    """The group scale at which uniformly random quantized values have standard deviation `std`
+    (the scale's sign is random too, so the weights average to zero)."""
+    return std / float(np.sqrt(np.mean(np.square(_quant_levels(dtype), dtype=np.float64))))
+
+
+def _random_rows(dtype: str, rows: int, K: int, group_size: int, scale: np.uint16,
+                 rng: np.random.Generator) -> np.ndarray:
+    """uint8 [rows, row_bytes]: uniformly random q4 nibbles / q8 values, and fp16 group scales of
+    magnitude `scale` (fp16 bits) with random signs -- all cut from one draw of raw bits (SFC64's
+    raw output is ~4 GB/s, several times faster than rng.bytes)."""
+    from .quant import row_bytes
+    width = row_bytes(dtype, K, group_size)
+    block = rng.bit_generator.random_raw(-(-rows * width // 8)).view(np.uint8)[:rows * width].reshape(rows, width)
+    values = width - 2 * (K // group_size)
+    if dtype == "q8":
+        np.maximum(block[:, :values].view(np.int8), -127, out=block[:, :values].view(np.int8))
+    scales = block[:, values:].view(np.uint16)
+    scales &= np.uint16(0x8000)
+    scales |= scale
+    return block
+
+
+def _quantized_model_parts(spec, dtype: str, group_size: int, seed: int, scale: np.uint16,
+                           normal: np.ndarray) -> Iterator[np.ndarray]:
+    """The bytes of one tensor of write_quantized_model's file, in file order, in bounded blocks."""
+    from .quant import bf16_to_f32, row_bytes
+    count = int(np.prod(spec.shape))
+    if spec.role == "norm":
+        yield np.ones(count, np.float32)
+    elif dtype == "f32":  # the router
+        yield bf16_to_f32(_chunk(normal, seed, spec.name, 0, count))
+    else:
+        K = spec.shape[-1]
+        rows = count // K
+        step = max(1, _BLOCK_BYTES // row_bytes(dtype, K, group_size))
+        for index, start in enumerate(range(0, rows, step)):
+            rng = np.random.Generator(np.random.SFC64([seed, zlib.crc32(spec.name.encode()), index]))
+            yield _random_rows(dtype, min(step, rows - start), K, group_size, scale, rng)
+
+
+def write_quantized_model(path: str, layers: int, quant: str = "q4", group_size: int = 32, seed: int = 0,
+                          vocab_size: int | None = None, progress: bool = True, **overrides) -> dict:
+    """Write a .moecc file of Qwen3-30B-A3B's geometry with `layers` layers straight from random
+    quantized data: the file moecc-convert would write from a synthetic checkpoint with
+    `--quant quant --group-size group_size` (same config, tensor table, embedded files), without
+    the bf16 checkpoint (61 GB at 48 layers).  Quantized values are uniformly random, group scales
+    are +-quantized_scale(quant) so the weights have the checkpoint's std of 0.02; norms are 1.0;
+    the router is f32 as the converter stores it, drawn as the checkpoint's bf16 weights are.
+    Tensors stream to the file in row blocks, so memory stays at one block.  `overrides` replace
+    config keys (a tiny geometry for tests).  Returns {"bytes": file size, "config": config dict}."""
+    from . import __version__, format
+    from .checkpoint import EMBEDDED_FILES
+    from .config import Qwen3MoeConfig, tensor_specs
+    from .convert import StoragePlan
+    if quant not in QUANTIZED:
+        raise ValueError(f"quant must be one of {', '.join(QUANTIZED)}, not {quant!r}")
+    raw_cfg, files = synthetic_files(layers, vocab_size, **overrides)
+    cfg = Qwen3MoeConfig.from_dict(raw_cfg)
+    plan = StoragePlan(quant, group_size)
+    table = [(spec, *plan.storage(spec)) for spec in tensor_specs(cfg)]
+    info = {"moecc": __version__, "source": SYNTHETIC_MODEL, "quant": quant, "group_size": group_size,
+            "overrides": {}, "synthetic": {"model": SYNTHETIC_MODEL, "layers": layers, "seed": seed}}
+    embedded = {name: files[name] for name in EMBEDDED_FILES if name in files}  # as the converter embeds
+    scale = np.array(quantized_scale(quant), np.float16).view(np.uint16)
+    normal = normal_bf16_table()
+    writer = format.Writer(path, cfg.to_dict(), [(spec.name, dtype, spec.shape, g) for spec, dtype, g in table],
+                           embedded, info)
+    from tqdm import tqdm
+    with writer, tqdm(total=writer.data_size, unit="B", unit_scale=True, disable=not progress,
+                      desc=os.path.basename(path)) as bar:
+        for spec, dtype, g in table:
+            for part in _quantized_model_parts(spec, dtype, g, seed, scale, normal):
+                writer.write(spec.name, part)
+                bar.update(part.nbytes)
+    return {"bytes": os.path.getsize(path), "config": raw_cfg}
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import time
     ap = argparse.ArgumentParser(
         prog="make_synthetic",
         description="Write a random-weight Hugging Face checkpoint with Qwen3-30B-A3B's geometry "
-                    "(8 layers: about 11 GB) for benchmarks; moecc-convert and llama.cpp both read it.")
-    ap.add_argument("--out", required=True, help="folder to write (created; its old shards are replaced)")
+                    "(8 layers: about 11 GB) for benchmarks; moecc-convert and llama.cpp both read it. "
+                    "With --quant q4 / q8, write a quantized .moecc file directly instead (48 layers "
+                    "at q4: about 17 GB), with no checkpoint.")
+    ap.add_argument("--out", required=True, help="folder to write (created; its old shards are replaced), "
+                                                 "or with --quant the .moecc file")
     ap.add_argument("--layers", type=int, default=8, help="decoder layers (the real model has 48); default 8")
     ap.add_argument("--vocab", type=int, default=None, help="vocab_size (default 151936, the real one)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quant", choices=QUANTIZED, default=None,
+                    help="write a .moecc file of this storage type from random quantized data")
+    ap.add_argument("--group-size", type=int, default=32, choices=GROUP_SIZES,
+                    help="values per quantization group with --quant; default 32")
     ap.add_argument("--shard-gb", type=float, default=4.0, help="shard size limit in GiB; default 4")
     ap.add_argument("--threads", type=int, default=2, help="generator threads; default 2")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     started = time.perf_counter()
-    stats = make_checkpoint(a.out, layers=a.layers, vocab_size=a.vocab, seed=a.seed,
-                            shard_bytes=int(a.shard_gb * (1 << 30)), threads=a.threads, progress=not a.quiet)
+    if a.quant:
+        stats = write_quantized_model(a.out, layers=a.layers, quant=a.quant, group_size=a.group_size,
+                                      seed=a.seed, vocab_size=a.vocab, progress=not a.quiet)
+        what = "in one .moecc file"
+    else:
+        stats = make_checkpoint(a.out, layers=a.layers, vocab_size=a.vocab, seed=a.seed,
+                                shard_bytes=int(a.shard_gb * (1 << 30)), threads=a.threads, progress=not a.quiet)
+        what = f"of weights in {stats['shards']} shards"
     seconds = time.perf_counter() - started
-    print(f"wrote {a.out}: {stats['bytes'] / 1e9:.2f} GB of weights in {stats['shards']} shards, "
+    print(f"wrote {a.out}: {stats['bytes'] / 1e9:.2f} GB {what}, "
           f"{seconds:.0f} s ({stats['bytes'] / 1e6 / seconds:.0f} MB/s)")
     return 0
