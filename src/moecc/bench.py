@@ -34,6 +34,18 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+
+from .bench_report import (
+    CONTENDED,
+    Case,
+    print_round,
+    print_summary,
+    ratio_of,
+    summarize,
+)
+from .quant import GROUP_SIZES, QUANTIZED
+from .synthetic import SYNTHETIC_MODEL
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # src/moecc/bench.py
 BANDWIDTH_PY = os.path.join(REPO, "benchmarks", "bandwidth.py")
@@ -41,6 +53,8 @@ PEER_SCRIPT = os.environ.get("MOECC_PEER_BENCH",
                              os.path.join(os.path.dirname(REPO), "shared", "peer", "llamacpp_bench.py"))
 MOECC_QUANTS = ("bf16", "f32", "q8", "q4")
 PEER_QUANTS = ("q4", "q8")
+SYNTHETIC_GROUP_SIZE = 32  # moecc-convert's default
+SYNTHETIC_SEED = 0
 # llama.cpp storage of a weight matrix under the peer harness's pure quantization, bytes per element
 GGML_BYTES = {"q4": 18 / 32, "q8": 34 / 32}  # Q4_0: 32 weights in 16 B + f16 scale; Q8_0: 32 B + f16 scale
 
@@ -201,9 +215,6 @@ class OtherLoad:
         return machine, own, time.monotonic()
 
 
-CONTENDED = 0.05  # other processes' share of the CPUs above which a turn is flagged
-
-
 def wait_until_idle(max_seconds: float) -> None:
     """Wait (up to `max_seconds`) for a 2-second window in which other processes use < 5% of the CPUs."""
     deadline = time.monotonic() + max_seconds
@@ -251,20 +262,29 @@ def measure_bandwidth(threads: int) -> dict:
     return module.read_bandwidth(threads=threads, gib=2.0, passes=5)
 
 
-def prepare_checkpoint(args) -> str:
-    if args.hf:
-        return args.hf
+def prepare_checkpoint(work: str, layers: int) -> str:
+    """The synthetic checkpoint work/synN, made unless it is there already."""
     from .synthetic import make_checkpoint
-    hf = os.path.join(args.work, f"syn{args.layers}")
+    hf = os.path.join(work, f"syn{layers}")
     index = os.path.join(hf, "model.safetensors.index.json")
     if os.path.exists(index):
         with open(os.path.join(hf, "config.json")) as f:
-            if json.load(f).get("num_hidden_layers") == args.layers:
+            if json.load(f).get("num_hidden_layers") == layers:
                 log(f"reusing synthetic checkpoint {hf}")
                 return hf
-    log(f"writing a synthetic {args.layers}-layer checkpoint to {hf} (about {1.25 * args.layers + 1.3:.0f} GB)")
-    make_checkpoint(hf, layers=args.layers)
+    log(f"writing a synthetic {layers}-layer checkpoint to {hf} (about {1.25 * layers + 1.3:.0f} GB)")
+    make_checkpoint(hf, layers=layers)
     return hf
+
+
+def _file_header(path: str) -> tuple[dict, dict]:
+    """(config, writer info) of a .moecc file."""
+    from . import format
+    mf = format.ModelFile(path)
+    try:
+        return mf.config_dict, mf.writer_info
+    finally:
+        mf.close()
 
 
 def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
@@ -273,10 +293,7 @@ def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
                                           f"{os.path.basename(os.path.abspath(hf))}-{args.quant}.moecc")
     newest = max(os.path.getmtime(os.path.join(hf, f)) for f in os.listdir(hf))
     if os.path.exists(out) and os.path.getmtime(out) > newest and not args.reconvert:
-        from . import format
-        mf = format.ModelFile(out)
-        info = mf.writer_info
-        mf.close()
+        _, info = _file_header(out)
         if info.get("quant") == args.quant and (args.group_size is None or info.get("group_size") == args.group_size):
             log(f"reusing {out}")
             return out, None
@@ -292,76 +309,61 @@ def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
     return out, time.perf_counter() - started
 
 
+def prepare_synthetic_file(args, layers: int) -> tuple[str, float | None]:
+    """A .moecc file written straight from random quantized data (reused when one of the same
+    model, layers, type and group size is there), and the seconds writing it took."""
+    from .synthetic import write_quantized_model
+    group_size = args.group_size or SYNTHETIC_GROUP_SIZE
+    out = args.moecc_file or os.path.join(args.work, f"{args.synthetic}-syn{layers}-{args.quant}-g{group_size}.moecc")
+    wanted = {"quant": args.quant, "group_size": group_size,
+              "synthetic": {"model": args.synthetic, "layers": layers, "seed": SYNTHETIC_SEED}}
+    if os.path.exists(out) and not args.reconvert:
+        _, info = _file_header(out)
+        if all(info.get(k) == v for k, v in wanted.items()):
+            log(f"reusing {out}")
+            return out, None
+    log(f"writing {out}: {args.synthetic} with {layers} layers at {args.quant} from random data")
+    started = time.perf_counter()
+    write_quantized_model(out, layers, args.quant, group_size, seed=SYNTHETIC_SEED)
+    return out, time.perf_counter() - started
+
+
+@dataclass
+class Subject:
+    """One model under test: its .moecc file, and the checkpoint it came from (None for a file
+    written straight from random data, which llama.cpp cannot read)."""
+    label: str
+    layers: int
+    path: str
+    hf: str | None
+    prepare_s: float | None  # seconds to convert / write the .moecc file; None when reused
+    decode_bytes: dict  # engine name -> the bytes one decode token reads, by part
+
+
+def prepare_subjects(args) -> list[Subject]:
+    from .checkpoint import Checkpoint
+    from .config import Qwen3MoeConfig
+    subjects = []
+    for layers in args.layers or [None]:
+        if args.synthetic:
+            hf = None
+            path, seconds = prepare_synthetic_file(args, layers)
+        else:
+            hf = args.hf or prepare_checkpoint(args.work, layers)
+            path, seconds = prepare_moecc_file(args, hf)
+        decode_bytes = {"moecc": moecc_decode_bytes(path)}
+        if hf:
+            cfg = Checkpoint(hf).config
+            decode_bytes.update({f"llama.cpp {q}": peer_decode_bytes(cfg, q) for q in args.peers})
+        config, _ = _file_header(path)
+        label = os.path.basename(os.path.abspath(hf)) if hf else f"syn{layers}"
+        subjects.append(Subject(label, Qwen3MoeConfig.from_dict(config).num_hidden_layers, path, hf, seconds,
+                                decode_bytes))
+    return subjects
+
+
 # --------------------------------------------------------------------------------------------
-# the report
-
-
-def _fmt(x, spec=".2f"):
-    return "-" if x is None else format(x, spec)
-
-
-def _median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def summarize(rounds: list[dict], peers: list[str], moecc_bytes: int, peer_bytes: dict) -> dict:
-    s = {"moecc": {}, "llama.cpp": {q: {} for q in peers}, "ratio": {q: {} for q in peers}}
-    for key in ("pp_tok_s", "tg_tok_s", "load_s", "peak_rss_mb", "rss_anon_mb", "decode_bw_fraction",
-                "decode_gb_s"):
-        s["moecc"][key] = _median([r["moecc"].get(key) for r in rounds])
-    s["bandwidth_gb_s"] = _median([e["bandwidth_gb_s"] for r in rounds
-                                   for e in [r["moecc"], *r["llama.cpp"].values()]])
-    for q in peers:
-        for key in ("pp_tok_s", "tg_tok_s", "peak_rss_mb", "decode_bw_fraction", "decode_gb_s"):
-            s["llama.cpp"][q][key] = _median([r["llama.cpp"][q].get(key) for r in rounds])
-        for key in ("pp", "tg"):
-            s["ratio"][q][key] = _median([r["ratio"][q][key] for r in rounds])
-    s["moecc"]["decode_bytes_per_token"] = moecc_bytes
-    for q in peers:
-        s["llama.cpp"][q]["decode_bytes_per_token"] = peer_bytes[q]
-    return s
-
-
-def _contended(turn: dict) -> str:
-    share = turn.get("other_cpu", 0.0)
-    return f"  [other processes used {share:.0%} of the CPUs]" if share > CONTENDED else ""
-
-
-def print_round(i: int, r: dict, peers: list[str]) -> None:
-    m = r["moecc"]
-    print(f"round {i + 1}:")
-    print(f"  moecc {r['quant']:>5}: pp {_fmt(m.get('pp_tok_s')):>8} tok/s  tg {_fmt(m.get('tg_tok_s')):>7} tok/s"
-          f"  decode {_fmt(m.get('decode_gb_s'), '.1f')} GB/s = {_fmt(m.get('decode_bw_fraction'), '.0%')}"
-          f" of {m['bandwidth_gb_s']:.1f}"
-          f"  load {m['load_s']:.2f} s  peak RSS {m['peak_rss_mb']:.0f} MiB{_contended(m)}")
-    for q in peers:
-        p, ratio = r["llama.cpp"][q], r["ratio"][q]
-        print(f"  llama.cpp {q}: pp {_fmt(p.get('pp_tok_s')):>8} tok/s  tg {_fmt(p.get('tg_tok_s')):>7} tok/s"
-              f"  decode {_fmt(p.get('decode_gb_s'), '.1f')} GB/s = {_fmt(p.get('decode_bw_fraction'), '.0%')}"
-              f" of {p['bandwidth_gb_s']:.1f}  | moecc/llama.cpp pp {_fmt(ratio['pp'])}x tg {_fmt(ratio['tg'])}x"
-              f"{_contended(p)}")
-    sys.stdout.flush()
-
-
-def print_summary(s: dict, peers: list[str], quant: str, rounds: int) -> None:
-    m = s["moecc"]
-    print(f"median of {rounds} rounds (read bandwidth {_fmt(s['bandwidth_gb_s'], '.1f')} GB/s, median of all probes):")
-    print(f"  moecc {quant}: pp {_fmt(m['pp_tok_s'])} tok/s, tg {_fmt(m['tg_tok_s'])} tok/s, decode reads "
-          f"{m['decode_bytes_per_token'] / 1e6:.0f} MB/token -> {_fmt(m['decode_gb_s'], '.1f')} GB/s = "
-          f"{_fmt(m['decode_bw_fraction'], '.0%')} of read bandwidth; load {_fmt(m['load_s'])} s, "
-          f"peak RSS {_fmt(m['peak_rss_mb'], '.0f')} MiB (anonymous {_fmt(m['rss_anon_mb'], '.0f')} MiB)")
-    for q in peers:
-        p, ratio = s["llama.cpp"][q], s["ratio"][q]
-        print(f"  llama.cpp {q}: pp {_fmt(p['pp_tok_s'])} tok/s, tg {_fmt(p['tg_tok_s'])} tok/s, decode reads "
-              f"{p['decode_bytes_per_token'] / 1e6:.0f} MB/token -> {_fmt(p['decode_gb_s'], '.1f')} GB/s = "
-              f"{_fmt(p['decode_bw_fraction'], '.0%')}; peak RSS {_fmt(p['peak_rss_mb'], '.0f')} MiB")
-        print(f"  moecc {quant} / llama.cpp {q} (median of per-round ratios): "
-              f"pp {_fmt(ratio['pp'])}x, tg {_fmt(ratio['tg'])}x")
-
-
-def _ratio(a, b):
-    return a / b if a and b else None
+# the command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,19 +375,40 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _main(argv: list[str] | None) -> int:
+def _positive_ints(text: str) -> list[int]:
+    """argparse type of --layers / --threads: one positive integer or a comma-separated list."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer or a comma-separated list of them") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be at least 1")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} lists a value twice")
+    return sorted(values)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="moecc-bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--hf", help="a Hugging Face qwen3_moe checkpoint folder to benchmark")
-    src.add_argument("--layers", type=int, help="make (or reuse) a synthetic checkpoint of this many layers")
+    src.add_argument("--layers", type=_positive_ints, metavar="N[,N...]",
+                     help="make (or reuse) a synthetic checkpoint of this many layers; a list (4,8) "
+                          "measures each and reports the cost per layer")
+    ap.add_argument("--synthetic", choices=(SYNTHETIC_MODEL,),
+                    help="with --layers and --quant q4/q8: skip the checkpoint and write the quantized "
+                         ".moecc file straight from random data (48 layers: 17 GB at q4, not 61 GB of "
+                         "bf16); times moecc only, since llama.cpp needs the checkpoint")
     ap.add_argument("--work", default=os.environ.get("MOECC_BENCH_DIR", os.path.expanduser("~/.cache/moecc-bench")),
                     help="where --layers writes the checkpoint (synN/) and the converted file; "
                          "default $MOECC_BENCH_DIR or ~/.cache/moecc-bench")
     ap.add_argument("--quant", default="bf16", choices=MOECC_QUANTS, help="moecc storage type; default bf16")
-    ap.add_argument("--group-size", type=int, default=None, help="passed to moecc-convert for q4 / q8")
+    ap.add_argument("--group-size", type=int, default=None, choices=GROUP_SIZES,
+                    help=f"values per group for q4 / q8 (moecc-convert's default: {SYNTHETIC_GROUP_SIZE})")
     ap.add_argument("--moecc-file", help="the converted file (default: beside the checkpoint, NAME-QUANT.moecc)")
-    ap.add_argument("--reconvert", action="store_true", help="convert again even if the file is up to date")
+    ap.add_argument("--reconvert", action="store_true",
+                    help="convert (or, with --synthetic, write) again even if the file is up to date")
     ap.add_argument("--peer-quant", default=None,
                     help="llama.cpp types to compare with, comma-separated from q4,q8 "
                          "(default: --quant when it is q4 or q8, else q4,q8)")
@@ -393,7 +416,8 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--reps", type=int, default=3,
                     help="runs of each test inside one engine's turn, median taken (both engines); default 3, "
                          "as the llama.cpp harness: its first decode run after a prefill is often far slower")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=_positive_ints, default=[os.cpu_count() or 1], metavar="N[,N...]",
+                    help="CPU threads (default: all CPUs); a list (1,2) measures each and reports the speedups")
     ap.add_argument("--pp", type=int, default=512, help="prompt tokens for prefill; default 512")
     ap.add_argument("--tg", type=int, default=64, help="decode steps; default 64")
     ap.add_argument("--rounds", type=int, default=3, help="rounds (at least 3 for a meaningful median); default 3")
@@ -405,78 +429,112 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-
     if args.worker:
-        print(json.dumps(worker(args.worker, args.threads, args.pp, args.tg, args.reps, args.seed)))
-        return 0
+        if len(args.threads) != 1:
+            ap.error("--worker takes one --threads value")
+        return args
+    if args.synthetic and args.layers is None:
+        ap.error("--synthetic needs --layers N (it makes the model; --hf reads one)")
     if args.hf is None and args.layers is None:
         ap.error("give --hf DIR (a checkpoint) or --layers N (a synthetic one)")
+    if args.synthetic:
+        if args.quant not in QUANTIZED:
+            ap.error(f"--synthetic writes a quantized file: give --quant {' or '.join(QUANTIZED)}")
+        if args.peer_quant:
+            ap.error("--synthetic times moecc only (llama.cpp needs the bf16 checkpoint it skips); "
+                     "drop --peer-quant")
+        args.no_peer = True
+    if args.moecc_file and args.layers and len(args.layers) > 1:
+        ap.error("--moecc-file names one file; it cannot go with several --layers")
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    if args.rounds < 3:
-        log(f"moecc-bench: {args.rounds} round(s): medians of fewer than 3 rounds are not reliable here")
-    peers = [] if args.no_peer else (args.peer_quant.split(",") if args.peer_quant else
-                                     [args.quant] if args.quant in PEER_QUANTS else list(PEER_QUANTS))
-    if any(q not in PEER_QUANTS for q in peers):
+    if args.pp < 0 or args.tg < 0 or args.reps < 1:
+        ap.error("--pp and --tg must be at least 0, --reps at least 1")
+    args.peers = [] if args.no_peer else (args.peer_quant.split(",") if args.peer_quant else
+                                          [args.quant] if args.quant in PEER_QUANTS else list(PEER_QUANTS))
+    if any(q not in PEER_QUANTS for q in args.peers):
         ap.error(f"--peer-quant takes {', '.join(PEER_QUANTS)}")
-    if peers and not os.path.exists(PEER_SCRIPT):
+    if args.peers and not os.path.exists(PEER_SCRIPT):
         ap.error(f"the llama.cpp harness {PEER_SCRIPT} is missing; set MOECC_PEER_BENCH or pass --no-peer")
     if args.bandwidth is None and not os.path.exists(BANDWIDTH_PY):
         ap.error(f"{BANDWIDTH_PY} is missing (not a source checkout?); pass --bandwidth GBS")
+    return args
+
+
+def run_turn(engine: str, subject: Subject, threads: int, args, seed: int) -> dict:
+    """One engine's turn on one model: the bandwidth probe, then the engine; with what other
+    processes used of the CPUs meanwhile, and the decode bandwidth achieved."""
+    with OtherLoad() as other:
+        bw = args.bandwidth if args.bandwidth is not None else measure_bandwidth(threads)["gb_s"]
+        result = (run_moecc(subject.path, threads, args.pp, args.tg, args.reps, seed=seed) if engine == "moecc"
+                  else run_peer(subject.hf, engine, threads, args.pp, args.tg, args.reps))
+    result["other_cpu"] = round(other.fraction, 3)
+    result["bandwidth_gb_s"] = bw
+    if result.get("tg_tok_s"):
+        nbytes = subject.decode_bytes["moecc" if engine == "moecc" else f"llama.cpp {engine}"]["total"]
+        result["decode_gb_s"] = nbytes * result["tg_tok_s"] / 1e9
+        result["decode_bw_fraction"] = result["decode_gb_s"] / bw
+    return result
+
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.threads[0], args.pp, args.tg, args.reps, args.seed)))
+        return 0
+    if args.rounds < 3:
+        log(f"moecc-bench: {args.rounds} round(s): medians of fewer than 3 rounds are not reliable here")
     if args.layers is not None:
         os.makedirs(args.work, exist_ok=True)
-
-    hf = prepare_checkpoint(args)
-    path, convert_s = prepare_moecc_file(args, hf)
-    moecc_bytes = moecc_decode_bytes(path)
+    peers = args.peers
+    subjects = prepare_subjects(args)
     from .checkpoint import Checkpoint
-    ckpt = Checkpoint(hf)
-    cfg, checkpoint_files = ckpt.config, ckpt.input_paths()
-    peer_bytes = {q: peer_decode_bytes(cfg, q) for q in peers}
-    for q in peers:  # the first run converts and quantizes; keep that out of the rounds
-        log(f"preparing llama.cpp {q} (the first time: build ~15 min, convert and quantize a few min)")
-        run_peer(hf, q, args.threads, 0, 0, 1)
+    checkpoint_files = [p for s in subjects if s.hf for p in Checkpoint(s.hf).input_paths()]
+    for s in subjects:
+        for q in peers:  # the first run converts and quantizes; keep that out of the rounds
+            log(f"preparing llama.cpp {q} for {s.label} (the first time: build ~15 min, convert and quantize a few min)")
+            run_peer(s.hf, q, max(args.threads), 0, 0, 1)
 
+    by_label = {s.label: s for s in subjects}
+    cases = [Case(s.label, s.layers, t) for s in subjects for t in args.threads]
     rounds = []
     for i in range(args.rounds):
-        r = {"quant": args.quant, "llama.cpp": {}, "ratio": {}}
-        order = ["moecc"] + peers if i % 2 == 0 else peers + ["moecc"]
-        for engine in order:
-            wait_until_idle(args.wait_idle)
-            evict(checkpoint_files + (peer_files() if engine == "moecc" else [path]))
-            # the bandwidth swings minute to minute: measure it right before each engine
-            with OtherLoad() as other:
-                bw = args.bandwidth if args.bandwidth is not None else measure_bandwidth(args.threads)["gb_s"]
-                result = (run_moecc(path, args.threads, args.pp, args.tg, args.reps, seed=i) if engine == "moecc"
-                          else run_peer(hf, engine, args.threads, args.pp, args.tg, args.reps))
-            result["other_cpu"] = round(other.fraction, 3)
-            result["bandwidth_gb_s"] = bw
-            if result.get("tg_tok_s"):
-                nbytes = moecc_bytes["total"] if engine == "moecc" else peer_bytes[engine]["total"]
-                result["decode_gb_s"] = nbytes * result["tg_tok_s"] / 1e9
-                result["decode_bw_fraction"] = result["decode_gb_s"] / bw
-            if engine == "moecc":
-                r["moecc"] = result
-            else:
-                r["llama.cpp"][engine] = result
-        for q in peers:
-            r["ratio"][q] = {"pp": _ratio(r["moecc"].get("pp_tok_s"), r["llama.cpp"][q].get("pp_tok_s")),
-                             "tg": _ratio(r["moecc"].get("tg_tok_s"), r["llama.cpp"][q].get("tg_tok_s"))}
-        rounds.append(r)
-        print_round(i, r, peers)
+        # alternate the order of the cases and of the engines from round to round, so that a
+        # drift of the machine's speed does not always favour the same one
+        measured = {}
+        for case in (cases if i % 2 == 0 else cases[::-1]):
+            subject = by_label[case.label]
+            case_round = measured[case.key] = {"llama.cpp": {}, "ratio": {}}
+            for engine in (["moecc"] + peers if i % 2 == 0 else peers + ["moecc"]):
+                wait_until_idle(args.wait_idle)
+                # the engine gets the page cache to itself: drop the checkpoints, the other
+                # engine's files and the other models' (see evict)
+                others = peer_files() + [s.path for s in subjects if s is not subject] if engine == "moecc" \
+                    else [s.path for s in subjects]
+                evict(checkpoint_files + others)
+                result = run_turn(engine, subject, case.threads, args, seed=i)
+                if engine == "moecc":
+                    case_round["moecc"] = result
+                else:
+                    case_round["llama.cpp"][engine] = result
+            for q in peers:
+                case_round["ratio"][q] = {m: ratio_of(case_round["moecc"].get(f"{m}_tok_s"),
+                                                    case_round["llama.cpp"][q].get(f"{m}_tok_s"))
+                                          for m in ("pp", "tg")}
+        rounds.append({c.key: measured[c.key] for c in cases})  # in case order, whatever the measuring order
+        print_round(i, rounds[-1], cases, peers, args.quant)
 
-    summary = summarize(rounds, peers, moecc_bytes["total"], {q: b["total"] for q, b in peer_bytes.items()})
-    print_summary(summary, peers, args.quant, len(rounds))
-    busy = sum(t.get("other_cpu", 0) > CONTENDED for r in rounds for t in [r["moecc"], *r["llama.cpp"].values()])
-    if busy:
-        print(f"  warning: other processes were busy during {busy} of {len(rounds) * (1 + len(peers))} turns; "
-              "their figures are suspect (see [other processes ...] above)")
+    summary = summarize(rounds, cases, peers)
+    decode_totals = {s.label: {e: b["total"] for e, b in s.decode_bytes.items()} for s in subjects}
+    print_summary(summary, rounds, cases, peers, args.quant, decode_totals)
     if args.json:
         report = {
-            "checkpoint": os.path.abspath(hf), "layers": cfg.num_hidden_layers, "moecc_file": path,
-            "moecc_file_bytes": os.path.getsize(path), "quant": args.quant, "convert_s": convert_s,
-            "threads": args.threads, "pp": args.pp, "tg": args.tg, "peers": peers,
-            "decode_bytes_per_token": {"moecc": moecc_bytes, **{f"llama.cpp {q}": b for q, b in peer_bytes.items()}},
+            "quant": args.quant, "group_size": args.group_size, "synthetic": args.synthetic,
+            "threads": args.threads, "pp": args.pp, "tg": args.tg, "reps": args.reps, "peers": peers,
+            "models": [{"label": s.label, "layers": s.layers, "checkpoint": s.hf and os.path.abspath(s.hf),
+                        "moecc_file": s.path, "moecc_file_bytes": os.path.getsize(s.path),
+                        "prepare_s": s.prepare_s, "decode_bytes_per_token": s.decode_bytes} for s in subjects],
+            "cases": [{"key": c.key, "label": c.label, "layers": c.layers, "threads": c.threads} for c in cases],
             "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "rounds": rounds, "summary": summary,
         }

@@ -1,0 +1,195 @@
+"""moecc-bench's pieces that need no big file and no llama.cpp: the quantized synthetic model
+writer on a tiny geometry, the per-layer / thread-scaling arithmetic, the command line."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import moecc
+from moecc import bench, format, quant
+from moecc.bench_report import (
+    Case,
+    per_layer_costs,
+    print_summary,
+    summarize,
+    thread_scaling,
+)
+from moecc.convert import StoragePlan, convert
+from moecc.synthetic import make_checkpoint, quantized_scale, write_quantized_model
+
+# Qwen3-30B-A3B's structure, shrunk: every quantized row still divides into groups of 32
+TINY = {"vocab_size": 512, "hidden_size": 64, "head_dim": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "moe_intermediate_size": 32, "intermediate_size": 64, "num_experts": 8, "num_experts_per_tok": 2}
+LAYERS = 2
+
+
+@pytest.fixture(scope="module", params=["q4", "q8"])
+def synthetic_file(request, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("synq") / f"tiny-{request.param}.moecc")
+    write_quantized_model(path, LAYERS, request.param, 32, seed=1, progress=False, **TINY)
+    return request.param, path
+
+
+def _table(mf: format.ModelFile) -> dict:
+    return {name: (e.dtype, e.shape, e.group_size, e.offset, e.size) for name, e in mf.tensors.items()}
+
+
+def test_quantized_model_is_what_the_converter_writes(synthetic_file, tmp_path):
+    qtype, path = synthetic_file
+    hf = str(tmp_path / "hf")
+    make_checkpoint(hf, layers=LAYERS, progress=False, **TINY)
+    converted = str(tmp_path / "converted.moecc")
+    convert(hf, converted, StoragePlan(qtype, 32), progress=False)
+    ours, theirs = format.ModelFile(path), format.ModelFile(converted)
+    try:
+        assert ours.verify() == []
+        assert ours.config_dict == theirs.config_dict
+        assert _table(ours) == _table(theirs)
+        assert {n: (e.size, e.crc32) for n, e in ours.files.items()} == \
+               {n: (e.size, e.crc32) for n, e in theirs.files.items()}
+        assert ours.writer_info["quant"] == qtype and ours.writer_info["group_size"] == 32
+        assert ours.writer_info["synthetic"] == {"model": "qwen3-30b-a3b", "layers": LAYERS, "seed": 1}
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_quantized_model_weights_look_like_the_checkpoints(synthetic_file):
+    qtype, path = synthetic_file
+    mf = format.ModelFile(path)
+    try:
+        e = mf.tensors["model.layers.0.mlp.experts.gate_proj"]
+        w = quant.dequantize(np.asarray(mf.tensor(e.name)), qtype, e.shape[-1], e.group_size)
+        assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002
+        assert np.all(mf.tensor("model.layers.1.input_layernorm.weight") == 1.0)
+        router = np.asarray(mf.tensor("model.layers.0.mlp.gate.weight"))
+        assert router.dtype == np.float32 and abs(router.std() - 0.02) < 0.004
+    finally:
+        mf.close()
+
+
+def test_quantized_scale_gives_the_std():
+    rng = np.random.default_rng(0)
+    q4 = (rng.integers(0, 16, 100_000) - 8) * quantized_scale("q4")
+    assert abs(q4.std() - 0.02) < 0.0005
+
+
+def test_quantized_model_loads_and_runs(synthetic_file):
+    _, path = synthetic_file
+    model = moecc.load(path, threads=1, ctx=64)
+    logits = model.logits([5, 17, 300, 42])
+    assert logits.shape == (4, TINY["vocab_size"]) and np.isfinite(logits).all() and logits.std() > 0
+    steps = list(model.generate([1, 2, 3], max_tokens=4, temperature=0))
+    assert 1 <= len(steps) <= 4
+
+
+# --------------------------------------------------------------------------------------------
+# per-layer cost and thread scaling from made-up rounds
+
+
+def _turn(pp_ms: float, tg_ms: float) -> dict:
+    """An engine's turn with the given ms per prompt token and per generated token."""
+    return {"pp_tok_s": 1000 / pp_ms, "tg_tok_s": 1000 / tg_ms, "bandwidth_gb_s": 40.0, "load_s": 0.3,
+            "peak_rss_mb": 1000.0}
+
+
+def _fake_rounds(noise: list[float]) -> tuple[list[dict], list[Case]]:
+    """Rounds in which moecc costs 0.5 ms/layer/token decoding (llama.cpp 1.0) plus 2 ms fixed,
+    and prefill 0.1 ms/layer/token (llama.cpp 0.4); two threads are 1.5x (decode) and 1.8x
+    (prefill) faster for moecc, 1.2x / 1.5x for llama.cpp.  Each round is slowed by a factor."""
+    cases = [Case(f"syn{L}", L, t) for L in (4, 8) for t in (1, 2)]
+    rounds = []
+    for slow in noise:
+        r = {}
+        for c in cases:
+            speed = {"moecc": (1.8, 1.5), "llama.cpp": (1.5, 1.2)}
+            turns = {}
+            for engine, (pp_ms, tg_ms) in {"moecc": (0.1, 0.5), "llama.cpp": (0.4, 1.0)}.items():
+                pp_up, tg_up = speed[engine] if c.threads == 2 else (1.0, 1.0)
+                turns[engine] = _turn(slow * (pp_ms * c.layers + 0.05) / pp_up, slow * (tg_ms * c.layers + 2) / tg_up)
+            r[c.key] = {"moecc": turns["moecc"], "llama.cpp": {"q4": turns["llama.cpp"]},
+                        "ratio": {"q4": {m: turns["moecc"][f"{m}_tok_s"] / turns["llama.cpp"][f"{m}_tok_s"]
+                                         for m in ("pp", "tg")}}}
+        rounds.append(r)
+    return rounds, cases
+
+
+def test_per_layer_costs():
+    rounds, cases = _fake_rounds([1.0, 1.0, 3.0])  # the slow round is outvoted by the median
+    costs = per_layer_costs(rounds, cases)
+    assert set(costs) == {"threads 1", "threads 2"}
+    one = costs["threads 1"]
+    assert one["layers"] == [4, 8]
+    assert one["engines"]["moecc"]["decode_ms_per_layer"] == pytest.approx(0.5)
+    assert one["engines"]["moecc"]["decode_ms_fixed"] == pytest.approx(2.0)
+    assert one["engines"]["moecc"]["prefill_ms_per_layer"] == pytest.approx(0.1)
+    assert one["engines"]["llama.cpp q4"]["decode_ms_per_layer"] == pytest.approx(1.0)
+    assert one["ratio"]["llama.cpp q4"] == {"decode": pytest.approx(0.5), "prefill": pytest.approx(0.25)}
+    assert costs["threads 2"]["engines"]["moecc"]["decode_ms_per_layer"] == pytest.approx(0.5 / 1.5)
+
+
+def test_per_layer_cost_is_the_least_squares_slope_over_three_counts():
+    cases = [Case(f"syn{L}", L, 2) for L in (2, 4, 8)]
+    ms = {2: 3.0, 4: 4.2, 8: 6.0}  # not on one line
+    rounds = [{c.key: {"moecc": _turn(1.0, ms[c.layers]), "llama.cpp": {}, "ratio": {}} for c in cases}]
+    slope = np.polyfit([2, 4, 8], [3.0, 4.2, 6.0], 1)[0]
+    assert per_layer_costs(rounds, cases)["threads 2"]["engines"]["moecc"]["decode_ms_per_layer"] == \
+        pytest.approx(slope)
+
+
+def test_thread_scaling():
+    rounds, cases = _fake_rounds([1.0, 2.0, 1.0])
+    scaling = thread_scaling(rounds, cases)
+    assert set(scaling) == {"syn4", "syn8"}
+    assert scaling["syn8"]["threads"] == [1, 2] and scaling["syn8"]["base_threads"] == 1
+    assert scaling["syn8"]["engines"]["moecc"]["2"] == {"decode": pytest.approx(1.5), "prefill": pytest.approx(1.8)}
+    assert scaling["syn4"]["engines"]["llama.cpp q4"]["2"] == {"decode": pytest.approx(1.2),
+                                                               "prefill": pytest.approx(1.5)}
+
+
+def test_one_case_has_neither_per_layer_cost_nor_scaling(capsys):
+    rounds, cases = _fake_rounds([1.0])
+    one = [cases[0]]
+    rounds = [{one[0].key: r[one[0].key]} for r in rounds]
+    summary = summarize(rounds, one, ["q4"])
+    assert summary["per_layer"] == {} and summary["thread_scaling"] == {}
+    assert summary["cases"][one[0].key]["ratio"]["q4"]["tg"] == pytest.approx(6 / 4)
+
+
+def test_summary_prints_per_layer_costs_and_speedups(capsys):
+    rounds, cases = _fake_rounds([1.0, 1.0, 1.0])
+    summary = summarize(rounds, cases, ["q4"])
+    decode_bytes = {c.label: {"moecc": 10**8, "llama.cpp q4": 10**8} for c in cases}
+    print_summary(summary, rounds, cases, ["q4"], "q4", decode_bytes)
+    out = capsys.readouterr().out
+    assert "decode 0.50 (target <= 0.75)" in out
+    assert "1->2 threads: decode 1.50x, prefill 1.80x" in out
+
+
+# --------------------------------------------------------------------------------------------
+# the command line
+
+
+def test_lists_and_single_values():
+    args = bench.parse_args(["--layers", "8,4", "--threads", "2,1", "--no-peer", "--bandwidth", "40"])
+    assert args.layers == [4, 8] and args.threads == [1, 2] and args.peers == []
+    args = bench.parse_args(["--layers", "8", "--threads", "2", "--no-peer", "--bandwidth", "40"])
+    assert args.layers == [8] and args.threads == [2]
+    args = bench.parse_args(["--synthetic", "qwen3-30b-a3b", "--layers", "48", "--quant", "q4", "--bandwidth", "40"])
+    assert args.peers == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "4,x"], "comma-separated"),
+    (["--layers", "4,4"], "twice"),
+    (["--threads", "0", "--layers", "4"], "at least 1"),
+    (["--synthetic", "qwen3-30b-a3b", "--quant", "q4"], "--synthetic needs --layers"),
+    (["--synthetic", "qwen3-30b-a3b", "--layers", "4", "--quant", "bf16"], "quantized"),
+    (["--synthetic", "qwen3-30b-a3b", "--layers", "4", "--quant", "q4", "--peer-quant", "q4"], "moecc only"),
+    (["--layers", "4,8", "--moecc-file", "x.moecc", "--no-peer"], "one file"),
+    (["--layers", "4", "--group-size", "48", "--no-peer"], "invalid choice"),
+])
+def test_bad_arguments_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args([*argv, "--bandwidth", "40"])
+    assert message in capsys.readouterr().err
