@@ -138,13 +138,16 @@ def test_router_decode(benchmark, machine_bandwidth):
     report(benchmark, w.nbytes, machine_bandwidth)
 
 
-def test_attention_decode(benchmark, machine_bandwidth):
-    ctx, pos = 4096, 511  # a token at position 511 attends over 512 cached positions
+@pytest.mark.parametrize("kv_cache", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("pos", [511, 4095])
+def test_attention_decode(benchmark, machine_bandwidth, pos, kv_cache):
+    ctx = 4096  # a token at position pos attends over pos + 1 cached positions
     q = activations(1, HQ, HD)
-    k_cache, v_cache = activations(HKV, ctx, HD, seed=1), activations(HKV, ctx, HD, seed=2)
+    k_cache = activations(HKV, ctx, HD, seed=1).astype(kv_cache)
+    v_cache = activations(HKV, ctx, HD, seed=2).astype(kv_cache)
     out = np.empty((1, HQ, HD), np.float32)
     benchmark(K.attention, q, k_cache, v_cache, pos, out, threads=THREADS)
-    report(benchmark, 2 * HKV * (pos + 1) * HD * 4, machine_bandwidth)
+    report(benchmark, 2 * HKV * (pos + 1) * HD * k_cache.itemsize, machine_bandwidth)
 
 
 @pytest.mark.parametrize("wtype", WTYPES)

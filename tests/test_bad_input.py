@@ -44,6 +44,12 @@ def test_bad_context(converted, ctx):
         moecc.load(converted("odd", "bf16"), ctx=ctx)
 
 
+@pytest.mark.parametrize("kv_cache", ["f8", "float16", None])
+def test_bad_kv_cache(converted, kv_cache):
+    with pytest.raises(ValueError, match="kv_cache must be one of f16, f32"):
+        moecc.load(converted("odd", "bf16"), kv_cache=kv_cache)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(max_tokens=-1), "max_tokens"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
     (dict(temperature=-0.1), "temperature"), (dict(top_k=-3), "top_k"), (dict(min_p=2), "min_p"),
@@ -99,6 +105,7 @@ def _cli(*args):
     (["--top-p", "0"], "top_p"),
     (["--threads", "0"], "threads"),
     (["--temperature", "-1"], "temperature"),
+    (["--kv-cache", "f8"], "--kv-cache"),
 ])
 def test_generate_cli_errors_are_one_line(args, message):
     run = _cli("-m", "moecc.generate", *args)

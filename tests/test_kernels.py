@@ -17,7 +17,7 @@ from moecc import quant
 
 RTOL = 1e-5
 ATOL = 1e-6
-WDTYPES = ["f32", "bf16"]
+WDTYPES = ["f32", "bf16", "f16"]
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -34,6 +34,9 @@ def weights(rng, shape, wdtype, scale=1.0):
     if wdtype == "bf16":
         h = to_bf16(w)
         return h, from_bf16(h).astype(np.float64)
+    if wdtype == "f16":
+        h = w.astype(np.float16)
+        return h, h.astype(np.float64)
     return w, w.astype(np.float64)
 
 
@@ -179,15 +182,17 @@ def attention_ref(q, kc, vc, start):
     return out
 
 
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("Hq,Hkv", [(4, 4), (4, 2), (8, 2)], ids=["mha", "gqa2", "gqa4"])
-@pytest.mark.parametrize("hd", [16, 64, 128])
+@pytest.mark.parametrize("hd", [16, 64, 72, 128])
 @pytest.mark.parametrize("T,start", [(1, 0), (1, 200), (5, 0), (5, 37), (17, 100)])
-def test_attention(isa, threads, Hq, Hkv, hd, T, start):
+def test_attention(isa, threads, Hq, Hkv, hd, T, start, kv_dtype):
+    # an f16 cache is compared with the reference on the very values it holds
     rng = np.random.default_rng(Hq * hd + T * 7 + start)
     C = start + T + 3
     q = randn(rng, T, Hq, hd)
-    kc = randn(rng, Hkv, C, hd)
-    vc = randn(rng, Hkv, C, hd)
+    kc = randn(rng, Hkv, C, hd).astype(kv_dtype)
+    vc = randn(rng, Hkv, C, hd).astype(kv_dtype)
     out = np.full_like(q, np.nan)
     K.attention(q, kc, vc, start, out, threads=threads)
     assert_close(out, attention_ref(q, kc, vc, start), np.ones(out.shape), rtol=1e-5)
@@ -304,8 +309,8 @@ def test_errors_matmul():
     x, w, out = f32(2, 8), f32(4, 8), f32(2, 4)
     with pytest.raises(TypeError, match="x must have dtype float32"):
         K.matmul(x.astype(np.float64), w, out, threads=1)
-    with pytest.raises(TypeError, match="float32 or uint16"):
-        K.matmul(x, w.astype(np.float16), out, threads=1)
+    with pytest.raises(TypeError, match="float32, uint16 .bf16 bits. or float16"):
+        K.matmul(x, w.astype(np.float64), out, threads=1)
     with pytest.raises(TypeError, match="numpy.ndarray"):
         K.matmul(x.tolist(), w, out, threads=1)
     with pytest.raises(ValueError, match="shape"):
@@ -349,6 +354,10 @@ def test_errors_attention():
         K.attention(q, f32(2, 8, 8), f32(2, 8, 8), 0, out, threads=1)
     with pytest.raises(ValueError, match="threads"):
         K.attention(q, kc, kc, 0, out, threads=-1)
+    with pytest.raises(TypeError, match="float32 or float16"):
+        K.attention(q, kc.astype(np.float64), kc, 0, out, threads=1)
+    with pytest.raises(TypeError, match="v_cache must have dtype float16"):
+        K.attention(q, kc.astype(np.float16), kc, 0, out, threads=1)
 
 
 def test_errors_moe():

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import chat_template, format
 from .config import ConfigError, Qwen3MoeConfig, tensor_specs
-from .model import PREFILL_CHUNK, Transformer, Weight
+from .model import KV_CACHE_DTYPES, PREFILL_CHUNK, Transformer, Weight
 from .sampler import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -89,10 +89,13 @@ def check_tensor_table(mf: format.ModelFile, cfg: Qwen3MoeConfig) -> None:
 class Model:
     """A loaded model: config, tokenizer, weights (mapped), one context."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
+                 kv_cache: str = "f16"):
         threads = default_threads() if threads is None else threads
         if not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        if kv_cache not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache!r}")
         self.file = format.ModelFile(path)
         try:
             try:
@@ -108,7 +111,7 @@ class Model:
                 warnings.warn(f"ctx {ctx} is longer than the model was trained for "
                               f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=3)
             self._read_embedded_files()
-            self.net = Transformer(self.config, self.file.tensor, self._weight, int(ctx), int(threads))
+            self.net = Transformer(self.config, self.file.tensor, self._weight, int(ctx), int(threads), kv_cache)
         except BaseException:
             self.file.close()
             raise
@@ -351,7 +354,10 @@ class _StopFilter:
         return out
 
 
-def load(path: str | os.PathLike, threads: int | None = None, ctx: int | None = None) -> Model:
+def load(path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
+         kv_cache: str = "f16") -> Model:
     """Map a .moecc file and make it ready to run.  `threads` defaults to the CPUs this process
-    may use; `ctx` (the KV cache length) to the model's max_position_embeddings, at most 4096."""
-    return Model(path, threads=threads, ctx=ctx)
+    may use; `ctx` (the KV cache length) to the model's max_position_embeddings, at most 4096;
+    `kv_cache` stores keys and values as "f16" (half the memory and the bytes a long context
+    reads per token, as llama.cpp does) or "f32" (exact: what transformers computes in float32)."""
+    return Model(path, threads=threads, ctx=ctx, kv_cache=kv_cache)

@@ -22,6 +22,8 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all this process may use)")
     p.add_argument("--ctx", type=int, default=None,
                    help="context length in tokens (default: the model's, at most 4096)")
+    p.add_argument("--kv-cache", choices=("f16", "f32"), default="f16",
+                   help="KV cache storage: f16 (default; half the memory) or f32 (exact)")
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature; 0 is greedy (default: the model's generation_config)")
@@ -53,7 +55,7 @@ def open_model(args: argparse.Namespace):
     if args.model is None:
         print("moecc: no --model given; running the bundled demo model, whose weights are random "
               "(its text is gibberish)", file=sys.stderr)
-    return moecc.load(path, threads=args.threads, ctx=args.ctx)
+    return moecc.load(path, threads=args.threads, ctx=args.ctx, kv_cache=args.kv_cache)
 
 
 def print_stats(stats) -> None:

@@ -11,6 +11,8 @@ E experts of which k are active, I expert (or dense MLP) width, V vocabulary, C 
 
 A prompt goes through in chunks of up to `PREFILL_CHUNK` tokens; decoding feeds one token at
 a time.  Every buffer is allocated once, in `Model.__init__`: the per-token path allocates nothing.
+The KV cache holds keys and values in f16 (half the bytes a long context reads per decoded token,
+and half the memory) or, on request, float32 (the exact path the tests hold to transformers).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from . import _kernels as K
 from .config import Qwen3MoeConfig
 
 PREFILL_CHUNK = 256
+KV_CACHE_DTYPES = {"f16": np.float16, "f32": np.float32}
 
 
 class Weight(NamedTuple):
@@ -85,9 +88,10 @@ def rope_tables(cfg: Qwen3MoeConfig, ctx: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Buffers:
-    """The activations of one step of up to `rows` tokens, and the KV cache of `ctx` positions."""
+    """The activations of one step of up to `rows` tokens, and the KV cache of `ctx` positions
+    stored as `kv_cache` ("f16" or "f32")."""
 
-    def __init__(self, cfg: Qwen3MoeConfig, rows: int, ctx: int):
+    def __init__(self, cfg: Qwen3MoeConfig, rows: int, ctx: int, kv_cache: str):
         D, hd = cfg.hidden_size, cfg.head_dim
         q_width, kv_width = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
         I = max(cfg.moe_intermediate_size, cfg.intermediate_size)
@@ -112,8 +116,8 @@ class Buffers:
         # The cache is written through now, so its memory is committed at load (a machine short of
         # RAM fails here, not mid-answer) and resident memory stays flat while generating.
         cache_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, ctx, hd)
-        self.k_cache = np.empty(cache_shape, f32)
-        self.v_cache = np.empty(cache_shape, f32)
+        self.k_cache = np.empty(cache_shape, KV_CACHE_DTYPES[kv_cache])
+        self.v_cache = np.empty(cache_shape, KV_CACHE_DTYPES[kv_cache])
         self.k_cache.fill(0)
         self.v_cache.fill(0)
 
@@ -121,8 +125,9 @@ class Buffers:
 class Transformer:
     """The network: weights (views of the mapped file), buffers, and the forward pass."""
 
-    def __init__(self, cfg: Qwen3MoeConfig, array, weight, ctx: int, threads: int):
-        """`array(name)`: a float32 tensor view; `weight(name)`: a Weight (see layer_weights)."""
+    def __init__(self, cfg: Qwen3MoeConfig, array, weight, ctx: int, threads: int, kv_cache: str):
+        """`array(name)`: a float32 tensor view; `weight(name)`: a Weight (see layer_weights);
+        `kv_cache`: the cache's storage, a key of KV_CACHE_DTYPES."""
         self.cfg = cfg
         self.ctx = ctx
         self.threads = threads
@@ -131,7 +136,7 @@ class Transformer:
         self.norm = array("model.norm.weight")  # [D]
         self.lm_head = self.embed_tokens if cfg.tie_word_embeddings else weight("lm_head.weight")  # [V, D]
         self.cos, self.sin = rope_tables(cfg, ctx)
-        self.buf = Buffers(cfg, PREFILL_CHUNK, ctx)
+        self.buf = Buffers(cfg, PREFILL_CHUNK, ctx, kv_cache)
         self.lock = threading.Lock()
 
     # -- one step ----------------------------------------------------------------------------
@@ -167,7 +172,7 @@ class Transformer:
         positions = b.positions[start:start + T]
         K.rope(q.reshape(T, Hq, hd), positions, self.cos, self.sin, threads=n)
         K.rope(k.reshape(T, Hkv, hd), positions, self.cos, self.sin, threads=n)
-        # append to this layer's cache (head-major: [Hkv, C, hd]) and attend over it
+        # append to this layer's cache (head-major: [Hkv, C, hd]; f16 rounds to nearest) and attend
         k_cache, v_cache = b.k_cache[layer], b.v_cache[layer]
         k_cache[:, start:start + T] = k.reshape(T, Hkv, hd).transpose(1, 0, 2)
         v_cache[:, start:start + T] = v.reshape(T, Hkv, hd).transpose(1, 0, 2)

@@ -18,6 +18,7 @@ cdef extern from "moecc.h" nogil:
         MOECC_W_BF16
         MOECC_W_Q8
         MOECC_W_Q4
+        MOECC_W_F16
     ctypedef struct moecc_wformat:
         moecc_wtype type
         int group
@@ -54,9 +55,9 @@ cdef extern from "moecc.h" nogil:
                    const float *cos, const float *sin, int64_t P, int threads)
     int moecc_router_topk(const float *logits, int64_t T, int64_t E, int64_t top_k, int normalize,
                           int32_t *idx_out, float *weight_out, int threads)
-    int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const float *k_cache,
-                        const float *v_cache, int64_t Hkv, int64_t C, int64_t start, float *out,
-                        int threads)
+    int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const void *k_cache,
+                        const void *v_cache, moecc_wtype kv, int64_t Hkv, int64_t C,
+                        int64_t start, float *out, int threads)
     int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t I)
     int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
                       const void *down, moecc_wformat f, int64_t E, int64_t I,
@@ -70,11 +71,12 @@ moecc_dispatch_init()
 # ---- checks ---------------------------------------------------------------------------------
 
 cdef int F32 = cnp.NPY_FLOAT32
+cdef int F16 = cnp.NPY_FLOAT16
 cdef int I32 = cnp.NPY_INT32
 cdef int U16 = cnp.NPY_UINT16
 cdef int U8 = cnp.NPY_UINT8
 cdef int I8 = cnp.NPY_INT8
-_DTYPE_NAMES = {F32: "float32", I32: "int32", U16: "uint16", U8: "uint8", I8: "int8"}
+_DTYPE_NAMES = {F32: "float32", F16: "float16", I32: "int32", U16: "uint16", U8: "uint8", I8: "int8"}
 
 
 cdef cnp.ndarray _array(object a, str name, int typenum, int ndim, bint writable=False):
@@ -93,15 +95,16 @@ cdef cnp.ndarray _array(object a, str name, int typenum, int ndim, bint writable
     return arr
 
 
-_WTYPES = {"f32": MOECC_W_F32, "bf16": MOECC_W_BF16, "q8": MOECC_W_Q8, "q4": MOECC_W_Q4}
-_WTYPE_DTYPES = {"f32": F32, "bf16": U16, "q8": U8, "q4": U8}
+_WTYPES = {"f32": MOECC_W_F32, "bf16": MOECC_W_BF16, "f16": MOECC_W_F16, "q8": MOECC_W_Q8,
+           "q4": MOECC_W_Q4}
+_WTYPE_DTYPES = {"f32": F32, "bf16": U16, "f16": F16, "q8": U8, "q4": U8}
 GROUP_SIZES = (32, 64, 128, 256)
 
 
 cdef moecc_wformat _format(str wtype, int group_size, int64_t K) except *:
-    """The C format of `wtype` ("f32", "bf16", "q8", "q4") for rows of K values; ValueError if
-    the type is unknown or group_size is not allowed (q8 / q4: 32, 64, 128 or 256, dividing K;
-    f32 / bf16: 0)."""
+    """The C format of `wtype` ("f32", "bf16", "f16", "q8", "q4") for rows of K values;
+    ValueError if the type is unknown or group_size is not allowed (q8 / q4: 32, 64, 128 or 256,
+    dividing K; f32 / bf16 / f16: 0)."""
     cdef moecc_wformat f
     if wtype not in _WTYPES:
         raise ValueError(f"unknown wtype {wtype!r}; expected one of {', '.join(_WTYPES)}")
@@ -122,20 +125,23 @@ cdef moecc_wformat _format(str wtype, int group_size, int64_t K) except *:
 
 cdef moecc_wformat _weights(cnp.ndarray w, str name, object wtype, int group_size,
                             int64_t K, tuple lead) except *:
-    """The format of weights w, rows of K values, checked: wtype None infers f32 (float32) or bf16
-    (uint16); the dtype must fit the type (TypeError) and w.shape be lead + (row length,), the
-    row length being K elements for f32 / bf16 and row_bytes(wtype, K, group_size) for q8 / q4."""
+    """The format of weights w, rows of K values, checked: wtype None infers f32 (float32), bf16
+    (uint16) or f16 (float16); the dtype must fit the type (TypeError) and w.shape be
+    lead + (row length,), the row length being K elements for f32 / bf16 / f16 and
+    row_bytes(wtype, K, group_size) for q8 / q4."""
     cdef int t = cnp.PyArray_TYPE(w)
     if wtype is None:
         if t == F32:
             wtype = "f32"
         elif t == U16:
             wtype = "bf16"
+        elif t == F16:
+            wtype = "f16"
         elif t == U8:
             raise TypeError(f"{name} is uint8: quantized weights need wtype='q8' or 'q4' and "
                             f"group_size")
         else:
-            raise TypeError(f"{name} must be float32 or uint16 (bf16 bits), "
+            raise TypeError(f"{name} must be float32, uint16 (bf16 bits) or float16, "
                             f"got {(<object>w).dtype}")
     if not isinstance(wtype, str):
         raise TypeError(f"wtype must be a str or None, got {type(wtype).__name__}")
@@ -348,10 +354,14 @@ def rope(x, positions, cos, sin, *, int threads):
 def attention(q, k_cache, v_cache, start, out, *, int threads):
     """Causal GQA: out[t, h] = softmax(q[t, h] . K[:start+t+1] / sqrt(hd)) @ V[:start+t+1].
 
-    q, out [T, Hq, hd]; k_cache, v_cache [Hkv, C, hd] holding positions up to start+T-1."""
+    q, out [T, Hq, hd] float32; k_cache, v_cache [Hkv, C, hd], both float32 or both float16,
+    holding positions up to start+T-1."""
     cdef cnp.ndarray aq = _array(q, "q", F32, 3)
-    cdef cnp.ndarray ak = _array(k_cache, "k_cache", F32, 3)
-    cdef cnp.ndarray av = _array(v_cache, "v_cache", F32, 3)
+    cdef cnp.ndarray ak = _array(k_cache, "k_cache", -1, 3)
+    cdef int kv_typenum = cnp.PyArray_TYPE(ak)
+    if kv_typenum != F32 and kv_typenum != F16:
+        raise TypeError(f"k_cache must have dtype float32 or float16, got {k_cache.dtype}")
+    cdef cnp.ndarray av = _array(v_cache, "v_cache", kv_typenum, 3)
     cdef cnp.ndarray ao = _array(out, "out", F32, 3, True)
     cdef int64_t T = _dim(aq, 0), Hq = _dim(aq, 1), hd = _dim(aq, 2)
     cdef int64_t Hkv = _dim(ak, 0), C = _dim(ak, 1)
@@ -367,14 +377,14 @@ def attention(q, k_cache, v_cache, start, out, *, int threads):
     _disjoint(aq, "q", ao, "out")
     _disjoint(ak, "k_cache", ao, "out")
     _disjoint(av, "v_cache", ao, "out")
+    cdef moecc_wtype kv = MOECC_W_F16 if kv_typenum == F16 else MOECC_W_F32
     cdef int nt = _threads(threads), rc
     cdef const float *p_aq = <const float *>_ptr(aq)
-    cdef const float *p_ak = <const float *>_ptr(ak)
-    cdef const float *p_av = <const float *>_ptr(av)
+    cdef const void *p_ak = <const void *>_ptr(ak)
+    cdef const void *p_av = <const void *>_ptr(av)
     cdef float *p_ao = <float *>_ptr(ao)
     with nogil:
-        rc = moecc_attention(p_aq, T, Hq, hd, p_ak,
-                             p_av, Hkv, C, s, p_ao, nt)
+        rc = moecc_attention(p_aq, T, Hq, hd, p_ak, p_av, kv, Hkv, C, s, p_ao, nt)
     if rc != MOECC_OK:
         raise ValueError("attention: inconsistent shapes or start")
 

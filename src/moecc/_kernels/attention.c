@@ -1,4 +1,5 @@
-/* attention.c -- causal grouped-query attention over one layer's KV cache, flash style:
+/* attention.c -- causal grouped-query attention over one layer's KV cache (float32 or f16, which
+ * halves the bytes a long context reads per token), flash style:
  * keys are scored a block at a time into a small on-stack buffer and folded into a running
  * (max, sum, output) with an online softmax, so no T x C score matrix exists and nothing is
  * allocated. */
@@ -10,11 +11,12 @@
 #define GROUP 4      /* query heads sharing a kv head, handled together so keys load once */
 
 /* o[i] = softmax(scale * q[i] . K[0..L)) @ V[0..L) for the ng query rows q[i] (hd floats each,
- * contiguous), with K and V rows hd floats apart. */
-static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, const float *k,
-                   const float *v, int64_t L, float scale, float *o) {
-    const moecc_tile_fn dot = isa->tile[MOECC_W_F32];
+ * contiguous), with K and V rows of hd values of type kv, back to back. */
+static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, const char *k,
+                   const char *v, moecc_wtype kv, int64_t L, float scale, float *o) {
+    const moecc_tile_fn dot = isa->tile[kv];
     const int64_t row_bytes = hd * (int64_t)sizeof(float);
+    const int64_t kv_bytes = moecc_row_bytes((moecc_wformat){kv, 0}, hd);
     float s[GROUP][KEY_BLOCK]; /* scores, then probabilities, of the current key block */
     float m[GROUP], l[GROUP];  /* running max and running sum of exp(score - max) */
     for (int i = 0; i < ng; i++) {
@@ -26,7 +28,8 @@ static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, con
         const int nb = (int)(L - j0 < KEY_BLOCK ? L - j0 : KEY_BLOCK);
         for (int j = 0; j < nb; j += MOECC_TILE_ROWS) {
             const int nr = nb - j < MOECC_TILE_ROWS ? nb - j : MOECC_TILE_ROWS;
-            dot(hd, 0, k + (j0 + j) * hd, row_bytes, nr, q, row_bytes, ng, &s[0][j], KEY_BLOCK);
+            dot(hd, 0, k + (j0 + j) * kv_bytes, kv_bytes, nr, q, row_bytes, ng, &s[0][j],
+                KEY_BLOCK);
         }
         for (int i = 0; i < ng; i++) {
             float bmax = -INFINITY;
@@ -41,7 +44,7 @@ static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, con
             float *oi = o + i * hd;
             if (corr != 1.0f)
                 for (int64_t d = 0; d < hd; d++) oi[d] *= corr;
-            isa->wsum_rows(hd, nb, s[i], v + j0 * hd, oi);
+            isa->wsum_rows(hd, nb, s[i], v + j0 * kv_bytes, kv, oi);
         }
     }
     for (int i = 0; i < ng; i++) {
@@ -50,9 +53,10 @@ static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, con
     }
 }
 
-int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const float *k_cache,
-                    const float *v_cache, int64_t Hkv, int64_t C, int64_t start, float *out,
-                    int threads) {
+int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const void *k_cache,
+                    const void *v_cache, moecc_wtype kv, int64_t Hkv, int64_t C, int64_t start,
+                    float *out, int threads) {
+    if (kv != MOECC_W_F32 && kv != MOECC_W_F16) return MOECC_ERR_WTYPE;
     if (Hkv < 1 || Hq % Hkv != 0) return MOECC_ERR_SHAPE;
     if (start < 0 || start + T > C) return MOECC_ERR_INDEX;
     const moecc_isa *isa = moecc_active_isa();
@@ -60,6 +64,7 @@ int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const flo
     const int64_t chunks = (g + GROUP - 1) / GROUP; /* work items per (token, kv head) */
     const int64_t per_token = Hkv * chunks;
     const float scale = 1.0f / sqrtf((float)hd);
+    const int64_t head_bytes = C * moecc_row_bytes((moecc_wformat){kv, 0}, hd);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) \
     if (T * Hq * (start + T) * hd >= MOECC_PAR_MIN)
     for (int64_t it = 0; it < T * per_token; it++) {
@@ -67,8 +72,9 @@ int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const flo
         const int64_t kvh = it % per_token / chunks, c = it % chunks;
         const int64_t h0 = kvh * g + c * GROUP;
         const int ng = (int)(g - c * GROUP < GROUP ? g - c * GROUP : GROUP);
-        attend(isa, hd, q + (t * Hq + h0) * hd, ng, k_cache + kvh * C * hd, v_cache + kvh * C * hd,
-               start + t + 1, scale, out + (t * Hq + h0) * hd);
+        attend(isa, hd, q + (t * Hq + h0) * hd, ng, (const char *)k_cache + kvh * head_bytes,
+               (const char *)v_cache + kvh * head_bytes, kv, start + t + 1, scale,
+               out + (t * Hq + h0) * hd);
     }
     return MOECC_OK;
 }

@@ -19,11 +19,14 @@ INLINE TARGET __m256 load_w(const int wt, const char *row, int64_t k) {
         const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + k));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     }
+    if (wt == MOECC_W_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k)));
     return _mm256_loadu_ps((const float *)row + k);
 }
 
 INLINE float scalar_w(const int wt, const char *row, int64_t k) {
     if (wt == MOECC_W_BF16) return moecc_bf16_to_f32(((const uint16_t *)row)[k]);
+    if (wt == MOECC_W_F16) return moecc_f16_to_f32(((const uint16_t *)row)[k]);
     return ((const float *)row)[k];
 }
 
@@ -112,18 +115,28 @@ static TARGET void tile_bf16(int64_t K, int group, const void *w, int64_t ldw,
     tile_any(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void wsum_rows(int64_t K, int n, const float *a, const float *X, float *y) {
+static TARGET void tile_f16(int64_t K, int group, const void *w, int64_t ldw,
+                            int nr, const void *x, int64_t ldx, int nt, float *out,
+                            int64_t ldo) {
+    (void)group;
+    tile_any(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+/* rows of X of type wt (f32 / f16), K values each */
+INLINE TARGET void wsum_any(const int wt, int64_t K, int n, const float *a, const char *X,
+                            float *y) {
+    const int64_t ldx = K * (wt == MOECC_W_F32 ? 4 : 2);
     int64_t k = 0;
     for (; k + 4 * LANES <= K; k += 4 * LANES) {
         __m256 y0 = _mm256_loadu_ps(y + k), y1 = _mm256_loadu_ps(y + k + 8);
         __m256 y2 = _mm256_loadu_ps(y + k + 16), y3 = _mm256_loadu_ps(y + k + 24);
         for (int j = 0; j < n; j++) {
             const __m256 aj = _mm256_set1_ps(a[j]);
-            const float *xj = X + (int64_t)j * K + k;
-            y0 = _mm256_fmadd_ps(aj, _mm256_loadu_ps(xj), y0);
-            y1 = _mm256_fmadd_ps(aj, _mm256_loadu_ps(xj + 8), y1);
-            y2 = _mm256_fmadd_ps(aj, _mm256_loadu_ps(xj + 16), y2);
-            y3 = _mm256_fmadd_ps(aj, _mm256_loadu_ps(xj + 24), y3);
+            const char *xj = X + j * ldx;
+            y0 = _mm256_fmadd_ps(aj, load_w(wt, xj, k), y0);
+            y1 = _mm256_fmadd_ps(aj, load_w(wt, xj, k + 8), y1);
+            y2 = _mm256_fmadd_ps(aj, load_w(wt, xj, k + 16), y2);
+            y3 = _mm256_fmadd_ps(aj, load_w(wt, xj, k + 24), y3);
         }
         _mm256_storeu_ps(y + k, y0);
         _mm256_storeu_ps(y + k + 8, y1);
@@ -133,14 +146,22 @@ static TARGET void wsum_rows(int64_t K, int n, const float *a, const float *X, f
     for (; k + LANES <= K; k += LANES) {
         __m256 yv = _mm256_loadu_ps(y + k);
         for (int j = 0; j < n; j++)
-            yv = _mm256_fmadd_ps(_mm256_set1_ps(a[j]), _mm256_loadu_ps(X + (int64_t)j * K + k), yv);
+            yv = _mm256_fmadd_ps(_mm256_set1_ps(a[j]), load_w(wt, X + j * ldx, k), yv);
         _mm256_storeu_ps(y + k, yv);
     }
     for (; k < K; k++) {
         float s = y[k];
-        for (int j = 0; j < n; j++) s += a[j] * X[(int64_t)j * K + k];
+        for (int j = 0; j < n; j++) s += a[j] * scalar_w(wt, X + j * ldx, k);
         y[k] = s;
     }
+}
+
+static TARGET void wsum_rows(int64_t K, int n, const float *a, const void *X, moecc_wtype xt,
+                             float *y) {
+    if (xt == MOECC_W_F16)
+        wsum_any(MOECC_W_F16, K, n, a, (const char *)X, y);
+    else
+        wsum_any(MOECC_W_F32, K, n, a, (const char *)X, y);
 }
 
 /* exp(x) for x <= 0, 8 lanes (as exp_nonpos in dot_generic.c) */
@@ -210,7 +231,7 @@ static TARGET void swiglu(int64_t n, float *g, const float *u) {
 
 const moecc_isa moecc_isa_avx2 = {
     .name = "avx2",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16,
+    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
              [MOECC_W_Q8] = moecc_tile_q8_avx2, [MOECC_W_Q4] = moecc_tile_q4_avx2},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,

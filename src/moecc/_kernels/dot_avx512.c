@@ -20,6 +20,8 @@ INLINE TARGET __m512 load_w(const int wt, const char *row, int64_t k, __mmask16 
         const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
+    if (wt == MOECC_W_F16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k));
     return _mm512_maskz_loadu_ps(m, (const float *)row + k);
 }
 
@@ -114,18 +116,28 @@ static TARGET void tile_bf16(int64_t K, int group, const void *w, int64_t ldw,
     tile_any(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void wsum_rows(int64_t K, int n, const float *a, const float *X, float *y) {
+static TARGET void tile_f16(int64_t K, int group, const void *w, int64_t ldw,
+                            int nr, const void *x, int64_t ldx, int nt, float *out,
+                            int64_t ldo) {
+    (void)group;
+    tile_any(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+/* rows of X of type wt (f32 / f16), K values each */
+INLINE TARGET void wsum_any(const int wt, int64_t K, int n, const float *a, const char *X,
+                            float *y) {
+    const int64_t ldx = K * (wt == MOECC_W_F32 ? 4 : 2);
     int64_t k = 0;
     for (; k + 4 * LANES <= K; k += 4 * LANES) {
         __m512 y0 = _mm512_loadu_ps(y + k), y1 = _mm512_loadu_ps(y + k + 16);
         __m512 y2 = _mm512_loadu_ps(y + k + 32), y3 = _mm512_loadu_ps(y + k + 48);
         for (int j = 0; j < n; j++) {
             const __m512 aj = _mm512_set1_ps(a[j]);
-            const float *xj = X + (int64_t)j * K + k;
-            y0 = _mm512_fmadd_ps(aj, _mm512_loadu_ps(xj), y0);
-            y1 = _mm512_fmadd_ps(aj, _mm512_loadu_ps(xj + 16), y1);
-            y2 = _mm512_fmadd_ps(aj, _mm512_loadu_ps(xj + 32), y2);
-            y3 = _mm512_fmadd_ps(aj, _mm512_loadu_ps(xj + 48), y3);
+            const char *xj = X + j * ldx;
+            y0 = _mm512_fmadd_ps(aj, load_w(wt, xj, k, 0xFFFF), y0);
+            y1 = _mm512_fmadd_ps(aj, load_w(wt, xj, k + 16, 0xFFFF), y1);
+            y2 = _mm512_fmadd_ps(aj, load_w(wt, xj, k + 32, 0xFFFF), y2);
+            y3 = _mm512_fmadd_ps(aj, load_w(wt, xj, k + 48, 0xFFFF), y3);
         }
         _mm512_storeu_ps(y + k, y0);
         _mm512_storeu_ps(y + k + 16, y1);
@@ -136,10 +148,17 @@ static TARGET void wsum_rows(int64_t K, int n, const float *a, const float *X, f
         const __mmask16 m = K - k >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
         __m512 yv = _mm512_maskz_loadu_ps(m, y + k);
         for (int j = 0; j < n; j++)
-            yv = _mm512_fmadd_ps(_mm512_set1_ps(a[j]),
-                                 _mm512_maskz_loadu_ps(m, X + (int64_t)j * K + k), yv);
+            yv = _mm512_fmadd_ps(_mm512_set1_ps(a[j]), load_w(wt, X + j * ldx, k, m), yv);
         _mm512_mask_storeu_ps(y + k, m, yv);
     }
+}
+
+static TARGET void wsum_rows(int64_t K, int n, const float *a, const void *X, moecc_wtype xt,
+                             float *y) {
+    if (xt == MOECC_W_F16)
+        wsum_any(MOECC_W_F16, K, n, a, (const char *)X, y);
+    else
+        wsum_any(MOECC_W_F32, K, n, a, (const char *)X, y);
 }
 
 /* exp(x) for x <= 0, 16 lanes (as exp_nonpos in dot_generic.c; scalef applies 2^i) */
@@ -188,7 +207,7 @@ static TARGET void swiglu(int64_t n, float *g, const float *u) {
 
 const moecc_isa moecc_isa_avx512 = {
     .name = "avx512",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16,
+    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
              [MOECC_W_Q8] = moecc_tile_q8_avx512, [MOECC_W_Q4] = moecc_tile_q4_avx512},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
@@ -199,7 +218,7 @@ const moecc_isa moecc_isa_avx512 = {
 /* the same, with the q8 / q4 integer products on VNNI (dispatch.c checks avx512vnni) */
 const moecc_isa moecc_isa_avx512vnni = {
     .name = "avx512vnni",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16,
+    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
              [MOECC_W_Q8] = moecc_tile_q8_avx512vnni, [MOECC_W_Q4] = moecc_tile_q4_avx512vnni},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,

@@ -24,12 +24,17 @@ static float dot_f32(int64_t K, const float *w, const float *x) {
     return sum_lanes(acc);
 }
 
-static float dot_bf16(int64_t K, const uint16_t *w, const float *x) {
+/* element k of a row of 16-bit floats: bf16 or f16 (wt) */
+static inline float half_at(int wt, const uint16_t *w, int64_t k) {
+    return wt == MOECC_W_BF16 ? moecc_bf16_to_f32(w[k]) : moecc_f16_to_f32(w[k]);
+}
+
+static float dot_half(int wt, int64_t K, const uint16_t *w, const float *x) {
     float acc[LANES] = {0};
     int64_t k = 0;
     for (; k + LANES <= K; k += LANES)
-        for (int j = 0; j < LANES; j++) acc[j] += moecc_bf16_to_f32(w[k + j]) * x[k + j];
-    for (int j = 0; k + j < K; j++) acc[j] += moecc_bf16_to_f32(w[k + j]) * x[k + j];
+        for (int j = 0; j < LANES; j++) acc[j] += half_at(wt, w, k + j) * x[k + j];
+    for (int j = 0; k + j < K; j++) acc[j] += half_at(wt, w, k + j) * x[k + j];
     return sum_lanes(acc);
 }
 
@@ -43,21 +48,38 @@ static void tile_f32(int64_t K, int group, const void *w, int64_t ldw, int nr,
     }
 }
 
-static void tile_bf16(int64_t K, int group, const void *w, int64_t ldw, int nr,
-                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    (void)group;
+static void tile_half(int wt, int64_t K, const void *w, int64_t ldw, int nr, const void *x,
+                      int64_t ldx, int nt, float *out, int64_t ldo) {
     for (int t = 0; t < nt; t++) {
         const float *xt = (const float *)((const char *)x + t * ldx);
         for (int r = 0; r < nr; r++)
-            out[t * ldo + r] = dot_bf16(K, (const uint16_t *)((const char *)w + r * ldw), xt);
+            out[t * ldo + r] =
+                dot_half(wt, K, (const uint16_t *)((const char *)w + r * ldw), xt);
     }
 }
 
-static void wsum_rows(int64_t K, int n, const float *a, const float *X, float *y) {
+static void tile_bf16(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    (void)group;
+    tile_half(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+static void tile_f16(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                     const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    (void)group;
+    tile_half(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+static void wsum_rows(int64_t K, int n, const float *a, const void *X, moecc_wtype xt, float *y) {
     for (int j = 0; j < n; j++) {
         const float aj = a[j];
-        const float *xj = X + (int64_t)j * K;
-        for (int64_t k = 0; k < K; k++) y[k] += aj * xj[k];
+        if (xt == MOECC_W_F16) {
+            const uint16_t *xj = (const uint16_t *)X + (int64_t)j * K;
+            for (int64_t k = 0; k < K; k++) y[k] += aj * moecc_f16_to_f32(xj[k]);
+        } else {
+            const float *xj = (const float *)X + (int64_t)j * K;
+            for (int64_t k = 0; k < K; k++) y[k] += aj * xj[k];
+        }
     }
 }
 
@@ -99,7 +121,7 @@ static void swiglu(int64_t n, float *g, const float *u) {
 
 const moecc_isa moecc_isa_generic = {
     .name = "generic",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16,
+    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
              [MOECC_W_Q8] = moecc_tile_q8_generic, [MOECC_W_Q4] = moecc_tile_q4_generic},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,

@@ -8,7 +8,7 @@
  *     no global thread state.
  *   - Kernels that validate indices return an error code (MOECC_OK == 0) before doing any work.
  *
- * The only weight-type-specific code is the register tile (moecc_tile_fn: dot_*.c for f32 / bf16,
+ * The only weight-type-specific code is the register tile (moecc_tile_fn: dot_*.c for f32 / bf16 / f16,
  * qdot_*.c for q8 / q4) and the row formats in wtype.c; the loops of matmul.c and moe.c never look
  * at the type. They only ask how many bytes an activation row for it takes (moecc_act_bytes: 0 =
  * the float32 rows as they are; q8 / q4 read activations quantized once per call by the ISA's
@@ -57,6 +57,7 @@ typedef enum {
     MOECC_W_BF16 = 1, /* bfloat16 bit pattern (top 16 bits of a float32), stored as uint16 */
     MOECC_W_Q8 = 2,   /* group-wise 8-bit: a row of K is int8 q[K], then fp16 d[K/G]; w = d * q */
     MOECC_W_Q4 = 3,   /* group-wise 4-bit: uint8 packed[K/2], then fp16 d[K/G]; w = d * (nib - 8) */
+    MOECC_W_F16 = 4,  /* IEEE half, stored as uint16 (the KV cache's keys and values) */
     MOECC_W_NTYPES
 } moecc_wtype;
 
@@ -66,7 +67,7 @@ typedef enum {
  * back to back with no alignment. (NumPy oracle: moecc/quant.py.) */
 typedef struct {
     moecc_wtype type;
-    int group; /* q8 / q4: 32, 64, 128 or 256, dividing K; f32 / bf16: 0 */
+    int group; /* q8 / q4: 32, 64, 128 or 256, dividing K; f32 / bf16 / f16: 0 */
 } moecc_wformat;
 
 #define MOECC_QBLOCK 32     /* activation block; every q8 / q4 group is a whole number of them */
@@ -160,7 +161,7 @@ static inline void moecc_xq_block_at(moecc_wformat f, int64_t K, int64_t b, int6
 /* quantize one row for weights f (wtype.c: the reference; the ISA tables have a vector one) */
 void moecc_quantize_x(moecc_wformat f, int64_t K, const float *x, void *xq);
 
-/* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 (the float32 rows in
+/* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 / f16 (the float32 rows in
  * place), moecc_xq_bytes(K) for q8 / q4. */
 static inline int64_t moecc_act_bytes(moecc_wformat f, int64_t K) {
     return f.type == MOECC_W_Q8 || f.type == MOECC_W_Q4 ? moecc_xq_bytes(K) : 0;
@@ -174,7 +175,7 @@ static inline int64_t moecc_act_bytes(moecc_wformat f, int64_t K) {
 /* The one weight-type-specific inner product, a register tile:
  *     out[t*ldo + r] = sum_{k<K} W[r][k] * X[t][k]      r < nr (1..MOECC_TILE_ROWS), t < nt (>= 1)
  * W row r starts at (const char *)w + r*ldw, X row t at (const char *)x + t*ldx (byte strides).
- * X rows are what moecc_act_bytes() says: float32 for f32 / bf16, quantized activation rows
+ * X rows are what moecc_act_bytes() says: float32 for f32 / bf16 / f16, quantized activation rows
  * (moecc_xq_bytes) for q8 / q4, hence the untyped pointer and the byte stride. `group` is the
  * weights' group size (q8 / q4; 0 otherwise).
  * A tile streams each of its nr weight rows once per few tokens (the ISA picks how many), so
@@ -185,8 +186,9 @@ typedef void (*moecc_tile_fn)(int64_t K, int group, const void *w, int64_t ldw, 
 typedef struct {
     const char *name;                   /* "generic", "avx2", "avx512", "avx512vnni" */
     moecc_tile_fn tile[MOECC_W_NTYPES]; /* indexed by moecc_wtype */
-    /* y[k] += sum_{j<n} a[j] * X[j][k] for k < K; X rows are K floats apart (attention's P @ V) */
-    void (*wsum_rows)(int64_t K, int n, const float *a, const float *X, float *y);
+    /* y[k] += sum_{j<n} a[j] * X[j][k] for k < K; X rows of K values of type xt (MOECC_W_F32 or
+     * MOECC_W_F16), back to back (attention's P @ V) */
+    void (*wsum_rows)(int64_t K, int n, const float *a, const void *X, moecc_wtype xt, float *y);
     /* s[j] = exp(s[j] - m) for j < n, returns their sum; m >= every s[j] (softmax numerators).
      * Relative error ~2 ulp; arguments below MOECC_EXP_MIN give 0. */
     float (*exp_sum)(int n, float *s, float m);
@@ -289,7 +291,7 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wfor
 /* the T rows of x[T, K] quantized as the matmul of weights f does, moecc_xq_bytes(K) apart */
 void moecc_quantize_rows(moecc_wformat f, const float *x, int64_t T, int64_t K, void *xq);
 /* rows [n0, n1) of the above with the given table, on the calling thread, from activation rows
- * xa, ldx bytes apart: x itself for f32 / bf16, rows made by moecc_quantize_x for q8 / q4 */
+ * xa, ldx bytes apart: x itself for f32 / bf16 / f16, rows made by moecc_quantize_x for q8 / q4 */
 void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K, const void *xa,
                      int64_t ldx, const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo);
 
@@ -303,10 +305,11 @@ int moecc_rope(float *x, int64_t T, int64_t H, int64_t hd, const int32_t *positi
 int moecc_router_topk(const float *logits, int64_t T, int64_t E, int64_t top_k, int normalize,
                       int32_t *idx_out, float *weight_out, int threads);
 
-/* attention.c: causal GQA over one layer's cache; q[T, Hq, hd], caches [Hkv, C, hd] */
-int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const float *k_cache,
-                    const float *v_cache, int64_t Hkv, int64_t C, int64_t start, float *out,
-                    int threads);
+/* attention.c: causal GQA over one layer's cache; q[T, Hq, hd], caches [Hkv, C, hd] of type
+ * kv (MOECC_W_F32 or MOECC_W_F16; MOECC_ERR_WTYPE otherwise) */
+int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const void *k_cache,
+                    const void *v_cache, moecc_wtype kv, int64_t Hkv, int64_t C, int64_t start,
+                    float *out, int threads);
 
 /* moe.c: out[T, D] = sum_j weights[t, j] * SwiGLU expert idx[t, j] applied to x[t];
  * gate, up [E, inter, D], down [E, D, inter] (not named I here: <complex.h> defines I), all in

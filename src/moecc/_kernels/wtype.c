@@ -11,6 +11,7 @@ int moecc_wformat_check(moecc_wformat f, int64_t K) {
     switch (f.type) {
     case MOECC_W_F32:
     case MOECC_W_BF16:
+    case MOECC_W_F16:
         return f.group == 0 ? MOECC_OK : MOECC_ERR_WTYPE;
     case MOECC_W_Q8:
     case MOECC_W_Q4:
@@ -25,7 +26,8 @@ int moecc_wformat_check(moecc_wformat f, int64_t K) {
 int64_t moecc_row_bytes(moecc_wformat f, int64_t K) {
     switch (f.type) {
     case MOECC_W_F32: return K * 4;
-    case MOECC_W_BF16: return K * 2;
+    case MOECC_W_BF16:
+    case MOECC_W_F16: return K * 2;
     case MOECC_W_Q8: return K + 2 * (K / f.group);
     case MOECC_W_Q4: return K / 2 + 2 * (K / f.group);
     default: return 0;
@@ -41,6 +43,11 @@ void moecc_row_to_f32(moecc_wformat f, int64_t K, const void *row, float *out) {
     case MOECC_W_BF16: {
         const uint16_t *h = (const uint16_t *)row;
         for (int64_t k = 0; k < K; k++) out[k] = moecc_bf16_to_f32(h[k]);
+        break;
+    }
+    case MOECC_W_F16: {
+        const uint16_t *h = (const uint16_t *)row;
+        for (int64_t k = 0; k < K; k++) out[k] = moecc_f16_to_f32(h[k]);
         break;
     }
     case MOECC_W_Q8: {
