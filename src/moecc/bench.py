@@ -1,14 +1,20 @@
 """moecc-bench: moecc against llama.cpp on the same Qwen3-MoE checkpoint, round by round.
 
     moecc-bench --layers 8 --work /work/scratch --quant bf16 --peer-quant q4,q8 --rounds 3 --json out.json
+    moecc-bench --layers 4,8 --quant q4 ...          cost per layer (ms/token per added layer)
+    moecc-bench --layers 8 --threads 1,2 --quant q4 ...  speedup from 1 to 2 threads
+    moecc-bench --synthetic qwen3-30b-a3b --layers 48 --quant q4 ...  the full model, moecc only
 
-Steps: make (or reuse) a synthetic checkpoint with Qwen3-30B-A3B's geometry (`--layers N`,
-moecc.synthetic) or take `--hf DIR`; convert it with moecc-convert (`--quant`); then, for each
-round, time moecc in a fresh subprocess and llama.cpp through the peer harness
-(../shared/peer/llamacpp_bench.py) for each `--peer-quant`, alternating which engine goes first.
-Before each engine runs, the other engine's files are dropped from the page cache and the
-machine's read bandwidth is measured (it swings by 2x from minute to minute here).  Both
-engines see random token ids:
+Steps: make (or reuse) a synthetic checkpoint with Qwen3-30B-A3B's geometry for each of
+`--layers N[,N...]` (moecc.synthetic) or take `--hf DIR`; convert it with moecc-convert
+(`--quant`); then, for each round, time moecc in a fresh subprocess and llama.cpp through the
+peer harness (../shared/peer/llamacpp_bench.py) for each `--peer-quant`, on every model at every
+`--threads` count, alternating from round to round which engine (and which model) goes first.
+`--synthetic` skips the checkpoint: it writes the q4 / q8 .moecc file straight from random
+quantized data (moecc.synthetic.write_quantized_model), so the 48-layer model needs no 61 GB
+bf16 source; llama.cpp, which needs that source, is not run.  Before each engine runs, the other
+engine's files are dropped from the page cache and the machine's read bandwidth is measured (it
+swings by 2x from minute to minute here).  Both engines see random token ids:
 
     prefill  one prompt of --pp tokens (512); time to the first token's logits
     decode   --tg tokens (64) one at a time after a short prompt, greedy, EOS ignored
@@ -18,7 +24,9 @@ the per-round ratios), decode's achieved bandwidth (weight bytes one decode toke
 attention, norms, router, the k chosen experts of every layer, final norm, lm_head -- from the
 file's tensor table, divided by the time per token) as a fraction of the read bandwidth
 measured just before that engine ran, moecc's load time and peak resident memory (VmHWM of its
-process, which counts the mapped weight pages it touched).
+process, which counts the mapped weight pages it touched).  With several layer counts, the cost
+of one layer (the slope of ms/token over layers) for each engine and their ratio; with several
+thread counts, each engine's speedups (moecc.bench_report).
 
 This is a developer tool: the read-bandwidth probe (benchmarks/bandwidth.py, a C loop compiled
 at run time) and the llama.cpp harness are found from a source checkout; without them pass
