@@ -10,6 +10,9 @@ same minute of the machine), then its median over rounds is taken.
                      with two layer counts L1 < L2: (ms(L2) - ms(L1)) / (L2 - L1)), for decode
                      (ms per generated token) and prefill (ms per prompt token); the intercept
                      is what does not grow with depth (embedding, final norm, lm_head, Python)
+                     (the ratio moecc / llama.cpp is given both as the median of per-round
+                     ratios and as the ratio of the median costs: a slope is a difference of
+                     two measurements, so its per-round ratio is noisy)
     thread scaling   tok/s at N threads / tok/s at the fewest threads measured, for each engine
 """
 from __future__ import annotations
@@ -106,10 +109,16 @@ def per_layer_costs(rounds: list[dict], cases: list[Case]) -> dict:
                 fits = [pr[e][m] for pr in per_round]
                 entry["engines"][e][f"{what}_ms_per_layer"] = _median([f and f[0] for f in fits])
                 entry["engines"][e][f"{what}_ms_fixed"] = _median([f and f[1] for f in fits])
+        # a slope is the difference of two measurements, so a per-round ratio of slopes is far
+        # noisier than the tok/s ratios: report the ratio of the median slopes beside it
+        entry["ratio_of_medians"] = {}
         for e in engines[1:]:
             entry["ratio"][e] = {what: _median([ratio_of(pr["moecc"][m] and pr["moecc"][m][0], pr[e][m] and pr[e][m][0])
                                                 for pr in per_round])
                                  for m, what in METRICS.items()}
+            entry["ratio_of_medians"][e] = {
+                what: ratio_of(entry["engines"]["moecc"][f"{what}_ms_per_layer"], entry["engines"][e][f"{what}_ms_per_layer"])
+                for what in METRICS.values()}
         out[f"threads {threads}"] = entry
     return out
 
@@ -221,8 +230,11 @@ def print_summary(s: dict, rounds: list[dict], cases: list[Case], peers: list[st
                   f"{_fmt(costs['prefill_ms_per_layer'], '.4f')} ms/layer/prompt token "
                   f"(fixed {_fmt(costs['prefill_ms_fixed'], '.4f')} ms)")
         for e, ratio in entry["ratio"].items():
-            print(f"  moecc {quant} / {e} per-layer cost (below 1: moecc is faster): decode "
-                  f"{_fmt(ratio['decode'])} (target <= {TARGET_PER_LAYER_RATIO}), prefill {_fmt(ratio['prefill'])}")
+            of_medians = entry["ratio_of_medians"][e]
+            print(f"  moecc {quant} / {e} per-layer cost (below 1: moecc is faster; median of per-round ratios, "
+                  f"then ratio of the medians): decode {_fmt(ratio['decode'])}, {_fmt(of_medians['decode'])} "
+                  f"(target <= {TARGET_PER_LAYER_RATIO}); prefill {_fmt(ratio['prefill'])}, "
+                  f"{_fmt(of_medians['prefill'])}")
     for label, entry in s["thread_scaling"].items():
         print(f"thread scaling of {label} (tok/s over tok/s at {_threads(entry['base_threads'])}, "
               "median of per-round ratios):")
