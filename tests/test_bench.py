@@ -194,3 +194,17 @@ def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args([*argv, "--bandwidth", "40"])
     assert message in capsys.readouterr().err
+
+
+def test_a_rebuild_of_the_kernels_during_the_run_is_flagged(capsys):
+    rounds, cases = _fake_rounds([1.0, 1.0])
+    for r, build in zip(rounds, ["aaa", "bbb"]):
+        for case_round in r.values():
+            case_round["moecc"]["kernels"] = build
+    summary = summarize(rounds, cases, ["q4"])
+    print_summary(summary, rounds, cases, ["q4"], "q4", {c.label: {"moecc": 1, "llama.cpp q4": 1} for c in cases})
+    assert "kernels were rebuilt during the run (moecc ran builds aaa, bbb)" in capsys.readouterr().out
+
+
+def test_kernel_build_names_the_extension():
+    assert len(bench.kernel_build()) == 12

@@ -137,6 +137,16 @@ def _vm_status() -> dict:
     return out
 
 
+def kernel_build() -> str:
+    """Which build of the compiled kernels this process runs: a digest of the extension module
+    (in an editable install a rebuild replaces it under a running benchmark)."""
+    import hashlib
+
+    from ._kernels import _ext
+    with open(_ext.__file__, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()[:12]
+
+
 def worker(path: str, threads: int, pp: int, tg: int, reps: int, seed: int) -> dict:
     """Load, warm up, then time `reps` prefills of `pp` random ids and `reps` runs of `tg`
     greedy decode steps (as the llama.cpp harness does: all prefills, then all decodes); the
@@ -157,7 +167,7 @@ def worker(path: str, threads: int, pp: int, tg: int, reps: int, seed: int) -> d
     for _ in model.generate(rng.integers(0, V, 8).tolist(), max_tokens=2, temperature=0):
         pass
     warm_s = time.perf_counter() - started
-    out = {"load_s": load_s, "warm_s": warm_s, "pp_runs": [], "tg_runs": []}
+    out = {"load_s": load_s, "warm_s": warm_s, "kernels": kernel_build(), "pp_runs": [], "tg_runs": []}
     for _ in range(reps if pp else 0):
         for _ in model.generate(rng.integers(0, V, pp).tolist(), max_tokens=1, temperature=0):
             pass

@@ -148,6 +148,7 @@ def thread_scaling(rounds: list[dict], cases: list[Case]) -> dict:
 def summarize(rounds: list[dict], cases: list[Case], peers: list[str]) -> dict:
     turns = [t for r in rounds for c in cases for t in engine_turns(r[c.key]).values()]
     return {"bandwidth_gb_s": _median([t.get("bandwidth_gb_s") for t in turns]),
+            "kernel_builds": kernel_builds(rounds),
             "cases": {c.key: summarize_case([r[c.key] for r in rounds], peers) for c in cases},
             "per_layer": per_layer_costs(rounds, cases),
             "thread_scaling": thread_scaling(rounds, cases)}
@@ -157,6 +158,12 @@ def contended_turns(rounds: list[dict]) -> tuple[int, int]:
     """(turns during which other processes used more than CONTENDED of the CPUs, all turns)."""
     turns = [t for r in rounds for case_round in r.values() for t in engine_turns(case_round).values()]
     return sum(t.get("other_cpu", 0) > CONTENDED for t in turns), len(turns)
+
+
+def kernel_builds(rounds: list[dict]) -> list[str]:
+    """The builds of moecc's kernels its turns ran, in order of first use (see bench.kernel_build)."""
+    return list(dict.fromkeys(case_round["moecc"]["kernels"] for r in rounds for case_round in r.values()
+                              if "kernels" in case_round["moecc"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +253,10 @@ def print_summary(s: dict, rounds: list[dict], cases: list[Case], peers: list[st
         if entry["base_threads"] == 1 and "2" in entry["engines"]["moecc"]:
             print(f"  (issue #5 targets for moecc 1->2 threads: decode >= {TARGET_SPEEDUP['tg']}x, "
                   f"prefill >= {TARGET_SPEEDUP['pp']}x)")
+    builds = kernel_builds(rounds)
+    if len(builds) > 1:
+        print(f"  warning: the kernels were rebuilt during the run (moecc ran builds {', '.join(builds)}); "
+              "its figures mix them")
     busy, total = contended_turns(rounds)
     if busy:
         print(f"  warning: other processes were busy during {busy} of {total} turns; "
