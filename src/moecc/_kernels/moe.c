@@ -14,9 +14,15 @@
  * q8 / q4 experts read quantized activations: phase 1 quantizes each pair's row of x (decode:
  * the one row of x, once) instead of copying it, and between phases 2 and 3 the rows of h are
  * quantized, each by one thread.
+ * Decode with a number of pairs the threads divide (8 experts, 1, 2, 4 or 8 threads) goes by
+ * expert instead: each thread runs whole experts, gate/up then down, each pair's output into its
+ * own row of `partial`, and the rows are summed in pair order at the end (the same sum whatever
+ * the thread count). A thread then streams 3 whole matrices per expert with no barrier between
+ * them (q4, Qwen3-30B-A3B shapes: 72% -> 77% of the read bandwidth, phases 2 and 3 by rows).
  * Scratch (from the caller, reused across calls, nothing allocated here):
  *     order[P], tmp[P] (int32); xg: P rows of D floats (f32 / bf16, prefill) or (1 or P)
- *     quantized rows of D (q8 / q4); h[P, I] floats; hq: P quantized rows of I (q8 / q4). */
+ *     quantized rows of D (q8 / q4); h[P, I] floats; hq: P quantized rows of I (q8 / q4);
+ *     partial[P, D] floats (decode). */
 #include "moecc.h"
 
 static int64_t pad16(int64_t n) { return (n + 15) & ~(int64_t)15; }
@@ -29,7 +35,8 @@ static int64_t xq_floats(int64_t n, int64_t K) {
 int64_t moecc_moe_scratch_floats(int64_t T, int64_t k, int64_t D, int64_t I) {
     const int64_t P = T * k;
     const int64_t xg_f = T > 1 ? pad16(P * D) : 0, xg_q = xq_floats(T > 1 ? P : 1, D);
-    return 2 * pad16(P) + (xg_f > xg_q ? xg_f : xg_q) + pad16(P * I) + xq_floats(P, I);
+    const int64_t partial = T == 1 ? pad16(P * D) : 0;
+    return 2 * pad16(P) + (xg_f > xg_q ? xg_f : xg_q) + pad16(P * I) + xq_floats(P, I) + partial;
 }
 
 /* order[0..P) = pair indices sorted by expert, stable (bottom-up merge sort through tmp) */
@@ -132,6 +139,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
     char *xg = (char *)(scratch + 2 * pad16(P));
     float *h = (float *)xg + xg_floats;
     char *hq = (char *)(h + pad16(P * I));
+    float *partial = (float *)hq + xq_floats(P, I);
     const int gathered = T > 1; /* decode: every pair's token is x[0], read in place */
     const void *xs = xqD ? (const void *)xg : gathered ? (const void *)xg : (const void *)x;
     const int64_t ldx = !gathered ? 0 : xqD ? xqD : D * (int64_t)sizeof(float);
@@ -158,28 +166,48 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
                     memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
             }
         }
-        int64_t i0, i1, d0, d1;
-        moecc_split(I, 16, nth, ith, &i0, &i1);
-        moecc_split(D, 16, nth, ith, &d0, &d1);
-
-        for (int64_t p = 0, q; p < P; p = q) {
-            q = segment_end(order, idx, p, P);
-            const int64_t e = idx[order[p]];
-            gate_up_rows(isa, tile, f.group, D, G + e * I * wbD, U + e * I * wbD, wbD,
-                         (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
-        }
-        for (int64_t t = 0; t < T; t++)
-            memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
-#pragma omp barrier
-        if (xqI) {
+        if (!gathered && P % nth == 0) { /* decode, by expert */
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < P; p++) isa->quantize_x(f, I, h + p * I, hq + p * xqI);
-        }
-        for (int64_t p = 0, q; p < P; p = q) {
-            q = segment_end(order, idx, p, P);
-            const int64_t e = idx[order[p]];
-            down_rows(tile, f.group, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh,
-                      q - p, d0, d1, order + p, weights, k, out, D);
+            for (int64_t p = 0; p < P; p++) {
+                const int64_t e = idx[p];
+                gate_up_rows(isa, tile, f.group, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1,
+                             0, I, h + p * I, I);
+                if (xqI) isa->quantize_x(f, I, h + p * I, hq + p * xqI);
+                const int32_t pair = (int32_t)p;
+                memset(partial + p * D, 0, (size_t)D * sizeof(float));
+                down_rows(tile, f.group, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh,
+                          1, 0, D, &pair, weights, 1, partial, D);
+            }
+            int64_t d0, d1;
+            moecc_split(D, 16, nth, ith, &d0, &d1);
+            for (int64_t d = d0; d < d1; d++) {
+                float sum = 0.0f;
+                for (int64_t p = 0; p < P; p++) sum += partial[p * D + d];
+                out[d] = sum;
+            }
+        } else { /* by rows of every expert: phases 2 and 3 */
+            int64_t i0, i1, d0, d1;
+            moecc_split(I, 16, nth, ith, &i0, &i1);
+            moecc_split(D, 16, nth, ith, &d0, &d1);
+            for (int64_t p = 0, q; p < P; p = q) {
+                q = segment_end(order, idx, p, P);
+                const int64_t e = idx[order[p]];
+                gate_up_rows(isa, tile, f.group, D, G + e * I * wbD, U + e * I * wbD, wbD,
+                             (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
+            }
+            for (int64_t t = 0; t < T; t++)
+                memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
+#pragma omp barrier
+            if (xqI) {
+#pragma omp for schedule(static)
+                for (int64_t p = 0; p < P; p++) isa->quantize_x(f, I, h + p * I, hq + p * xqI);
+            }
+            for (int64_t p = 0, q; p < P; p = q) {
+                q = segment_end(order, idx, p, P);
+                const int64_t e = idx[order[p]];
+                down_rows(tile, f.group, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh,
+                          ldh, q - p, d0, d1, order + p, weights, k, out, D);
+            }
         }
     }
     return MOECC_OK;
