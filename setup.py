@@ -30,6 +30,8 @@ C_SOURCES = [
     "qdot_generic.c",
     "qdot_avx2.c",
     "qdot_avx512.c",
+    "qpanel_generic.c",
+    "qpanel_avx512.c",
     "matmul.c",
     "ops.c",
     "attention.c",

@@ -59,7 +59,7 @@ def test_quantized_model_weights_look_like_the_checkpoints(synthetic_file):
     mf = format.ModelFile(path)
     try:
         e = mf.tensors["model.layers.0.mlp.experts.gate_proj"]
-        w = quant.dequantize(np.asarray(mf.tensor(e.name)), qtype, e.shape[-1], e.group_size)
+        w = quant.dequantize(np.asarray(mf.tensor(e.name)), e.dtype, e.shape[-1], e.group_size)
         assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002
         assert np.all(mf.tensor("model.layers.1.input_layernorm.weight") == 1.0)
         router = np.asarray(mf.tensor("model.layers.0.mlp.gate.weight"))

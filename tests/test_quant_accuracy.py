@@ -41,7 +41,7 @@ def _weights_only_checkpoint(folder, plan: StoragePlan):
     for name in source.weight_map:
         values = quant.source_to_f32(source.tensor(name), source.source_dtype(name))
         dtype, group_size = plan.storage(roles[_stacked_name(name)])
-        if dtype in quant.QUANTIZED:
+        if dtype in quant.STORED_QUANTIZED:
             values = quant.dequantize(quant.quantize(values, dtype, group_size), dtype, values.shape[-1], group_size)
         tensors[name] = ("F32", np.ascontiguousarray(values))
     save_safetensors(os.path.join(folder, "model.safetensors"), tensors)

@@ -275,6 +275,88 @@ def test_moe_scratch_covers_every_type():
         assert n * 4 >= quant_rows + 8 * P
 
 
+# ---- q4p: q4 in panels of 16 rows -------------------------------------------------------------
+
+
+def test_q4p_layout():
+    # one byte and one scale found where quant's docstring (and moecc.h) put them
+    rng = np.random.default_rng(0)
+    N, Kd = 48, 96
+    rows = quant.quantize(rng.standard_normal((N, Kd)).astype(np.float32), "q4", 32)
+    flat = quant.to_panels(rows, Kd).reshape(-1)
+    rb = quant.row_bytes("q4", Kd, 32)
+    panel, block, chunk, row, byte = 1, 2, 3, 5, 1
+    at = panel * 16 * rb + block * 288 + chunk * 64 + row * 4 + byte
+    assert flat[at] == rows[16 * panel + row, 16 * block + 4 * chunk + byte]
+    at = panel * 16 * rb + block * 288 + 256 + 2 * row
+    scale = Kd // 2 + 2 * block
+    assert flat[at:at + 2].tobytes() == rows[16 * panel + row, scale:scale + 2].tobytes()
+    assert np.array_equal(quant.from_panels(quant.to_panels(rows, Kd), Kd), rows)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 9, 70])
+@pytest.mark.parametrize("N,Kd", [(16, 32), (48, 96), (160, 768), (32, 2048)])
+def test_q4p_matmul(isa, threads, T, N, Kd):
+    rng = np.random.default_rng(T * 100 + N + Kd)
+    x = rng.standard_normal((T, Kd)).astype(np.float32)
+    w, wref = quantized(rng, (N, Kd), "q4p", 32)
+    out = np.full((T, N), np.nan, np.float32)
+    K.matmul(x, w, out, threads=threads, wtype="q4p", group_size=32)
+    xq = xq_values(x)
+    assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
+
+
+def test_q4p_extremes(isa):
+    # nibbles 0 and 15 against activations of +-127: no int16 saturation in maddubs
+    rng = np.random.default_rng(1)
+    N, Kd, T = 32, 128, 3
+    rows = quant.quantize(np.ones((N, Kd), np.float32), "q4", 32)
+    nib = rng.choice([0, 15], (N, Kd // 2, 2))
+    nib[0] = 0
+    rows[:, :Kd // 2] = (nib[..., 0] | (nib[..., 1] << 4)).astype(np.uint8)
+    w = quant.to_panels(rows, Kd)
+    wref = quant.dequantize(w, "q4p", Kd, 32).astype(np.float64)
+    x = rng.choice(np.array([-1.0, 1.0], np.float32), (T, Kd)) * np.float32(5)
+    out = np.empty((T, N), np.float32)
+    K.matmul(x, w, out, threads=1, wtype="q4p", group_size=32)
+    xq = xq_values(x)
+    assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
+
+
+@pytest.mark.parametrize("T,E,k,D,I", [(1, 8, 8, 64, 96), (1, 4, 3, 32, 32), (1, 1, 1, 64, 32),
+                                       (5, 6, 3, 96, 64), (17, 8, 2, 32, 160)])
+def test_q4p_moe_ffn(isa, threads, T, E, k, D, I):
+    rng = np.random.default_rng(T * 100 + E * 10 + D + I)
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    gate, gref = quantized(rng, (E, I, D), "q4p", 32, scale=D**-0.5)
+    up, uref = quantized(rng, (E, I, D), "q4p", 32, scale=D**-0.5)
+    down, dref = quantized(rng, (E, D, I), "q4p", 32, scale=I**-0.5)
+    idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
+    wts = rng.random((T, k)).astype(np.float32)
+    scratch = np.empty(K.moe_scratch_floats(T, k, D, I), np.float32)
+    out = np.full((T, D), np.nan, np.float32)
+    K.moe_ffn(x, gate, up, down, idx, wts, scratch, out, threads=threads, wtype="q4p", group_size=32)
+    ref = moe_ref(x, gref, uref, dref, idx, wts.astype(np.float64))
+    err = np.abs(out - ref)  # h re-quantized from float32: see test_moe_ffn
+    assert np.linalg.norm(err) <= 2e-3 * np.linalg.norm(ref)
+    assert err.max() <= 1e-2 * np.abs(ref).max()
+
+
+def test_q4p_errors():
+    rows = quant.quantize(np.ones((24, 64), np.float32), "q4", 32)
+    x, out = np.ones((1, 64), np.float32), np.empty((1, 24), np.float32)
+    with pytest.raises(ValueError, match="multiple of 16 rows, got 24"):
+        K.matmul(x, rows, out, threads=1, wtype="q4p", group_size=32)
+    with pytest.raises(ValueError, match=r"group_size must be one of \(32,\)"):
+        K.matmul(x, rows, out, threads=1, wtype="q4p", group_size=64)
+    table = quant.quantize(np.ones((16, 64), np.float32), "q4p", 32)
+    with pytest.raises(ValueError):  # a panel's rows are not contiguous: no row lookup
+        K.embedding(table, np.zeros(1, np.int32), np.empty((1, 64), np.float32), threads=1,
+                    wtype="q4p", group_size=32)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        quant.quantize(np.ones((24, 64), np.float32), "q4p", 32)
+
+
 # ---- errors ----------------------------------------------------------------------------------
 
 
@@ -293,13 +375,13 @@ def test_errors_matmul():
         K.matmul(x, w8, out, threads=1, wtype="q8", group_size=128)
     with pytest.raises(TypeError, match="uint8"):
         K.matmul(x, w8.view(np.int8), out, threads=1, wtype="q8", group_size=32)
-    with pytest.raises(TypeError, match="wtype='q8' or 'q4'"):
+    with pytest.raises(TypeError, match="wtype='q8', 'q4' or 'q4p'"):
         K.matmul(x, w8, out, threads=1)
     with pytest.raises(ValueError, match="unknown wtype"):
         K.matmul(x, w8, out, threads=1, wtype="q5", group_size=32)
     with pytest.raises(TypeError, match="float32 for wtype 'f32'"):
         K.matmul(x, w8, out, threads=1, wtype="f32")
-    with pytest.raises(ValueError, match="group_size applies to q8 / q4 only"):
+    with pytest.raises(ValueError, match="group_size applies to q8 / q4 / q4p only"):
         K.matmul(x, np.zeros((3, 64), np.float32), out, threads=1, wtype="f32", group_size=32)
     # explicit f32 / bf16 still work
     K.matmul(x, np.zeros((3, 64), np.float32), out, threads=1, wtype="f32")
@@ -346,7 +428,7 @@ def test_errors_moe():
         call(group_size=64, gate=g64, up=g64)  # fine for gate / up (D = 64), not for down
     with pytest.raises(TypeError, match="share a dtype"):
         call(up=np.zeros((E, I, D), np.float32))
-    with pytest.raises(TypeError, match="wtype='q8' or 'q4'"):
+    with pytest.raises(TypeError, match="wtype='q8', 'q4' or 'q4p'"):
         call(wtype=None, group_size=0)
     with pytest.raises(ValueError, match="idx out of range"):
         call(idx=np.array([[0, 4], [1, 2]], np.int32))

@@ -50,7 +50,9 @@ class StoragePlan:
                              f"{', '.join(map(str, quant.GROUP_SIZES))}")
 
     def storage(self, spec: TensorSpec) -> tuple[str, int]:
-        """(dtype, group size or 0) of one tensor; ValueError if its rows cannot be grouped."""
+        """(dtype, group size or 0) of one tensor; ValueError if its rows cannot be grouped.
+        q4 matrices that are only multiplied (not the embedding, which is looked up by row) are
+        stored as q4p panels when their shape allows (quant.can_panel)."""
         if spec.role in ALWAYS_F32:
             return "f32", 0
         dtype = dict(self.overrides).get(spec.role, self.quant)
@@ -63,6 +65,8 @@ class StoragePlan:
                     f"no supported group size divides {K}; store this class unquantized with --keep {spec.role}")
             raise ValueError(f"tensor {spec.name} has rows of {K} values, which groups of "
                              f"{self.group_size} do not divide: {hint}")
+        if dtype == "q4" and spec.role != "embed" and quant.can_panel(spec.shape, self.group_size):
+            return "q4p", self.group_size
         return dtype, self.group_size
 
 
@@ -73,7 +77,9 @@ def _source_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarr
         return
     array = ckpt.tensor(spec.name, spec.shape)
     dtype = ckpt.source_dtype(spec.name)
-    rows = max(1, _BLOCK_BYTES // max(1, array[0].nbytes if array.ndim > 1 else array.nbytes))
+    # row blocks of whole q4p panels
+    rows = max(quant.PANEL_ROWS, _BLOCK_BYTES // max(1, array[0].nbytes if array.ndim > 1 else array.nbytes)
+               // quant.PANEL_ROWS * quant.PANEL_ROWS)
     for start in range(0, array.shape[0], rows):
         yield array[start:start + rows], dtype
     ckpt.release(spec.name)

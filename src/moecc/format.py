@@ -28,8 +28,11 @@ The JSON header is an object::
     bf16  bfloat16: the upper 16 bits of a float32, stored as uint16
     q8    8-bit group-wise quantized, entry field "group_size": G
     q4    4-bit group-wise quantized, entry field "group_size": G
+    q4p   q4 with G = 32 in panels of 16 rows (rows a multiple of 16), "group_size": 32
 
-The byte layout of a q8 / q4 row is specified in `moecc.quant` (values, then fp16 scales).
+The byte layout of a q8 / q4 row and of a q4p panel is specified in `moecc.quant` (values, then
+fp16 scales; q4p interleaves 16 rows block by block).  A reader that predates q4p refuses such
+a file by naming the dtype it does not know.
 
 Stacked experts are 3-D tensors [experts, rows, cols]: each expert's matrix is contiguous, so a
 kernel reads one expert in one sweep.  `files` are the tokenizer and generation files of the
@@ -67,6 +70,7 @@ DTYPES = {
     "bf16": np.dtype(np.uint16),
     "q8": np.dtype(np.uint8),
     "q4": np.dtype(np.uint8),
+    "q4p": np.dtype(np.uint8),
 }
 
 
@@ -75,7 +79,11 @@ class FormatError(ValueError):
 
 
 def tensor_nbytes(dtype: str, shape: tuple[int, ...], group_size: int = 0) -> int:
-    """Bytes of a tensor; ValueError when `group_size` cannot cut its rows."""
+    """Bytes of a tensor; ValueError when `group_size` cannot cut its rows (or, for q4p, the
+    rows do not fill whole panels)."""
+    if dtype == "q4p" and not quant.can_panel(tuple(shape), group_size):
+        raise ValueError(f"a q4p tensor needs group size {quant.PANEL_GROUP} and rows in multiples "
+                         f"of {quant.PANEL_ROWS}, not shape {list(shape)} with group size {group_size}")
     rows = math.prod(int(s) for s in shape[:-1])  # Python ints: a damaged shape cannot overflow
     return rows * quant.row_bytes(dtype, shape[-1], group_size)
 
@@ -328,7 +336,7 @@ class ModelFile:
         if offset < 0 or size < 0 or offset + size > self.data_size:
             raise FormatError(f"{self.path}: {what} {name} (offset {offset}, {size} bytes) lies past "
                               f"the end of the file; the file is truncated or damaged")
-        return Entry(name, offset, size, crc, dtype, shape, group_size if dtype in quant.QUANTIZED else 0)
+        return Entry(name, offset, size, crc, dtype, shape, group_size if dtype in quant.STORED_QUANTIZED else 0)
 
     def tensor(self, name: str) -> np.ndarray:
         """A read-only view of tensor `name`, in the dtype the kernels take (see DTYPES); a

@@ -31,9 +31,9 @@ KV_CACHE_DTYPES = {"f16": np.float16, "f32": np.float32}
 
 class Weight(NamedTuple):
     """A weight matrix (or a stack of them) as stored: the mapped data and its storage type."""
-    data: np.ndarray  # f32, bf16 bits (uint16), or q8 / q4 rows (uint8 [..., rows, row_bytes])
-    wtype: str  # "f32", "bf16", "q8", "q4"
-    group_size: int = 0  # q8 / q4 only
+    data: np.ndarray  # f32, bf16 bits (uint16), or q8 / q4 / q4p bytes (uint8 [..., rows, row_bytes])
+    wtype: str  # "f32", "bf16", "q8", "q4", "q4p"
+    group_size: int = 0  # quantized types only
 
     def stacked(self) -> "Weight":
         """The same matrix as a stack of one (a dense MLP runs as a single always-chosen expert)."""

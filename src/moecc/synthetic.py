@@ -434,7 +434,7 @@ def _random_rows(dtype: str, rows: int, K: int, group_size: int, scale: np.uint1
 def _quantized_model_parts(spec, dtype: str, group_size: int, seed: int, scale: np.uint16,
                            normal: np.ndarray) -> Iterator[np.ndarray]:
     """The bytes of one tensor of write_quantized_model's file, in file order, in bounded blocks."""
-    from .quant import bf16_to_f32, row_bytes
+    from .quant import PANEL_ROWS, bf16_to_f32, row_bytes, to_panels
     count = int(np.prod(spec.shape))
     if spec.role == "norm":
         yield np.ones(count, np.float32)
@@ -443,10 +443,14 @@ def _quantized_model_parts(spec, dtype: str, group_size: int, seed: int, scale: 
     else:
         K = spec.shape[-1]
         rows = count // K
-        step = max(1, _BLOCK_BYTES // row_bytes(dtype, K, group_size))
+        # blocks of whole q4p panels; a q4p block is q4 rows laid out as panels
+        step = max(PANEL_ROWS, _BLOCK_BYTES // row_bytes(dtype, K, group_size) // PANEL_ROWS * PANEL_ROWS)
         for index, start in enumerate(range(0, rows, step)):
             rng = np.random.Generator(np.random.SFC64([seed, zlib.crc32(spec.name.encode()), index]))
-            yield _random_rows(dtype, min(step, rows - start), K, group_size, scale, rng)
+            if dtype == "q4p":
+                yield to_panels(_random_rows("q4", min(step, rows - start), K, group_size, scale, rng), K)
+            else:
+                yield _random_rows(dtype, min(step, rows - start), K, group_size, scale, rng)
 
 
 def write_quantized_model(path: str, layers: int, quant: str = "q4", group_size: int = 32, seed: int = 0,

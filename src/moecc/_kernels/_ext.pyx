@@ -19,6 +19,7 @@ cdef extern from "moecc.h" nogil:
         MOECC_W_Q8
         MOECC_W_Q4
         MOECC_W_F16
+        MOECC_W_Q4P
     ctypedef struct moecc_wformat:
         moecc_wtype type
         int group
@@ -30,6 +31,7 @@ cdef extern from "moecc.h" nogil:
         MOECC_ERR_ISA
         MOECC_ERR_NOMEM
         MOECC_QBLOCK
+        MOECC_PANEL_ROWS
 
     int moecc_wformat_check(moecc_wformat f, int64_t K)
     int64_t moecc_row_bytes(moecc_wformat f, int64_t K)
@@ -96,28 +98,29 @@ cdef cnp.ndarray _array(object a, str name, int typenum, int ndim, bint writable
 
 
 _WTYPES = {"f32": MOECC_W_F32, "bf16": MOECC_W_BF16, "f16": MOECC_W_F16, "q8": MOECC_W_Q8,
-           "q4": MOECC_W_Q4}
-_WTYPE_DTYPES = {"f32": F32, "bf16": U16, "f16": F16, "q8": U8, "q4": U8}
+           "q4": MOECC_W_Q4, "q4p": MOECC_W_Q4P}
+_WTYPE_DTYPES = {"f32": F32, "bf16": U16, "f16": F16, "q8": U8, "q4": U8, "q4p": U8}
+_QUANTIZED = (MOECC_W_Q8, MOECC_W_Q4, MOECC_W_Q4P)
 GROUP_SIZES = (32, 64, 128, 256)
 
 
 cdef moecc_wformat _format(str wtype, int group_size, int64_t K) except *:
-    """The C format of `wtype` ("f32", "bf16", "f16", "q8", "q4") for rows of K values;
+    """The C format of `wtype` ("f32", "bf16", "f16", "q8", "q4", "q4p") for rows of K values;
     ValueError if the type is unknown or group_size is not allowed (q8 / q4: 32, 64, 128 or 256,
-    dividing K; f32 / bf16 / f16: 0)."""
+    dividing K; q4p: 32; f32 / bf16 / f16: 0)."""
     cdef moecc_wformat f
     if wtype not in _WTYPES:
         raise ValueError(f"unknown wtype {wtype!r}; expected one of {', '.join(_WTYPES)}")
     f.type = _WTYPES[wtype]
     f.group = group_size
-    if f.type == MOECC_W_Q8 or f.type == MOECC_W_Q4:
-        if group_size not in GROUP_SIZES:
-            raise ValueError(f"group_size must be one of {GROUP_SIZES} for {wtype}, "
-                             f"got {group_size}")
+    if f.type in _QUANTIZED:
+        allowed = (MOECC_QBLOCK,) if f.type == MOECC_W_Q4P else GROUP_SIZES
+        if group_size not in allowed:
+            raise ValueError(f"group_size must be one of {allowed} for {wtype}, got {group_size}")
         if K % group_size:
             raise ValueError(f"{wtype}: groups of {group_size} do not divide the row length {K}")
     elif group_size != 0:
-        raise ValueError(f"group_size applies to q8 / q4 only, got {group_size} for {wtype}")
+        raise ValueError(f"group_size applies to q8 / q4 / q4p only, got {group_size} for {wtype}")
     if moecc_wformat_check(f, K) != MOECC_OK:  # the C side agrees
         raise ValueError(f"{wtype} with group_size {group_size} cannot store rows of {K}")
     return f
@@ -128,7 +131,8 @@ cdef moecc_wformat _weights(cnp.ndarray w, str name, object wtype, int group_siz
     """The format of weights w, rows of K values, checked: wtype None infers f32 (float32), bf16
     (uint16) or f16 (float16); the dtype must fit the type (TypeError) and w.shape be
     lead + (row length,), the row length being K elements for f32 / bf16 / f16 and
-    row_bytes(wtype, K, group_size) for q8 / q4."""
+    row_bytes(wtype, K, group_size) for q8 / q4 / q4p (whose matrices need rows in multiples of
+    16: the last of lead)."""
     cdef int t = cnp.PyArray_TYPE(w)
     if wtype is None:
         if t == F32:
@@ -138,8 +142,8 @@ cdef moecc_wformat _weights(cnp.ndarray w, str name, object wtype, int group_siz
         elif t == F16:
             wtype = "f16"
         elif t == U8:
-            raise TypeError(f"{name} is uint8: quantized weights need wtype='q8' or 'q4' and "
-                            f"group_size")
+            raise TypeError(f"{name} is uint8: quantized weights need wtype='q8', 'q4' or "
+                            f"'q4p' and group_size")
         else:
             raise TypeError(f"{name} must be float32, uint16 (bf16 bits) or float16, "
                             f"got {(<object>w).dtype}")
@@ -151,7 +155,11 @@ cdef moecc_wformat _weights(cnp.ndarray w, str name, object wtype, int group_siz
                         f"wtype {wtype!r}, got {(<object>w).dtype}")
     cdef int64_t n = K
     expected = lead + (K,)
-    if f.type == MOECC_W_Q8 or f.type == MOECC_W_Q4:
+    rows = lead[len(lead) - 1] if lead else 0  # (no negative indexing: wraparound is off)
+    if f.type == MOECC_W_Q4P and (rows == 0 or rows % MOECC_PANEL_ROWS):
+        raise ValueError(f"{name}: q4p stores matrices of a multiple of {MOECC_PANEL_ROWS} rows, "
+                         f"got {rows}")
+    if f.type in _QUANTIZED:
         n = moecc_row_bytes(f, K)
         expected = lead + (n,)
         if (<object>w).shape != expected:
@@ -237,7 +245,7 @@ cdef _check_rc(int rc, str what):
 
 
 def row_bytes(str wtype, int64_t K, int group_size=0):
-    """Bytes of one stored row of K values of `wtype` ("f32", "bf16", "q8", "q4")."""
+    """Bytes of one stored row of K values of `wtype` ("f32", "bf16", "f16", "q8", "q4", "q4p")."""
     if K < 0:
         raise ValueError(f"K must be >= 0, got {K}")
     return int(moecc_row_bytes(_format(wtype, group_size, K), K))

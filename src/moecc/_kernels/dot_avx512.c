@@ -208,7 +208,8 @@ static TARGET void swiglu(int64_t n, float *g, const float *u) {
 const moecc_isa moecc_isa_avx512 = {
     .name = "avx512",
     .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
-             [MOECC_W_Q8] = moecc_tile_q8_avx512, [MOECC_W_Q4] = moecc_tile_q4_avx512},
+             [MOECC_W_Q8] = moecc_tile_q8_avx512, [MOECC_W_Q4] = moecc_tile_q4_avx512,
+             [MOECC_W_Q4P] = moecc_tile_q4p_avx512},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
@@ -219,7 +220,8 @@ const moecc_isa moecc_isa_avx512 = {
 const moecc_isa moecc_isa_avx512vnni = {
     .name = "avx512vnni",
     .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
-             [MOECC_W_Q8] = moecc_tile_q8_avx512vnni, [MOECC_W_Q4] = moecc_tile_q4_avx512vnni},
+             [MOECC_W_Q8] = moecc_tile_q8_avx512vnni, [MOECC_W_Q4] = moecc_tile_q4_avx512vnni,
+             [MOECC_W_Q4P] = moecc_tile_q4p_avx512vnni},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,

@@ -15,10 +15,11 @@ void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K
     const moecc_tile_fn tile = isa->tile[f.type];
     const int64_t wb = moecc_row_bytes(f, K);
     const int64_t tb = moecc_token_block(ldx);
+    const int rows = moecc_tile_rows(f);
     for (int64_t t0 = 0; t0 < T; t0 += tb) {
         const int nt = (int)(T - t0 < tb ? T - t0 : tb);
-        for (int64_t n = n0; n < n1; n += MOECC_TILE_ROWS) {
-            const int nr = (int)(n1 - n < MOECC_TILE_ROWS ? n1 - n : MOECC_TILE_ROWS);
+        for (int64_t n = n0; n < n1; n += rows) {
+            const int nr = (int)(n1 - n < rows ? n1 - n : rows);
             tile(K, f.group, (const char *)w + n * wb, wb, nr, (const char *)xa + t0 * ldx, ldx,
                  nt, out + t0 * ldo + n, ldo);
         }
@@ -27,7 +28,8 @@ void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K
 
 int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wformat f, int64_t N,
                  float *out, int threads) {
-    const int rc = moecc_wformat_check(f, K);
+    int rc = moecc_wformat_check(f, K);
+    if (rc == MOECC_OK) rc = moecc_wformat_rows_check(f, N);
     if (rc != MOECC_OK) return rc;
     const moecc_isa *isa = moecc_active_isa();
     if (K == 0 || T == 0) {

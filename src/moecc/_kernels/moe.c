@@ -74,9 +74,11 @@ static int64_t segment_end(const int32_t *order, const int32_t *idx, int64_t p, 
 /* rows [i0, i1) of h[n, I] = silu(xs @ G^T) * (xs @ U^T); xs: n activation rows of D values,
  * ldx bytes apart (0: the same row n times); G, U: rows of wb bytes, group size gs.
  * By chunks of rows: the gate rows into h, then the up rows, folded into h by swiglu. */
-static void gate_up_rows(const moecc_isa *isa, moecc_tile_fn tile, int gs, int64_t D,
-                         const char *G, const char *U, int64_t wb, const void *xs, int64_t ldx,
-                         int64_t n, int64_t i0, int64_t i1, float *h, int64_t I) {
+static void gate_up_rows(const moecc_isa *isa, moecc_wformat f, int64_t D, const char *G,
+                         const char *U, int64_t wb, const void *xs, int64_t ldx, int64_t n,
+                         int64_t i0, int64_t i1, float *h, int64_t I) {
+    const moecc_tile_fn tile = isa->tile[f.type];
+    const int rows = moecc_tile_rows(f);
     float u[MOECC_TOKEN_BLOCK_MAX * GATE_UP_CHUNK];
     const int64_t tb = moecc_token_block(ldx);
     for (int64_t t0 = 0; t0 < n; t0 += tb) {
@@ -85,13 +87,13 @@ static void gate_up_rows(const moecc_isa *isa, moecc_tile_fn tile, int gs, int64
         float *hb = h + t0 * I;
         for (int64_t c0 = i0; c0 < i1; c0 += GATE_UP_CHUNK) {
             const int64_t c1 = i1 - c0 < GATE_UP_CHUNK ? i1 : c0 + GATE_UP_CHUNK;
-            for (int64_t i = c0; i < c1; i += MOECC_TILE_ROWS) {
-                const int nr = (int)(c1 - i < MOECC_TILE_ROWS ? c1 - i : MOECC_TILE_ROWS);
-                tile(D, gs, G + i * wb, wb, nr, xb, ldx, nt, hb + i, I);
+            for (int64_t i = c0; i < c1; i += rows) {
+                const int nr = (int)(c1 - i < rows ? c1 - i : rows);
+                tile(D, f.group, G + i * wb, wb, nr, xb, ldx, nt, hb + i, I);
             }
-            for (int64_t i = c0; i < c1; i += MOECC_TILE_ROWS) {
-                const int nr = (int)(c1 - i < MOECC_TILE_ROWS ? c1 - i : MOECC_TILE_ROWS);
-                tile(D, gs, U + i * wb, wb, nr, xb, ldx, nt, u + (i - c0), GATE_UP_CHUNK);
+            for (int64_t i = c0; i < c1; i += rows) {
+                const int nr = (int)(c1 - i < rows ? c1 - i : rows);
+                tile(D, f.group, U + i * wb, wb, nr, xb, ldx, nt, u + (i - c0), GATE_UP_CHUNK);
             }
             for (int t = 0; t < nt; t++)
                 isa->swiglu(c1 - c0, hb + t * I + c0, u + t * GATE_UP_CHUNK);
@@ -101,23 +103,24 @@ static void gate_up_rows(const moecc_isa *isa, moecc_tile_fn tile, int gs, int64
 
 /* columns [d0, d1) of out[tok] += weight * (hs[p] @ Wd^T) for the n pairs of a segment; hs:
  * activation rows of I values, ldh bytes apart */
-static void down_rows(moecc_tile_fn tile, int gs, int64_t I, const char *Wd, int64_t wb,
-                      const void *hs, int64_t ldh, int64_t n, int64_t d0, int64_t d1,
+static void down_rows(const moecc_isa *isa, moecc_wformat f, int64_t I, const char *Wd,
+                      int64_t wb, const void *hs, int64_t ldh, int64_t n, int64_t d0, int64_t d1,
                       const int32_t *pairs, const float *weights, int64_t k, float *out,
                       int64_t D) {
-    float y[MOECC_TOKEN_BLOCK_MAX * MOECC_TILE_ROWS];
+    const moecc_tile_fn tile = isa->tile[f.type];
+    const int rows = moecc_tile_rows(f);
+    float y[MOECC_TOKEN_BLOCK_MAX * MOECC_TILE_ROWS_MAX];
     const int64_t tb = moecc_token_block(ldh);
     for (int64_t t0 = 0; t0 < n; t0 += tb) {
         const int nt = (int)(n - t0 < tb ? n - t0 : tb);
-        for (int64_t d = d0; d < d1; d += MOECC_TILE_ROWS) {
-            const int nr = (int)(d1 - d < MOECC_TILE_ROWS ? d1 - d : MOECC_TILE_ROWS);
-            tile(I, gs, Wd + d * wb, wb, nr, (const char *)hs + t0 * ldh, ldh, nt, y,
-                 MOECC_TILE_ROWS);
+        for (int64_t d = d0; d < d1; d += rows) {
+            const int nr = (int)(d1 - d < rows ? d1 - d : rows);
+            tile(I, f.group, Wd + d * wb, wb, nr, (const char *)hs + t0 * ldh, ldh, nt, y, rows);
             for (int t = 0; t < nt; t++) {
                 const int32_t pair = pairs[t0 + t];
                 const float wgt = weights[pair];
                 float *o = out + (pair / k) * D + d;
-                for (int r = 0; r < nr; r++) o[r] += wgt * y[t * MOECC_TILE_ROWS + r];
+                for (int r = 0; r < nr; r++) o[r] += wgt * y[t * rows + r];
             }
         }
     }
@@ -128,6 +131,8 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
                   const float *weights, int64_t k, float *scratch, float *out, int threads) {
     int rc = moecc_wformat_check(f, D);
     if (rc == MOECC_OK) rc = moecc_wformat_check(f, I);
+    if (rc == MOECC_OK) rc = moecc_wformat_rows_check(f, I);
+    if (rc == MOECC_OK) rc = moecc_wformat_rows_check(f, D);
     if (rc != MOECC_OK) return rc;
     const int64_t P = T * k;
     for (int64_t p = 0; p < P; p++)
@@ -149,7 +154,6 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
     const moecc_isa *isa = moecc_active_isa();
     if (xqD && !gathered) isa->quantize_x(f, D, x, xg);
 
-    const moecc_tile_fn tile = isa->tile[f.type];
     const int64_t wbD = moecc_row_bytes(f, D), wbI = moecc_row_bytes(f, I);
     const char *G = (const char *)gate, *U = (const char *)up, *Wd = (const char *)down;
 
@@ -170,12 +174,12 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
 #pragma omp for schedule(static)
             for (int64_t p = 0; p < P; p++) {
                 const int64_t e = idx[p];
-                gate_up_rows(isa, tile, f.group, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1,
+                gate_up_rows(isa, f, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1,
                              0, I, h + p * I, I);
                 if (xqI) isa->quantize_x(f, I, h + p * I, hq + p * xqI);
                 const int32_t pair = (int32_t)p;
                 memset(partial + p * D, 0, (size_t)D * sizeof(float));
-                down_rows(tile, f.group, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh,
+                down_rows(isa, f, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh,
                           1, 0, D, &pair, weights, 1, partial, D);
             }
             int64_t d0, d1;
@@ -192,7 +196,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
             for (int64_t p = 0, q; p < P; p = q) {
                 q = segment_end(order, idx, p, P);
                 const int64_t e = idx[order[p]];
-                gate_up_rows(isa, tile, f.group, D, G + e * I * wbD, U + e * I * wbD, wbD,
+                gate_up_rows(isa, f, D, G + e * I * wbD, U + e * I * wbD, wbD,
                              (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
             }
             for (int64_t t = 0; t < T; t++)
@@ -205,7 +209,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
             for (int64_t p = 0, q; p < P; p = q) {
                 q = segment_end(order, idx, p, P);
                 const int64_t e = idx[order[p]];
-                down_rows(tile, f.group, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh,
+                down_rows(isa, f, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh,
                           ldh, q - p, d0, d1, order + p, weights, k, out, D);
             }
         }

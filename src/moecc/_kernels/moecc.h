@@ -58,6 +58,7 @@ typedef enum {
     MOECC_W_Q8 = 2,   /* group-wise 8-bit: a row of K is int8 q[K], then fp16 d[K/G]; w = d * q */
     MOECC_W_Q4 = 3,   /* group-wise 4-bit: uint8 packed[K/2], then fp16 d[K/G]; w = d * (nib - 8) */
     MOECC_W_F16 = 4,  /* IEEE half, stored as uint16 (the KV cache's keys and values) */
+    MOECC_W_Q4P = 5,  /* q4 with G = 32 in panels of 16 rows (below) */
     MOECC_W_NTYPES
 } moecc_wtype;
 
@@ -73,9 +74,25 @@ typedef struct {
 #define MOECC_QBLOCK 32     /* activation block; every q8 / q4 group is a whole number of them */
 #define MOECC_GROUP_MAX 256 /* largest supported G */
 
+/* q4p: a matrix [N, K] of q4 with G = 32, N % 16 == 0, as N/16 panels of MOECC_PANEL_ROWS rows,
+ * back to back (panel p at byte 16 * p * row_bytes). A panel is K/32 block columns of
+ * MOECC_PANEL_BLOCK_BYTES: for block b, four chunks c = 0..3 of 16 rows x 4 bytes (row r's q4
+ * bytes 16b + 4c .. 16b + 4c + 3: values 4c..4c+3 of the block in the low nibbles, 16 + 4c ..
+ * 16 + 4c + 3 in the high nibbles, each as q + 8), then the 16 rows' fp16 scales of block b.
+ * One 64-byte chunk thus holds the same 4 + 4 values of 16 rows: an int8 dot product instruction
+ * adds them per row, in 16 lanes, and a block's 8 chunk-halves add up in the same lanes under
+ * one vector of scales. Rows take q4's bytes; activations are in natural order. (NumPy oracle:
+ * moecc/quant.py to_panels.) */
+#define MOECC_PANEL_ROWS 16
+#define MOECC_PANEL_BLOCK_BYTES (MOECC_PANEL_ROWS * (MOECC_QBLOCK / 2 + 2))
+
 /* MOECC_OK if rows of K values can be stored as f: MOECC_ERR_WTYPE for an unknown type or a
  * group size that is not allowed for it, MOECC_ERR_SHAPE if the group does not divide K */
 int moecc_wformat_check(moecc_wformat f, int64_t K);
+/* MOECC_OK if a matrix of N rows can be stored as f (q4p: N % 16 == 0), else MOECC_ERR_SHAPE */
+static inline int moecc_wformat_rows_check(moecc_wformat f, int64_t N) {
+    return f.type == MOECC_W_Q4P && N % MOECC_PANEL_ROWS ? MOECC_ERR_SHAPE : MOECC_OK;
+}
 /* bytes of one weight row of K elements (f valid for K) */
 int64_t moecc_row_bytes(moecc_wformat f, int64_t K);
 /* dequantize / widen one weight row to float32 */
@@ -164,17 +181,23 @@ void moecc_quantize_x(moecc_wformat f, int64_t K, const float *x, void *xq);
 /* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 / f16 (the float32 rows in
  * place), moecc_xq_bytes(K) for q8 / q4. */
 static inline int64_t moecc_act_bytes(moecc_wformat f, int64_t K) {
-    return f.type == MOECC_W_Q8 || f.type == MOECC_W_Q4 ? moecc_xq_bytes(K) : 0;
+    return f.type == MOECC_W_Q8 || f.type == MOECC_W_Q4 || f.type == MOECC_W_Q4P ? moecc_xq_bytes(K)
+                                                                                 : 0;
 }
 
 /* ---- the per-ISA table -------------------------------------------------------------------- */
 
-/* Rows of W handled by one tile call. */
+/* Rows of W handled by one tile call: MOECC_TILE_ROWS, a whole panel for q4p. */
 #define MOECC_TILE_ROWS 4
+#define MOECC_TILE_ROWS_MAX MOECC_PANEL_ROWS
+static inline int moecc_tile_rows(moecc_wformat f) {
+    return f.type == MOECC_W_Q4P ? MOECC_PANEL_ROWS : MOECC_TILE_ROWS;
+}
 
 /* The one weight-type-specific inner product, a register tile:
- *     out[t*ldo + r] = sum_{k<K} W[r][k] * X[t][k]      r < nr (1..MOECC_TILE_ROWS), t < nt (>= 1)
- * W row r starts at (const char *)w + r*ldw, X row t at (const char *)x + t*ldx (byte strides).
+ *     out[t*ldo + r] = sum_{k<K} W[r][k] * X[t][k]      r < nr (1..moecc_tile_rows), t < nt (>= 1)
+ * W row r starts at (const char *)w + r*ldw, X row t at (const char *)x + t*ldx (byte strides);
+ * for q4p, w is a panel and ldw the row bytes (nr is always 16).
  * X rows are what moecc_act_bytes() says: float32 for f32 / bf16 / f16, quantized activation rows
  * (moecc_xq_bytes) for q8 / q4, hence the untyped pointer and the byte stride. `group` is the
  * weights' group size (q8 / q4; 0 otherwise).
@@ -223,6 +246,17 @@ void moecc_tile_q8_generic(int64_t K, int group, const void *w, int64_t ldw, int
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+/* q4p panels (MOECC_W_Q4P): qpanel_generic.c, qpanel_avx2.c, qpanel_avx512.c */
+void moecc_tile_q4p_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+#if MOECC_X86
+void moecc_tile_q4p_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4p_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4p_avx512vnni(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+#endif
 #if MOECC_X86
 void moecc_quantize_x_avx2(moecc_wformat f, int64_t K, const float *x, void *xq);
 /* maddubs (AVX2) */

@@ -18,6 +18,9 @@ int moecc_wformat_check(moecc_wformat f, int64_t K) {
         if (f.group != 32 && f.group != 64 && f.group != 128 && f.group != 256)
             return MOECC_ERR_WTYPE;
         return K % f.group == 0 ? MOECC_OK : MOECC_ERR_SHAPE;
+    case MOECC_W_Q4P:
+        if (f.group != MOECC_QBLOCK) return MOECC_ERR_WTYPE;
+        return K % f.group == 0 ? MOECC_OK : MOECC_ERR_SHAPE;
     default:
         return MOECC_ERR_WTYPE;
     }
@@ -29,7 +32,8 @@ int64_t moecc_row_bytes(moecc_wformat f, int64_t K) {
     case MOECC_W_BF16:
     case MOECC_W_F16: return K * 2;
     case MOECC_W_Q8: return K + 2 * (K / f.group);
-    case MOECC_W_Q4: return K / 2 + 2 * (K / f.group);
+    case MOECC_W_Q4:
+    case MOECC_W_Q4P: return K / 2 + 2 * (K / f.group);
     default: return 0;
     }
 }
