@@ -52,6 +52,7 @@ from .bench_report import (
     ratio_of,
     summarize,
 )
+from .convert import StoragePlan
 from .quant import GROUP_SIZES, QUANTIZED
 from .synthetic import SYNTHETIC_MODEL
 
@@ -61,7 +62,7 @@ PEER_SCRIPT = os.environ.get("MOECC_PEER_BENCH",
                              os.path.join(os.path.dirname(REPO), "shared", "peer", "llamacpp_bench.py"))
 MOECC_QUANTS = ("bf16", "f32", "q8", "q4")
 PEER_QUANTS = ("q4", "q8")
-SYNTHETIC_GROUP_SIZE = 32  # moecc-convert's default
+DEFAULT_GROUP_SIZE = StoragePlan().group_size  # moecc-convert's, used by --synthetic too
 SYNTHETIC_SEED = 0
 # llama.cpp storage of a weight matrix under the peer harness's pure quantization, bytes per element
 GGML_BYTES = {"q4": 18 / 32, "q8": 34 / 32}  # Q4_0: 32 weights in 16 B + f16 scale; Q8_0: 32 B + f16 scale
@@ -331,7 +332,7 @@ def prepare_synthetic_file(args, layers: int) -> tuple[str, float | None]:
     """A .moecc file written straight from random quantized data (reused when one of the same
     model, layers, type and group size is there), and the seconds writing it took."""
     from .synthetic import write_quantized_model
-    group_size = args.group_size or SYNTHETIC_GROUP_SIZE
+    group_size = args.group_size or DEFAULT_GROUP_SIZE
     out = args.moecc_file or os.path.join(args.work, f"{args.synthetic}-syn{layers}-{args.quant}-g{group_size}.moecc")
     wanted = {"quant": args.quant, "group_size": group_size,
               "synthetic": {"model": args.synthetic, "layers": layers, "seed": SYNTHETIC_SEED}}
@@ -423,7 +424,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "default $MOECC_BENCH_DIR or ~/.cache/moecc-bench")
     ap.add_argument("--quant", default="bf16", choices=MOECC_QUANTS, help="moecc storage type; default bf16")
     ap.add_argument("--group-size", type=int, default=None, choices=GROUP_SIZES,
-                    help=f"values per group for q4 / q8 (moecc-convert's default: {SYNTHETIC_GROUP_SIZE})")
+                    help=f"values per group for q4 / q8 (moecc-convert's default: {DEFAULT_GROUP_SIZE})")
     ap.add_argument("--moecc-file", help="the converted file (default: beside the checkpoint, NAME-QUANT.moecc)")
     ap.add_argument("--reconvert", action="store_true",
                     help="convert (or, with --synthetic, write) again even if the file is up to date")
