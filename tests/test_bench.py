@@ -2,6 +2,8 @@
 writer on a tiny geometry, the per-layer / thread-scaling arithmetic, the command line."""
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -30,16 +32,21 @@ def synthetic_file(request, tmp_path_factory):
     return request.param, path
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    hf = str(tmp_path_factory.mktemp("hf") / "tiny")
+    make_checkpoint(hf, layers=LAYERS, progress=False, **TINY)
+    return hf
+
+
 def _table(mf: format.ModelFile) -> dict:
     return {name: (e.dtype, e.shape, e.group_size, e.offset, e.size) for name, e in mf.tensors.items()}
 
 
-def test_quantized_model_is_what_the_converter_writes(synthetic_file, tmp_path):
+def test_quantized_model_is_what_the_converter_writes(synthetic_file, tiny_checkpoint, tmp_path):
     qtype, path = synthetic_file
-    hf = str(tmp_path / "hf")
-    make_checkpoint(hf, layers=LAYERS, progress=False, **TINY)
     converted = str(tmp_path / "converted.moecc")
-    convert(hf, converted, StoragePlan(qtype, 32), progress=False)
+    convert(tiny_checkpoint, converted, StoragePlan(qtype, 32), progress=False)
     ours, theirs = format.ModelFile(path), format.ModelFile(converted)
     try:
         assert ours.verify() == []
@@ -55,7 +62,7 @@ def test_quantized_model_is_what_the_converter_writes(synthetic_file, tmp_path):
 
 
 def test_quantized_model_weights_look_like_the_checkpoints(synthetic_file):
-    qtype, path = synthetic_file
+    _, path = synthetic_file
     mf = format.ModelFile(path)
     try:
         e = mf.tensors["model.layers.0.mlp.experts.gate_proj"]
@@ -66,6 +73,19 @@ def test_quantized_model_weights_look_like_the_checkpoints(synthetic_file):
         assert router.dtype == np.float32 and abs(router.std() - 0.02) < 0.004
     finally:
         mf.close()
+
+
+def test_a_file_is_reused_only_while_the_converter_would_write_it(synthetic_file, tiny_checkpoint, tmp_path):
+    qtype, path = synthetic_file
+    assert bench._stored_as_converter_stores(path, qtype, 32)
+    assert not bench._stored_as_converter_stores(path, "q8" if qtype == "q4" else "q4", 32)
+    args = argparse.Namespace(moecc_file=str(tmp_path / f"tiny-{qtype}.moecc"), quant=qtype, group_size=None,
+                              reconvert=False)
+    converted, seconds = bench.prepare_moecc_file(args, tiny_checkpoint)
+    assert seconds is not None
+    assert bench.prepare_moecc_file(args, tiny_checkpoint) == (converted, None)
+    args.quant = "q8" if qtype == "q4" else "q4"  # the same file name, another type: converted again
+    assert bench.prepare_moecc_file(args, tiny_checkpoint)[1] is not None
 
 
 def test_quantized_scale_gives_the_std():

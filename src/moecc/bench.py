@@ -306,6 +306,22 @@ def _file_header(path: str) -> tuple[dict, dict]:
         mf.close()
 
 
+def _stored_as_converter_stores(path: str, quant: str, group_size: int) -> bool:
+    """Whether every tensor of the file has the storage moecc-convert chooses today for `--quant
+    quant --group-size group_size`: a file written before a layout changed (q4 matrices became
+    q4p panels) is written again, not measured."""
+    from . import format
+    from .config import Qwen3MoeConfig, tensor_specs
+    mf = format.ModelFile(path)
+    try:
+        plan = StoragePlan(quant, group_size)
+        specs = tensor_specs(Qwen3MoeConfig.from_dict(mf.config_dict))
+        return all(s.name in mf.tensors and (mf.tensors[s.name].dtype, mf.tensors[s.name].group_size) ==
+                   plan.storage(s) for s in specs)
+    finally:
+        mf.close()
+
+
 def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
     """The converted file (reused when newer than the checkpoint), and the conversion seconds."""
     out = args.moecc_file or os.path.join(os.path.dirname(os.path.abspath(hf)),
@@ -313,7 +329,9 @@ def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
     newest = max(os.path.getmtime(os.path.join(hf, f)) for f in os.listdir(hf))
     if os.path.exists(out) and os.path.getmtime(out) > newest and not args.reconvert:
         _, info = _file_header(out)
-        if info.get("quant") == args.quant and (args.group_size is None or info.get("group_size") == args.group_size):
+        group_size = args.group_size or info.get("group_size", DEFAULT_GROUP_SIZE)  # none given: any will do
+        if info.get("quant") == args.quant and info.get("group_size") == group_size \
+                and _stored_as_converter_stores(out, args.quant, group_size):
             log(f"reusing {out}")
             return out, None
     cmd = [sys.executable, "-m", "moecc.convert", hf, "-o", out, "--quant", args.quant, "--force", "--quiet"]
@@ -338,7 +356,8 @@ def prepare_synthetic_file(args, layers: int) -> tuple[str, float | None]:
               "synthetic": {"model": args.synthetic, "layers": layers, "seed": SYNTHETIC_SEED}}
     if os.path.exists(out) and not args.reconvert:
         _, info = _file_header(out)
-        if all(info.get(k) == v for k, v in wanted.items()):
+        if all(info.get(k) == v for k, v in wanted.items()) and \
+                _stored_as_converter_stores(out, args.quant, group_size):
             log(f"reusing {out}")
             return out, None
     log(f"writing {out}: {args.synthetic} with {layers} layers at {args.quant} from random data")
