@@ -29,6 +29,7 @@ C_SOURCES = [
     "dot_avx512.c",
     "qdot_generic.c",
     "qdot_avx2.c",
+    "qpanel_avx2.c",
     "qdot_avx512.c",
     "qpanel_generic.c",
     "qpanel_avx512.c",

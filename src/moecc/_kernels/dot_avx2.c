@@ -233,7 +233,7 @@ const moecc_isa moecc_isa_avx2 = {
     .name = "avx2",
     .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
              [MOECC_W_Q8] = moecc_tile_q8_avx2, [MOECC_W_Q4] = moecc_tile_q4_avx2,
-             [MOECC_W_Q4P] = moecc_tile_q4p_generic},
+             [MOECC_W_Q4P] = moecc_tile_q4p_avx2},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
