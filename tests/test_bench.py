@@ -228,3 +228,12 @@ def test_a_rebuild_of_the_kernels_during_the_run_is_flagged(capsys):
 
 def test_kernel_build_names_the_extension():
     assert len(bench.kernel_build()) == 12
+
+
+def test_disturbed_turns_are_left_out_of_slopes_and_speedups():
+    rounds, cases = _fake_rounds([1.0, 1.0, 1.0])
+    for r in rounds[:2]:  # in two of three rounds, another process stalled moecc at 8 layers, 1 thread
+        r["syn8 t1"]["moecc"].update(tg_tok_s=5.0, other_cpu=0.5)
+    summary = summarize(rounds, cases, ["q4"])
+    assert summary["per_layer"]["threads 1"]["engines"]["moecc"]["decode_ms_per_layer"] == pytest.approx(0.5)
+    assert summary["thread_scaling"]["syn8"]["engines"]["moecc"]["2"]["decode"] == pytest.approx(1.5)

@@ -14,6 +14,10 @@ same minute of the machine), then its median over rounds is taken.
                      ratios and as the ratio of the median costs: a slope is a difference of
                      two measurements, so its per-round ratio is noisy)
     thread scaling   tok/s at N threads / tok/s at the fewest threads measured, for each engine
+
+A turn during which other processes used more than CONTENDED of the CPUs is left out of both
+(that round contributes no slope / speedup for that engine); it stays in the per-case medians,
+flagged.
 """
 from __future__ import annotations
 
@@ -58,6 +62,12 @@ def _ms_per_token(tok_s):
     return 1000.0 / tok_s if tok_s else None
 
 
+def _undisturbed(turn: dict, key: str):
+    """turn[key], or None when other processes were busy during the turn: one such turn (one
+    busy core stalls every OpenMP barrier) would make a slope or a speedup meaningless."""
+    return None if turn.get("other_cpu", 0.0) > CONTENDED else turn.get(key)
+
+
 # --------------------------------------------------------------------------------------------
 # arithmetic
 
@@ -99,7 +109,7 @@ def per_layer_costs(rounds: list[dict], cases: list[Case]) -> dict:
         for r in rounds:
             turns = {c.layers: engine_turns(r[c.key]) for c in group}
             engines = turns[group[0].layers]
-            per_round.append({e: {m: _line([(L, _ms_per_token(turns[L][e].get(f"{m}_tok_s"))) for L in turns])
+            per_round.append({e: {m: _line([(L, _ms_per_token(_undisturbed(turns[L][e], f"{m}_tok_s"))) for L in turns])
                                   for m in METRICS} for e in engines})
         engines = list(per_round[0])
         entry = {"threads": threads, "layers": [c.layers for c in group], "engines": {}, "ratio": {}}
@@ -136,8 +146,8 @@ def thread_scaling(rounds: list[dict], cases: list[Case]) -> dict:
         entry = {"threads": [c.threads for c in group], "base_threads": base.threads, "engines": {}}
         for e in engines:
             entry["engines"][e] = {
-                str(c.threads): {what: _median([ratio_of(engine_turns(r[c.key])[e].get(f"{m}_tok_s"),
-                                                       engine_turns(r[base.key])[e].get(f"{m}_tok_s"))
+                str(c.threads): {what: _median([ratio_of(_undisturbed(engine_turns(r[c.key])[e], f"{m}_tok_s"),
+                                                       _undisturbed(engine_turns(r[base.key])[e], f"{m}_tok_s"))
                                                 for r in rounds])
                                  for m, what in METRICS.items()}
                 for c in group[1:]}
@@ -229,7 +239,7 @@ def print_summary(s: dict, rounds: list[dict], cases: list[Case], peers: list[st
     for entry in s["per_layer"].values():
         layers = ", ".join(map(str, entry["layers"]))
         print(f"per-layer cost ({layers} layers, {_threads(entry['threads'])}; slope of ms/token over layers, "
-              f"median of per-round slopes; 'fixed': what does not grow with depth):")
+              f"median of per-round slopes, disturbed turns left out; 'fixed': what does not grow with depth):")
         for e, costs in entry["engines"].items():
             name = f"moecc {quant}" if e == "moecc" else e
             print(f"  {name}: decode {_fmt(costs['decode_ms_per_layer'], '.3f')} ms/layer/token "
@@ -244,7 +254,7 @@ def print_summary(s: dict, rounds: list[dict], cases: list[Case], peers: list[st
                   f"{_fmt(of_medians['prefill'])}")
     for label, entry in s["thread_scaling"].items():
         print(f"thread scaling of {label} (tok/s over tok/s at {_threads(entry['base_threads'])}, "
-              "median of per-round ratios):")
+              "median of per-round ratios, disturbed turns left out):")
         for e, by_threads in entry["engines"].items():
             name = f"moecc {quant}" if e == "moecc" else e
             cells = "; ".join(f"{entry['base_threads']}->{t} threads: decode {_fmt(x['decode'])}x, "
