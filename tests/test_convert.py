@@ -53,6 +53,33 @@ def test_round_trip_every_tensor_equals_its_source(reference, converted, quant_t
     mf.close()
 
 
+@pytest.mark.parametrize("group_size", [32, 64])
+def test_q4_stores_the_oracles_bytes_in_panels_where_it_can(tmp_path, group_size):
+    """Every q4 tensor is quant.quantize of its source, bit for bit: q4p panels (G = 32) for the
+    matrices that are only multiplied, q4 rows for the embedding (looked up by row) and G = 64."""
+    hf = os.path.join(os.path.dirname(__file__), "fixtures", "main", "hf")
+    out = tmp_path / "q4.moecc"
+    convert.convert(hf, str(out), convert.StoragePlan("q4", group_size), progress=False)
+    ckpt = Checkpoint(hf)
+    mf = format.ModelFile(out)
+    dtypes = set()
+    for spec in tensor_specs(ckpt.config):
+        entry = mf.tensors[spec.name]
+        dtypes.add((spec.role, entry.dtype))
+        if spec.role in ("norm", "router"):
+            continue
+        expected = "q4p" if group_size == 32 and spec.role != "embed" else "q4"
+        assert entry.dtype == expected, spec.name
+        if spec.role == "experts":
+            source = np.stack([_source_expert(ckpt, spec.name, e) for e in range(spec.shape[0])])
+        else:
+            source = quant.source_to_f32(ckpt.tensor(spec.name), ckpt.source_dtype(spec.name))
+        np.testing.assert_array_equal(np.asarray(mf.tensor(spec.name)), quant.quantize(source, expected, group_size),
+                                      err_msg=spec.name)
+    assert ("experts", "q4p" if group_size == 32 else "q4") in dtypes
+    mf.close()
+
+
 def test_bf16_storage_is_half_the_f32(converted):
     f32, bf16 = os.path.getsize(converted("main", "f32")), os.path.getsize(converted("main", "bf16"))
     assert bf16 < 0.6 * f32
