@@ -72,7 +72,7 @@ static int64_t segment_end(const int32_t *order, const int32_t *idx, int64_t p, 
 #define GATE_UP_CHUNK 256
 
 /* rows [i0, i1) of h[n, I] = silu(xs @ G^T) * (xs @ U^T); xs: n activation rows of D values,
- * ldx bytes apart (0: the same row n times); G, U: rows of wb bytes, group size gs.
+ * ldx bytes apart (0: the same row n times); G, U: matrices of format f, rows of wb bytes.
  * By chunks of rows: the gate rows into h, then the up rows, folded into h by swiglu. */
 static void gate_up_rows(const moecc_isa *isa, moecc_wformat f, int64_t D, const char *G,
                          const char *U, int64_t wb, const void *xs, int64_t ldx, int64_t n,
