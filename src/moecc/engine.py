@@ -359,6 +359,6 @@ def load(path: str | os.PathLike, threads: int | None = None, ctx: int | None = 
     """Map a .moecc file and make it ready to run.  `threads` defaults to the CPUs this process
     may use; `ctx` (the KV cache length) to the model's max_position_embeddings, at most 4096;
     `kv_cache` stores keys and values as "f16" (half the memory and the bytes a long context
-    reads per token, as llama.cpp does; keys are normed, values of Qwen3 models far inside f16's
-    range of +-65504) or "f32" (exact: what transformers computes in float32)."""
+    reads per token, as llama.cpp does; keys are RMS-normed, values would overflow only past
+    f16's +-65504) or "f32" (exact: what transformers computes in float32)."""
     return Model(path, threads=threads, ctx=ctx, kv_cache=kv_cache)
