@@ -29,7 +29,7 @@ from bandwidth import read_bandwidth  # noqa: E402
 
 THREADS = int(os.environ.get("MOECC_BENCH_THREADS", os.cpu_count() or 1))
 D, HQ, HKV, HD, E, TOPK, I, V = 2048, 32, 4, 128, 128, 8, 768, 151936
-WTYPES = ("f32", "bf16", "q8", "q4")
+WTYPES = ("f32", "bf16", "q8", "q4", "q4p")  # q4p: what moecc-convert --quant q4 writes
 GROUP = 32
 PREFILL_T = 512
 
@@ -45,7 +45,7 @@ def stored(wtype, *shape, seed=0):
 
 
 def kind(wtype):
-    return {"wtype": wtype, "group_size": GROUP if wtype in quant.QUANTIZED else 0}
+    return {"wtype": wtype, "group_size": GROUP if wtype in quant.STORED_QUANTIZED else 0}
 
 
 def activations(*shape, seed=0):

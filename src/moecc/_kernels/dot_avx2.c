@@ -48,6 +48,7 @@ INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, 
                          int64_t K, const char *w, int64_t ldw, const char *x, int64_t ldx,
                          float *out, int64_t ldo) {
     __m256 acc[MAX_ACC];
+#pragma GCC unroll 16
     for (int i = 0; i < NR * NT * U; i++) acc[i] = _mm256_setzero_ps();
     /* PF: sweep-prefetch the next NR rows (contiguous after ours) while computing, turning NR
      * interleaved DRAM streams into one sequential stream */
@@ -57,12 +58,17 @@ INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, 
     for (; k + LANES * U <= K; k += LANES * U) {
         for (int64_t b = 0; b < pf_step; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
         pf += pf_step;
+        /* unrolled whole, so the accumulators stay in registers (see dot_avx512.c) */
+#pragma GCC unroll 16
         for (int u = 0; u < U; u++) {
             __m256 xv[TILE_TOKENS];
+#pragma GCC unroll 16
             for (int t = 0; t < NT; t++)
                 xv[t] = _mm256_loadu_ps((const float *)(x + t * ldx) + k + LANES * u);
+#pragma GCC unroll 16
             for (int r = 0; r < NR; r++) {
                 const __m256 wv = load_w(wt, w + r * ldw, k + LANES * u);
+#pragma GCC unroll 16
                 for (int t = 0; t < NT; t++)
                     acc[ACC(r, t, u)] = _mm256_fmadd_ps(wv, xv[t], acc[ACC(r, t, u)]);
             }

@@ -32,12 +32,18 @@ INLINE TARGET __m512 load_w(const int wt, const char *row, int64_t k, __mmask16 
 INLINE TARGET void fma_step(const int wt, const int NR, const int NT, const int U, __m512 *acc,
                             const char *w, int64_t ldw, const char *x, int64_t ldx, int64_t k,
                             __mmask16 m) {
+    /* unrolled whole, so the accumulators stay in registers (GCC otherwise keeps them on the
+     * stack: attention's 4 x 4 blocks ran 1.5x slower) */
+#pragma GCC unroll 16
     for (int u = 0; u < U; u++) {
         __m512 wv[MOECC_TILE_ROWS];
+#pragma GCC unroll 16
         for (int r = 0; r < NR; r++) wv[r] = load_w(wt, w + r * ldw, k + LANES * u, m);
+#pragma GCC unroll 16
         for (int t = 0; t < NT; t++) {
             const float *xt = (const float *)(x + t * ldx) + k + LANES * u;
             const __m512 xv = _mm512_maskz_loadu_ps(m, xt);
+#pragma GCC unroll 16
             for (int r = 0; r < NR; r++)
                 acc[ACC(r, t, u)] = _mm512_fmadd_ps(wv[r], xv, acc[ACC(r, t, u)]);
         }
@@ -52,6 +58,7 @@ INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, 
                          int64_t K, const char *w, int64_t ldw, const char *x, int64_t ldx,
                          float *out, int64_t ldo) {
     __m512 acc[MAX_ACC];
+#pragma GCC unroll 16
     for (int i = 0; i < NR * NT * U; i++) acc[i] = _mm512_setzero_ps();
     /* PF: sweep-prefetch the next NR rows (contiguous after ours) while computing, turning NR
      * interleaved DRAM streams into one sequential stream (~1.5x bandwidth for 4 rows) */
@@ -67,7 +74,9 @@ INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, 
         const __mmask16 m = K - k >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
         fma_step(wt, NR, NT, 1, acc, w, ldw, x, ldx, k, m);
     }
+#pragma GCC unroll 16
     for (int r = 0; r < NR; r++)
+#pragma GCC unroll 16
         for (int t = 0; t < NT; t++) {
             __m512 sum = acc[ACC(r, t, 0)];
             for (int u = 1; u < U; u++) sum = _mm512_add_ps(sum, acc[ACC(r, t, u)]);
