@@ -8,7 +8,8 @@
 #include "moecc.h"
 
 #define KEY_BLOCK 64 /* keys scored per step */
-#define GROUP 4      /* query heads sharing a kv head, handled together so keys load once */
+#define GROUP MOECC_WSUM_ROWS /* query heads sharing a kv head, handled together so keys and
+                                values load once */
 
 /* o[i] = softmax(scale * q[i] . K[0..L)) @ V[0..L) for the ng query rows q[i] (hd floats each,
  * contiguous), with K and V rows of hd values of type kv, back to back. */
@@ -44,8 +45,8 @@ static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, con
             float *oi = o + i * hd;
             if (corr != 1.0f)
                 for (int64_t d = 0; d < hd; d++) oi[d] *= corr;
-            isa->wsum_rows(hd, nb, s[i], v + j0 * kv_bytes, kv, oi);
         }
+        isa->wsum_rows(hd, nb, ng, &s[0][0], KEY_BLOCK, v + j0 * kv_bytes, kv, o, hd);
     }
     for (int i = 0; i < ng; i++) {
         const float inv = 1.0f / l[i];

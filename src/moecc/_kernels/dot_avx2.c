@@ -128,46 +128,57 @@ static TARGET void tile_f16(int64_t K, int group, const void *w, int64_t ldw,
     tile_any(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-/* rows of X of type wt (f32 / f16), K values each */
-INLINE TARGET void wsum_any(const int wt, int64_t K, int n, const float *a, const char *X,
-                            float *y) {
+/* NR rows of y += a @ X, X rows of type wt (f32 / f16), K values each: each vector of X is
+ * loaded (and widened) once for the NR rows; 2 vectors per row at a time fit the 16 registers */
+INLINE TARGET void wsum_block(const int wt, const int NR, int64_t K, int n, const float *a,
+                              int64_t lda, const char *X, float *y, int64_t ldy) {
     const int64_t ldx = K * (wt == MOECC_W_F32 ? 4 : 2);
     int64_t k = 0;
-    for (; k + 4 * LANES <= K; k += 4 * LANES) {
-        __m256 y0 = _mm256_loadu_ps(y + k), y1 = _mm256_loadu_ps(y + k + 8);
-        __m256 y2 = _mm256_loadu_ps(y + k + 16), y3 = _mm256_loadu_ps(y + k + 24);
+    for (; k + 2 * LANES <= K; k += 2 * LANES) {
+        __m256 acc[MOECC_WSUM_ROWS][2];
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 2
+            for (int c = 0; c < 2; c++) acc[r][c] = _mm256_loadu_ps(y + r * ldy + k + LANES * c);
         for (int j = 0; j < n; j++) {
-            const __m256 aj = _mm256_set1_ps(a[j]);
             const char *xj = X + j * ldx;
-            y0 = _mm256_fmadd_ps(aj, load_w(wt, xj, k), y0);
-            y1 = _mm256_fmadd_ps(aj, load_w(wt, xj, k + 8), y1);
-            y2 = _mm256_fmadd_ps(aj, load_w(wt, xj, k + 16), y2);
-            y3 = _mm256_fmadd_ps(aj, load_w(wt, xj, k + 24), y3);
+            const __m256 x0 = load_w(wt, xj, k), x1 = load_w(wt, xj, k + LANES);
+#pragma GCC unroll 16
+            for (int r = 0; r < NR; r++) {
+                const __m256 ar = _mm256_set1_ps(a[r * lda + j]);
+                acc[r][0] = _mm256_fmadd_ps(ar, x0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(ar, x1, acc[r][1]);
+            }
         }
-        _mm256_storeu_ps(y + k, y0);
-        _mm256_storeu_ps(y + k + 8, y1);
-        _mm256_storeu_ps(y + k + 16, y2);
-        _mm256_storeu_ps(y + k + 24, y3);
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 2
+            for (int c = 0; c < 2; c++) _mm256_storeu_ps(y + r * ldy + k + LANES * c, acc[r][c]);
     }
-    for (; k + LANES <= K; k += LANES) {
-        __m256 yv = _mm256_loadu_ps(y + k);
-        for (int j = 0; j < n; j++)
-            yv = _mm256_fmadd_ps(_mm256_set1_ps(a[j]), load_w(wt, X + j * ldx, k), yv);
-        _mm256_storeu_ps(y + k, yv);
-    }
-    for (; k < K; k++) {
-        float s = y[k];
-        for (int j = 0; j < n; j++) s += a[j] * scalar_w(wt, X + j * ldx, k);
-        y[k] = s;
+    for (; k < K; k++) /* the K % 16 tail */
+        for (int r = 0; r < NR; r++) {
+            float sum = y[r * ldy + k];
+            for (int j = 0; j < n; j++) sum += a[r * lda + j] * scalar_w(wt, X + j * ldx, k);
+            y[r * ldy + k] = sum;
+        }
+}
+
+INLINE TARGET void wsum_type(const int wt, int64_t K, int n, int rows, const float *a,
+                             int64_t lda, const char *X, float *y, int64_t ldy) {
+    switch (rows) {
+    case 1: wsum_block(wt, 1, K, n, a, lda, X, y, ldy); break;
+    case 2: wsum_block(wt, 2, K, n, a, lda, X, y, ldy); break;
+    case 3: wsum_block(wt, 3, K, n, a, lda, X, y, ldy); break;
+    default: wsum_block(wt, 4, K, n, a, lda, X, y, ldy); break;
     }
 }
 
-static TARGET void wsum_rows(int64_t K, int n, const float *a, const void *X, moecc_wtype xt,
-                             float *y) {
+static TARGET void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda,
+                             const void *X, moecc_wtype xt, float *y, int64_t ldy) {
     if (xt == MOECC_W_F16)
-        wsum_any(MOECC_W_F16, K, n, a, (const char *)X, y);
+        wsum_type(MOECC_W_F16, K, n, rows, a, lda, (const char *)X, y, ldy);
     else
-        wsum_any(MOECC_W_F32, K, n, a, (const char *)X, y);
+        wsum_type(MOECC_W_F32, K, n, rows, a, lda, (const char *)X, y, ldy);
 }
 
 /* exp(x) for x <= 0, 8 lanes (as exp_nonpos in dot_generic.c) */

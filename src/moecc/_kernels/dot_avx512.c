@@ -132,42 +132,67 @@ static TARGET void tile_f16(int64_t K, int group, const void *w, int64_t ldw,
     tile_any(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-/* rows of X of type wt (f32 / f16), K values each */
-INLINE TARGET void wsum_any(const int wt, int64_t K, int n, const float *a, const char *X,
-                            float *y) {
+/* NR rows of y += a @ X, X rows of type wt (f32 / f16), K values each: each vector of X is
+ * loaded (and widened) once for the NR rows */
+INLINE TARGET void wsum_block(const int wt, const int NR, int64_t K, int n, const float *a,
+                              int64_t lda, const char *X, float *y, int64_t ldy) {
     const int64_t ldx = K * (wt == MOECC_W_F32 ? 4 : 2);
     int64_t k = 0;
     for (; k + 4 * LANES <= K; k += 4 * LANES) {
-        __m512 y0 = _mm512_loadu_ps(y + k), y1 = _mm512_loadu_ps(y + k + 16);
-        __m512 y2 = _mm512_loadu_ps(y + k + 32), y3 = _mm512_loadu_ps(y + k + 48);
+        __m512 acc[MOECC_WSUM_ROWS][4];
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_loadu_ps(y + r * ldy + k + LANES * c);
         for (int j = 0; j < n; j++) {
-            const __m512 aj = _mm512_set1_ps(a[j]);
             const char *xj = X + j * ldx;
-            y0 = _mm512_fmadd_ps(aj, load_w(wt, xj, k, 0xFFFF), y0);
-            y1 = _mm512_fmadd_ps(aj, load_w(wt, xj, k + 16, 0xFFFF), y1);
-            y2 = _mm512_fmadd_ps(aj, load_w(wt, xj, k + 32, 0xFFFF), y2);
-            y3 = _mm512_fmadd_ps(aj, load_w(wt, xj, k + 48, 0xFFFF), y3);
+            __m512 xv[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) xv[c] = load_w(wt, xj, k + LANES * c, 0xFFFF);
+#pragma GCC unroll 16
+            for (int r = 0; r < NR; r++) {
+                const __m512 ar = _mm512_set1_ps(a[r * lda + j]);
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) acc[r][c] = _mm512_fmadd_ps(ar, xv[c], acc[r][c]);
+            }
         }
-        _mm512_storeu_ps(y + k, y0);
-        _mm512_storeu_ps(y + k + 16, y1);
-        _mm512_storeu_ps(y + k + 32, y2);
-        _mm512_storeu_ps(y + k + 48, y3);
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) _mm512_storeu_ps(y + r * ldy + k + LANES * c, acc[r][c]);
     }
     for (; k < K; k += LANES) {
         const __mmask16 m = K - k >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
-        __m512 yv = _mm512_maskz_loadu_ps(m, y + k);
-        for (int j = 0; j < n; j++)
-            yv = _mm512_fmadd_ps(_mm512_set1_ps(a[j]), load_w(wt, X + j * ldx, k, m), yv);
-        _mm512_mask_storeu_ps(y + k, m, yv);
+        __m512 acc[MOECC_WSUM_ROWS];
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; r++) acc[r] = _mm512_maskz_loadu_ps(m, y + r * ldy + k);
+        for (int j = 0; j < n; j++) {
+            const __m512 xv = load_w(wt, X + j * ldx, k, m);
+#pragma GCC unroll 16
+            for (int r = 0; r < NR; r++)
+                acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * lda + j]), xv, acc[r]);
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; r++) _mm512_mask_storeu_ps(y + r * ldy + k, m, acc[r]);
     }
 }
 
-static TARGET void wsum_rows(int64_t K, int n, const float *a, const void *X, moecc_wtype xt,
-                             float *y) {
+INLINE TARGET void wsum_type(const int wt, int64_t K, int n, int rows, const float *a,
+                             int64_t lda, const char *X, float *y, int64_t ldy) {
+    switch (rows) {
+    case 1: wsum_block(wt, 1, K, n, a, lda, X, y, ldy); break;
+    case 2: wsum_block(wt, 2, K, n, a, lda, X, y, ldy); break;
+    case 3: wsum_block(wt, 3, K, n, a, lda, X, y, ldy); break;
+    default: wsum_block(wt, 4, K, n, a, lda, X, y, ldy); break;
+    }
+}
+
+static TARGET void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda,
+                             const void *X, moecc_wtype xt, float *y, int64_t ldy) {
     if (xt == MOECC_W_F16)
-        wsum_any(MOECC_W_F16, K, n, a, (const char *)X, y);
+        wsum_type(MOECC_W_F16, K, n, rows, a, lda, (const char *)X, y, ldy);
     else
-        wsum_any(MOECC_W_F32, K, n, a, (const char *)X, y);
+        wsum_type(MOECC_W_F32, K, n, rows, a, lda, (const char *)X, y, ldy);
 }
 
 /* exp(x) for x <= 0, 16 lanes (as exp_nonpos in dot_generic.c; scalef applies 2^i) */

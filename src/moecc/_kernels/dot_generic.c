@@ -70,17 +70,20 @@ static void tile_f16(int64_t K, int group, const void *w, int64_t ldw, int nr,
     tile_half(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static void wsum_rows(int64_t K, int n, const float *a, const void *X, moecc_wtype xt, float *y) {
-    for (int j = 0; j < n; j++) {
-        const float aj = a[j];
-        if (xt == MOECC_W_F16) {
-            const uint16_t *xj = (const uint16_t *)X + (int64_t)j * K;
-            for (int64_t k = 0; k < K; k++) y[k] += aj * moecc_f16_to_f32(xj[k]);
-        } else {
-            const float *xj = (const float *)X + (int64_t)j * K;
-            for (int64_t k = 0; k < K; k++) y[k] += aj * xj[k];
+static void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda, const void *X,
+                      moecc_wtype xt, float *y, int64_t ldy) {
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < n; j++) {
+            const float aj = a[i * lda + j];
+            float *yi = y + i * ldy;
+            if (xt == MOECC_W_F16) {
+                const uint16_t *xj = (const uint16_t *)X + (int64_t)j * K;
+                for (int64_t k = 0; k < K; k++) yi[k] += aj * moecc_f16_to_f32(xj[k]);
+            } else {
+                const float *xj = (const float *)X + (int64_t)j * K;
+                for (int64_t k = 0; k < K; k++) yi[k] += aj * xj[k];
+            }
         }
-    }
 }
 
 /* exp(x) for x <= 0, the reference for the SIMD versions; plain C the compiler can vectorize */

@@ -187,6 +187,8 @@ static inline int64_t moecc_act_bytes(moecc_wformat f, int64_t K) {
 
 /* ---- the per-ISA table -------------------------------------------------------------------- */
 
+#define MOECC_WSUM_ROWS 4 /* rows of one wsum_rows call */
+
 /* Rows of W handled by one tile call: MOECC_TILE_ROWS, a whole panel for q4p. */
 #define MOECC_TILE_ROWS 4
 #define MOECC_TILE_ROWS_MAX MOECC_PANEL_ROWS
@@ -209,9 +211,11 @@ typedef void (*moecc_tile_fn)(int64_t K, int group, const void *w, int64_t ldw, 
 typedef struct {
     const char *name;                   /* "generic", "avx2", "avx512", "avx512vnni" */
     moecc_tile_fn tile[MOECC_W_NTYPES]; /* indexed by moecc_wtype */
-    /* y[k] += sum_{j<n} a[j] * X[j][k] for k < K; X rows of K values of type xt (MOECC_W_F32 or
-     * MOECC_W_F16), back to back (attention's P @ V) */
-    void (*wsum_rows)(int64_t K, int n, const float *a, const void *X, moecc_wtype xt, float *y);
+    /* y[i][k] += sum_{j<n} a[i][j] * X[j][k] for i < rows (1..MOECC_WSUM_ROWS), k < K; a and y
+     * rows lda and ldy floats apart; X rows of K values of type xt (MOECC_W_F32 or MOECC_W_F16),
+     * back to back (attention's P @ V for the query heads sharing a kv head: X loads once) */
+    void (*wsum_rows)(int64_t K, int n, int rows, const float *a, int64_t lda, const void *X,
+                      moecc_wtype xt, float *y, int64_t ldy);
     /* s[j] = exp(s[j] - m) for j < n, returns their sum; m >= every s[j] (softmax numerators).
      * Relative error ~2 ulp; arguments below MOECC_EXP_MIN give 0. */
     float (*exp_sum)(int n, float *s, float m);
