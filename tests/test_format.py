@@ -110,6 +110,25 @@ def test_tensor_table_disagreeing_with_config(tmp_path, converted):
         moecc.load(_damaged(tmp_path, converted("odd", "bf16"), more_layers))
 
 
+def _retyped(name: str, dtype: str):
+    def edit(d):
+        header, _, _ = _header(d)
+        next(t for t in header["tensors"] if t["name"] == name)["dtype"] = dtype
+        return _with_header(d, header)
+    return edit
+
+
+def test_embedding_in_panels_is_refused(tmp_path, converted):
+    with pytest.raises(format.FormatError, match="cannot be looked up by row"):
+        moecc.load(_damaged(tmp_path, converted("main", "q4"), _retyped("model.embed_tokens.weight", "q4p")))
+
+
+def test_mlp_of_mixed_storage_is_refused(tmp_path, converted):
+    edit = _retyped("model.layers.0.mlp.experts.down_proj", "q4")
+    with pytest.raises(format.FormatError, match="layers.0 mixes storage types"):
+        moecc.load(_damaged(tmp_path, converted("main", "q4"), edit))
+
+
 def test_damaged_data_found_by_verify(tmp_path, converted):
     source = converted("odd", "bf16")
     def flip(d):

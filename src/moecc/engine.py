@@ -84,6 +84,20 @@ def check_tensor_table(mf: format.ModelFile, cfg: Qwen3MoeConfig) -> None:
     if extra:
         raise format.FormatError(f"{mf.path}: tensor {extra[0]} is not part of the model its config "
                                  "describes; the file is damaged or from another moecc")
+    embed = mf.tensors["model.embed_tokens.weight"]
+    if embed.dtype == "q4p":
+        raise format.FormatError(f"{mf.path}: model.embed_tokens.weight is stored as q4p panels, which "
+                                 "cannot be looked up by row; re-convert the model")
+    # one SwiGLU kernel call reads a layer's gate, up and down in one format
+    mlp_formats: dict[str, set] = {}
+    for spec in specs:
+        if spec.role in ("experts", "mlp"):
+            entry = mf.tensors[spec.name]
+            mlp_formats.setdefault(spec.name.split(".mlp.")[0], set()).add((entry.dtype, entry.group_size))
+    for layer, formats in sorted(mlp_formats.items()):
+        if len(formats) > 1:
+            raise format.FormatError(f"{mf.path}: the MLP of {layer} mixes storage types "
+                                     f"{sorted(formats)}; gate, up and down must share one (re-convert it)")
 
 
 class Model:
