@@ -4,7 +4,7 @@
  * Within a thread, tokens go in blocks that fit in L2 and each group of MOECC_TILE_ROWS weight
  * rows is reused for the whole token block: decode (T == 1) streams W once, prefill reads W
  * once per token block instead of once per token.
- * q8 / q4 weights read activations quantized once per call (isa->quantize_x): on the stack for a
+ * q8 / q4 / q4p weights read activations quantized once per call (isa->quantize_x): on the stack for a
  * decode row of up to MOECC_XQ_STACK bytes, on the heap otherwise. */
 #include <stdlib.h>
 

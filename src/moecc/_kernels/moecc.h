@@ -9,9 +9,9 @@
  *   - Kernels that validate indices return an error code (MOECC_OK == 0) before doing any work.
  *
  * The only weight-type-specific code is the register tile (moecc_tile_fn: dot_*.c for f32 / bf16 / f16,
- * qdot_*.c for q8 / q4) and the row formats in wtype.c; the loops of matmul.c and moe.c never look
+ * qdot_*.c for q8 / q4, qpanel_*.c for q4p) and the row formats in wtype.c; the loops of matmul.c and moe.c never look
  * at the type. They only ask how many bytes an activation row for it takes (moecc_act_bytes: 0 =
- * the float32 rows as they are; q8 / q4 read activations quantized once per call by the ISA's
+ * the float32 rows as they are; q8 / q4 / q4p read activations quantized once per call by the ISA's
  * quantize_x, in the order the format wants) and pass the group size along.
  */
 #ifndef MOECC_H
@@ -62,13 +62,13 @@ typedef enum {
     MOECC_W_NTYPES
 } moecc_wtype;
 
-/* How a weight matrix is stored: its type and, for q8 / q4, the values per fp16 scale (G).
+/* How a weight matrix is stored: its type and, for q8 / q4 / q4p, the values per fp16 scale (G).
  * q4 group g of a row occupies bytes g*G/2 .. (g+1)*G/2 - 1; byte j of the group holds value j
  * in its low nibble and value j + G/2 in its high nibble, each as q + 8 (0..15). Rows are packed
  * back to back with no alignment. (NumPy oracle: moecc/quant.py.) */
 typedef struct {
     moecc_wtype type;
-    int group; /* q8 / q4: 32, 64, 128 or 256, dividing K; f32 / bf16 / f16: 0 */
+    int group; /* q8 / q4: 32, 64, 128 or 256, dividing K; q4p: 32; f32 / bf16 / f16: 0 */
 } moecc_wformat;
 
 #define MOECC_QBLOCK 32     /* activation block; every q8 / q4 group is a whole number of them */
@@ -179,7 +179,7 @@ static inline void moecc_xq_block_at(moecc_wformat f, int64_t K, int64_t b, int6
 void moecc_quantize_x(moecc_wformat f, int64_t K, const float *x, void *xq);
 
 /* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 / f16 (the float32 rows in
- * place), moecc_xq_bytes(K) for q8 / q4. */
+ * place), moecc_xq_bytes(K) for q8 / q4 / q4p. */
 static inline int64_t moecc_act_bytes(moecc_wformat f, int64_t K) {
     return f.type == MOECC_W_Q8 || f.type == MOECC_W_Q4 || f.type == MOECC_W_Q4P ? moecc_xq_bytes(K)
                                                                                  : 0;
@@ -201,8 +201,8 @@ static inline int moecc_tile_rows(moecc_wformat f) {
  * W row r starts at (const char *)w + r*ldw, X row t at (const char *)x + t*ldx (byte strides);
  * for q4p, w is a panel and ldw the row bytes (nr is always 16).
  * X rows are what moecc_act_bytes() says: float32 for f32 / bf16 / f16, quantized activation rows
- * (moecc_xq_bytes) for q8 / q4, hence the untyped pointer and the byte stride. `group` is the
- * weights' group size (q8 / q4; 0 otherwise).
+ * (moecc_xq_bytes) for q8 / q4 / q4p, hence the untyped pointer and the byte stride. `group` is
+ * the weights' group size (quantized types; 0 otherwise).
  * A tile streams each of its nr weight rows once per few tokens (the ISA picks how many), so
  * prefill reuses weights from cache and decode (nt == 1) streams them. */
 typedef void (*moecc_tile_fn)(int64_t K, int group, const void *w, int64_t ldw, int nr,
@@ -245,7 +245,7 @@ extern const moecc_isa moecc_isa_avx512;     /* dot_avx512.c: AVX-512 F/BW/VL/DQ
 extern const moecc_isa moecc_isa_avx512vnni; /* dot_avx512.c: the same + VNNI for q8 / q4 */
 #endif
 
-/* The q8 / q4 tiles (the ISA tables point at them): qdot_generic.c, qdot_x86.c */
+/* The q8 / q4 tiles (the ISA tables point at them): qdot_generic.c, qdot_avx2.c, qdot_avx512.c */
 void moecc_tile_q8_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
