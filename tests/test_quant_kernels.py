@@ -112,19 +112,25 @@ def test_quantize_activations_checks():
 # ---- matmul ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", QTYPES)
-@pytest.mark.parametrize("G", GROUPS)
-@pytest.mark.parametrize("T", [1, 2, 5, 17])
-@pytest.mark.parametrize("N,mult", [(1, 1), (3, 2), (33, 3), (129, 7), (20, 5)])
-def test_matmul(isa, threads, dtype, G, T, N, mult):
-    Kd = G * mult
-    rng = np.random.default_rng(T * 1000 + N * 10 + mult + G)
+def check_matmul(rng, threads, dtype, G, T, N, Kd):
+    """matmul of random x [T, Kd] and weights [N, Kd] stored as dtype against the oracle;
+    returns (out, x, wref) for further checks."""
     x = rng.standard_normal((T, Kd)).astype(np.float32)
     w, wref = quantized(rng, (N, Kd), dtype, G)
     out = np.full((T, N), np.nan, np.float32)
     K.matmul(x, w, out, threads=threads, wtype=dtype, group_size=G)
     xq = xq_values(x)
     assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
+    return out, x, wref
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("G", GROUPS)
+@pytest.mark.parametrize("T", [1, 2, 5, 17])
+@pytest.mark.parametrize("N,mult", [(1, 1), (3, 2), (33, 3), (129, 7), (20, 5)])
+def test_matmul(isa, threads, dtype, G, T, N, mult):
+    rng = np.random.default_rng(T * 1000 + N * 10 + mult + G)
+    out, x, wref = check_matmul(rng, threads, dtype, G, T, N, G * mult)
     # the activation quantization error alone: small next to the float product with x itself
     exact = x.astype(np.float64) @ wref.T
     assert np.linalg.norm(out - exact) <= 0.02 * np.linalg.norm(exact)
@@ -135,13 +141,7 @@ def test_matmul(isa, threads, dtype, G, T, N, mult):
 @pytest.mark.parametrize("T,Kd,N", [(70, 1024, 37), (1, 10240, 9), (3, 512, 300)])
 def test_matmul_large(isa, threads, dtype, G, T, Kd, N):
     # 70 tokens: more than one token block; K = 10240: a decode row too long for the stack
-    rng = np.random.default_rng(T + Kd + N)
-    x = rng.standard_normal((T, Kd)).astype(np.float32)
-    w, wref = quantized(rng, (N, Kd), dtype, G)
-    out = np.empty((T, N), np.float32)
-    K.matmul(x, w, out, threads=threads, wtype=dtype, group_size=G)
-    xq = xq_values(x)
-    assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
+    check_matmul(np.random.default_rng(T + Kd + N), threads, dtype, G, T, N, Kd)
 
 
 @pytest.mark.parametrize("dtype", QTYPES)
@@ -220,14 +220,9 @@ def moe_ref(x, gate, up, down, idx, wts):
     return out
 
 
-@pytest.mark.parametrize("dtype", QTYPES)
-@pytest.mark.parametrize("G", GROUPS)
-@pytest.mark.parametrize(
-    "T,E,k,dm,im",
-    [(1, 8, 2, 2, 3), (1, 1, 1, 1, 2), (2, 4, 2, 1, 1), (5, 6, 3, 3, 2), (17, 8, 2, 1, 3)],
-)
-def test_moe_ffn(isa, threads, dtype, G, T, E, k, dm, im):
-    D, I = G * dm, G * im
+def check_moe_ffn(threads, dtype, G, T, E, k, D, I):
+    """moe_ffn of T random tokens, each routed to k of E random experts stored as dtype,
+    against moe_ref."""
     rng = np.random.default_rng(T * 100 + E * 10 + D + I)
     x = rng.standard_normal((T, D)).astype(np.float32)
     gate, gref = quantized(rng, (E, I, D), dtype, G, scale=D**-0.5)
@@ -245,6 +240,16 @@ def test_moe_ffn(isa, threads, dtype, G, T, E, k, dm, im):
     err = np.abs(out - ref)
     assert np.linalg.norm(err) <= 2e-3 * np.linalg.norm(ref)
     assert err.max() <= 1e-2 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("G", GROUPS)
+@pytest.mark.parametrize(
+    "T,E,k,dm,im",
+    [(1, 8, 2, 2, 3), (1, 1, 1, 1, 2), (2, 4, 2, 1, 1), (5, 6, 3, 3, 2), (17, 8, 2, 1, 3)],
+)
+def test_moe_ffn(isa, threads, dtype, G, T, E, k, dm, im):
+    check_moe_ffn(threads, dtype, G, T, E, k, G * dm, G * im)
 
 
 def test_moe_ffn_repeated_expert(isa, threads):
@@ -297,13 +302,7 @@ def test_q4p_layout():
 @pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 9, 70])
 @pytest.mark.parametrize("N,Kd", [(16, 32), (48, 96), (160, 768), (32, 2048)])
 def test_q4p_matmul(isa, threads, T, N, Kd):
-    rng = np.random.default_rng(T * 100 + N + Kd)
-    x = rng.standard_normal((T, Kd)).astype(np.float32)
-    w, wref = quantized(rng, (N, Kd), "q4p", 32)
-    out = np.full((T, N), np.nan, np.float32)
-    K.matmul(x, w, out, threads=threads, wtype="q4p", group_size=32)
-    xq = xq_values(x)
-    assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
+    check_matmul(np.random.default_rng(T * 100 + N + Kd), threads, "q4p", 32, T, N, Kd)
 
 
 def test_q4p_extremes(isa):
@@ -326,20 +325,7 @@ def test_q4p_extremes(isa):
 @pytest.mark.parametrize("T,E,k,D,I", [(1, 8, 8, 64, 96), (1, 4, 3, 32, 32), (1, 1, 1, 64, 32),
                                        (5, 6, 3, 96, 64), (17, 8, 2, 32, 160)])
 def test_q4p_moe_ffn(isa, threads, T, E, k, D, I):
-    rng = np.random.default_rng(T * 100 + E * 10 + D + I)
-    x = rng.standard_normal((T, D)).astype(np.float32)
-    gate, gref = quantized(rng, (E, I, D), "q4p", 32, scale=D**-0.5)
-    up, uref = quantized(rng, (E, I, D), "q4p", 32, scale=D**-0.5)
-    down, dref = quantized(rng, (E, D, I), "q4p", 32, scale=I**-0.5)
-    idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
-    wts = rng.random((T, k)).astype(np.float32)
-    scratch = np.empty(K.moe_scratch_floats(T, k, D, I), np.float32)
-    out = np.full((T, D), np.nan, np.float32)
-    K.moe_ffn(x, gate, up, down, idx, wts, scratch, out, threads=threads, wtype="q4p", group_size=32)
-    ref = moe_ref(x, gref, uref, dref, idx, wts.astype(np.float64))
-    err = np.abs(out - ref)  # h re-quantized from float32: see test_moe_ffn
-    assert np.linalg.norm(err) <= 2e-3 * np.linalg.norm(ref)
-    assert err.max() <= 1e-2 * np.abs(ref).max()
+    check_moe_ffn(threads, "q4p", 32, T, E, k, D, I)
 
 
 def test_q4p_errors():
