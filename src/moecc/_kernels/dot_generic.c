@@ -38,36 +38,35 @@ static float dot_half(int wt, int64_t K, const uint16_t *w, const float *x) {
     return sum_lanes(acc);
 }
 
-static void tile_f32(int64_t K, int group, const void *w, int64_t ldw, int nr,
-                     const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    (void)group;
+/* the tile of any float row type wt (f32, bf16, f16) */
+static void tile_float(int wt, int64_t K, const void *w, int64_t ldw, int nr, const void *x,
+                       int64_t ldx, int nt, float *out, int64_t ldo) {
     for (int t = 0; t < nt; t++) {
         const float *xt = (const float *)((const char *)x + t * ldx);
-        for (int r = 0; r < nr; r++)
-            out[t * ldo + r] = dot_f32(K, (const float *)((const char *)w + r * ldw), xt);
+        for (int r = 0; r < nr; r++) {
+            const void *row = (const char *)w + r * ldw;
+            out[t * ldo + r] = wt == MOECC_W_F32 ? dot_f32(K, (const float *)row, xt)
+                                                 : dot_half(wt, K, (const uint16_t *)row, xt);
+        }
     }
 }
 
-static void tile_half(int wt, int64_t K, const void *w, int64_t ldw, int nr, const void *x,
-                      int64_t ldx, int nt, float *out, int64_t ldo) {
-    for (int t = 0; t < nt; t++) {
-        const float *xt = (const float *)((const char *)x + t * ldx);
-        for (int r = 0; r < nr; r++)
-            out[t * ldo + r] =
-                dot_half(wt, K, (const uint16_t *)((const char *)w + r * ldw), xt);
-    }
+static void tile_f32(int64_t K, int group, const void *w, int64_t ldw, int nr,
+                     const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    (void)group;
+    tile_float(MOECC_W_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 static void tile_bf16(int64_t K, int group, const void *w, int64_t ldw, int nr,
                       const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
     (void)group;
-    tile_half(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_float(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 static void tile_f16(int64_t K, int group, const void *w, int64_t ldw, int nr,
                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
     (void)group;
-    tile_half(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_float(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 static void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda, const void *X,
