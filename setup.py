@@ -23,7 +23,7 @@ from setuptools.command.build_ext import build_ext
 KERNELS = "src/moecc/_kernels"
 C_SOURCES = [
     "dispatch.c",
-    "wtype.c",
+    "storage.c",
     "dot_generic.c",
     "dot_avx2.c",
     "dot_avx512.c",

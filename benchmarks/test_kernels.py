@@ -29,23 +29,18 @@ from bandwidth import read_bandwidth  # noqa: E402
 
 THREADS = int(os.environ.get("MOECC_BENCH_THREADS", os.cpu_count() or 1))
 D, HQ, HKV, HD, E, TOPK, I, V = 2048, 32, 4, 128, 128, 8, 768, 151936
-WTYPES = ("f32", "bf16", "q8", "q4", "q4p")  # q4p: what moecc-convert --quant q4 writes
-GROUP = 32
+KINDS = ("f32", "bf16", "q8", "q4", "q4p")  # q4p: what moecc-convert --quant q4 writes
 PREFILL_T = 512
 
 
-def stored(wtype, *shape, seed=0):
-    """Random weights of `shape` ([..., rows, K]) as `wtype` stores them."""
+def stored(kind, *shape, seed=0):
+    """Random weights of `shape` ([..., rows, K]) as storage type `kind` stores them."""
     values = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) * 0.02
-    if wtype == "f32":
+    if kind == "f32":
         return values
-    if wtype == "bf16":
+    if kind == "bf16":
         return quant.f32_to_bf16(values)
-    return quant.quantize(values, wtype, GROUP)
-
-
-def kind(wtype):
-    return {"wtype": wtype, "group_size": GROUP if wtype in quant.STORED_QUANTIZED else 0}
+    return quant.quantize(values, kind)
 
 
 def activations(*shape, seed=0):
@@ -96,33 +91,33 @@ MATVEC_SHAPES = {  # name: (rows, cols) of the weight, as in Qwen3-30B-A3B
 }
 
 
-@pytest.mark.parametrize("wtype", WTYPES)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(MATVEC_SHAPES))
-def test_matvec(benchmark, machine_bandwidth, name, wtype):
+def test_matvec(benchmark, machine_bandwidth, name, kind):
     rows, cols = MATVEC_SHAPES[name]
     x, out = activations(1, cols), np.empty((1, rows), np.float32)
-    weights = cycling(copies(stored(wtype, rows, cols)))
-    benchmark(lambda: K.matmul(x, weights(), out, threads=THREADS, **kind(wtype)))
+    weights = cycling(copies(stored(kind, rows, cols)))
+    benchmark(lambda: K.matmul(x, weights(), out, threads=THREADS, storage=kind))
     report(benchmark, weights().nbytes, machine_bandwidth)
 
 
-@pytest.mark.parametrize("wtype", WTYPES)
-def test_matvec_lm_head(benchmark, machine_bandwidth, wtype):
-    x, w, out = activations(1, D), stored(wtype, V, D), np.empty((1, V), np.float32)
-    benchmark.pedantic(K.matmul, args=(x, w, out), kwargs={"threads": THREADS, **kind(wtype)},
+@pytest.mark.parametrize("kind", KINDS)
+def test_matvec_lm_head(benchmark, machine_bandwidth, kind):
+    x, w, out = activations(1, D), stored(kind, V, D), np.empty((1, V), np.float32)
+    benchmark.pedantic(K.matmul, args=(x, w, out), kwargs={"threads": THREADS, "storage": kind},
                        rounds=10, warmup_rounds=1)
     report(benchmark, w.nbytes, machine_bandwidth)
 
 
-@pytest.mark.parametrize("wtype", WTYPES)
-def test_moe_ffn_decode(benchmark, machine_bandwidth, wtype):
-    gate, up, down = stored(wtype, E, I, D, seed=1), stored(wtype, E, I, D, seed=2), stored(wtype, E, D, I, seed=3)
+@pytest.mark.parametrize("kind", KINDS)
+def test_moe_ffn_decode(benchmark, machine_bandwidth, kind):
+    gate, up, down = stored(kind, E, I, D, seed=1), stored(kind, E, I, D, seed=2), stored(kind, E, D, I, seed=3)
     x, out = activations(1, D), np.empty((1, D), np.float32)
     # 16 disjoint choices of 8 experts: each call reads experts the previous 15 did not
     choices = cycling([np.arange(c, E, E // TOPK, dtype=np.int32)[np.newaxis] for c in range(E // TOPK)])
     weights = np.full((1, TOPK), 1 / TOPK, np.float32)
     scratch = np.empty(K.moe_scratch_floats(1, TOPK, D, I), np.float32)
-    benchmark(lambda: K.moe_ffn(x, gate, up, down, choices(), weights, scratch, out, threads=THREADS, **kind(wtype)))
+    benchmark(lambda: K.moe_ffn(x, gate, up, down, choices(), weights, scratch, out, threads=THREADS, storage=kind))
     report(benchmark, TOPK * (gate[0].nbytes + up[0].nbytes + down[0].nbytes), machine_bandwidth)
 
 
@@ -150,24 +145,24 @@ def test_attention_decode(benchmark, machine_bandwidth, pos, kv_cache):
     report(benchmark, 2 * HKV * (pos + 1) * HD * k_cache.itemsize, machine_bandwidth)
 
 
-@pytest.mark.parametrize("wtype", WTYPES)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", ["expert_gate_up", "attn_q_proj"])
-def test_matmul_prefill(benchmark, name, wtype):
+def test_matmul_prefill(benchmark, name, kind):
     rows, cols = MATVEC_SHAPES[name]
-    x, w, out = activations(PREFILL_T, cols), stored(wtype, rows, cols), np.empty((PREFILL_T, rows), np.float32)
-    benchmark.pedantic(K.matmul, args=(x, w, out), kwargs={"threads": THREADS, **kind(wtype)},
+    x, w, out = activations(PREFILL_T, cols), stored(kind, rows, cols), np.empty((PREFILL_T, rows), np.float32)
+    benchmark.pedantic(K.matmul, args=(x, w, out), kwargs={"threads": THREADS, "storage": kind},
                        rounds=5, warmup_rounds=1)
     report_flops(benchmark, 2 * PREFILL_T * rows * cols)
 
 
-@pytest.mark.parametrize("wtype", WTYPES)
-def test_moe_ffn_prefill(benchmark, wtype):
-    gate, up, down = stored(wtype, E, I, D, seed=1), stored(wtype, E, I, D, seed=2), stored(wtype, E, D, I, seed=3)
+@pytest.mark.parametrize("kind", KINDS)
+def test_moe_ffn_prefill(benchmark, kind):
+    gate, up, down = stored(kind, E, I, D, seed=1), stored(kind, E, I, D, seed=2), stored(kind, E, D, I, seed=3)
     rng = np.random.default_rng(0)
     x, out = activations(PREFILL_T, D), np.empty((PREFILL_T, D), np.float32)
     ids = np.stack([rng.choice(E, TOPK, replace=False) for _ in range(PREFILL_T)]).astype(np.int32)
     weights = np.full((PREFILL_T, TOPK), 1 / TOPK, np.float32)
     scratch = np.empty(K.moe_scratch_floats(PREFILL_T, TOPK, D, I), np.float32)
     benchmark.pedantic(K.moe_ffn, args=(x, gate, up, down, ids, weights, scratch, out),
-                       kwargs={"threads": THREADS, **kind(wtype)}, rounds=3, warmup_rounds=1)
+                       kwargs={"threads": THREADS, "storage": kind}, rounds=3, warmup_rounds=1)
     report_flops(benchmark, 2 * PREFILL_T * TOPK * 3 * I * D)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import moecc
-from moecc import bench, format, quant
+from moecc import bench, quant
+from moecc.formats import moecc_file
 from moecc.bench_report import (
     Case,
     per_layer_costs,
@@ -28,7 +29,7 @@ LAYERS = 2
 @pytest.fixture(scope="module", params=["q4", "q8"])
 def synthetic_file(request, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("synq") / f"tiny-{request.param}.moecc")
-    write_quantized_model(path, LAYERS, request.param, 32, seed=1, progress=False, **TINY)
+    write_quantized_model(path, LAYERS, request.param, seed=1, progress=False, **TINY)
     return request.param, path
 
 
@@ -39,22 +40,22 @@ def tiny_checkpoint(tmp_path_factory):
     return hf
 
 
-def _table(mf: format.ModelFile) -> dict:
-    return {name: (e.dtype, e.shape, e.group_size, e.offset, e.size) for name, e in mf.tensors.items()}
+def _table(mf: moecc_file.ModelFile) -> dict:
+    return {name: (e.dtype, e.shape, e.offset, e.size) for name, e in mf.tensors.items()}
 
 
 def test_quantized_model_is_what_the_converter_writes(synthetic_file, tiny_checkpoint, tmp_path):
     qtype, path = synthetic_file
     converted = str(tmp_path / "converted.moecc")
-    convert(tiny_checkpoint, converted, StoragePlan(qtype, 32), progress=False)
-    ours, theirs = format.ModelFile(path), format.ModelFile(converted)
+    convert(tiny_checkpoint, converted, StoragePlan(qtype), progress=False)
+    ours, theirs = moecc_file.ModelFile(path), moecc_file.ModelFile(converted)
     try:
         assert ours.verify() == []
         assert ours.config_dict == theirs.config_dict
         assert _table(ours) == _table(theirs)
         assert {n: (e.size, e.crc32) for n, e in ours.files.items()} == \
                {n: (e.size, e.crc32) for n, e in theirs.files.items()}
-        assert ours.writer_info["quant"] == qtype and ours.writer_info["group_size"] == 32
+        assert ours.writer_info["quant"] == qtype
         assert ours.writer_info["synthetic"] == {"model": "qwen3-30b-a3b", "layers": LAYERS, "seed": 1}
     finally:
         ours.close()
@@ -63,10 +64,10 @@ def test_quantized_model_is_what_the_converter_writes(synthetic_file, tiny_check
 
 def test_quantized_model_weights_look_like_the_checkpoints(synthetic_file):
     _, path = synthetic_file
-    mf = format.ModelFile(path)
+    mf = moecc_file.ModelFile(path)
     try:
         e = mf.tensors["model.layers.0.mlp.experts.gate_proj"]
-        w = quant.dequantize(np.asarray(mf.tensor(e.name)), e.dtype, e.shape[-1], e.group_size)
+        w = quant.dequantize(np.asarray(mf.tensor(e.name)), e.dtype, e.shape[-1])
         assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002
         assert np.all(mf.tensor("model.layers.1.input_layernorm.weight") == 1.0)
         router = np.asarray(mf.tensor("model.layers.0.mlp.gate.weight"))
@@ -77,10 +78,10 @@ def test_quantized_model_weights_look_like_the_checkpoints(synthetic_file):
 
 def test_a_file_is_reused_only_while_the_converter_would_write_it(synthetic_file, tiny_checkpoint, tmp_path):
     qtype, path = synthetic_file
-    assert bench._stored_as_converter_stores(path, qtype, 32)
-    assert not bench._stored_as_converter_stores(path, "q8" if qtype == "q4" else "q4", 32)
-    args = argparse.Namespace(moecc_file=str(tmp_path / f"tiny-{qtype}.moecc"), quant=qtype, group_size=None,
-                              reconvert=False)
+    assert bench._reusable(path, qtype, {"quant": qtype})
+    assert not bench._reusable(path, "q8" if qtype == "q4" else "q4", {})
+    assert not bench._reusable(path, qtype, {"quant": "q8" if qtype == "q4" else "q4"})
+    args = argparse.Namespace(moecc_file=str(tmp_path / f"tiny-{qtype}.moecc"), quant=qtype, reconvert=False)
     converted, seconds = bench.prepare_moecc_file(args, tiny_checkpoint)
     assert seconds is not None
     assert bench.prepare_moecc_file(args, tiny_checkpoint) == (converted, None)
@@ -208,7 +209,6 @@ def test_lists_and_single_values():
     (["--synthetic", "qwen3-30b-a3b", "--layers", "4", "--quant", "bf16"], "quantized"),
     (["--synthetic", "qwen3-30b-a3b", "--layers", "4", "--quant", "q4", "--peer-quant", "q4"], "moecc only"),
     (["--layers", "4,8", "--moecc-file", "x.moecc", "--no-peer"], "one file"),
-    (["--layers", "4", "--group-size", "48", "--no-peer"], "invalid choice"),
 ])
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):

@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from moecc import convert, format, quant
-from moecc.checkpoint import Checkpoint
+from moecc import convert, quant
+from moecc.formats import FormatError, moecc_file
+from moecc.formats.huggingface import Checkpoint
 from moecc.config import tensor_specs
 
 
@@ -32,7 +33,7 @@ def _source_expert(ckpt: Checkpoint, name: str, e: int) -> np.ndarray:
 @pytest.mark.parametrize("quant_type", ["f32", "bf16"])
 def test_round_trip_every_tensor_equals_its_source(reference, converted, quant_type):
     ckpt = Checkpoint(reference.hf_dir)
-    mf = format.ModelFile(converted(reference.case, quant_type))
+    mf = moecc_file.ModelFile(converted(reference.case, quant_type))
     specs = tensor_specs(ckpt.config)
     assert sorted(mf.tensors) == sorted(s.name for s in specs)
     for spec in specs:
@@ -53,30 +54,29 @@ def test_round_trip_every_tensor_equals_its_source(reference, converted, quant_t
     mf.close()
 
 
-@pytest.mark.parametrize("group_size", [32, 64])
-def test_q4_stores_the_oracles_bytes_in_panels_where_it_can(tmp_path, group_size):
-    """Every q4 tensor is quant.quantize of its source, bit for bit: q4p panels (G = 32) for the
-    matrices that are only multiplied, q4 rows for the embedding (looked up by row) and G = 64."""
+def test_q4_stores_the_oracles_bytes_in_panels_where_it_can(tmp_path):
+    """Every q4 tensor is quant.quantize of its source, bit for bit: q4p panels for the matrices
+    that are only multiplied, q4 rows for the embedding (looked up by row)."""
     hf = os.path.join(os.path.dirname(__file__), "fixtures", "main", "hf")
     out = tmp_path / "q4.moecc"
-    convert.convert(hf, str(out), convert.StoragePlan("q4", group_size), progress=False)
+    convert.convert(hf, str(out), convert.StoragePlan("q4"), progress=False)
     ckpt = Checkpoint(hf)
-    mf = format.ModelFile(out)
+    mf = moecc_file.ModelFile(out)
     dtypes = set()
     for spec in tensor_specs(ckpt.config):
         entry = mf.tensors[spec.name]
         dtypes.add((spec.role, entry.dtype))
         if spec.role in ("norm", "router"):
             continue
-        expected = "q4p" if group_size == 32 and spec.role != "embed" else "q4"
+        expected = "q4p" if spec.role != "embed" else "q4"
         assert entry.dtype == expected, spec.name
         if spec.role == "experts":
             source = np.stack([_source_expert(ckpt, spec.name, e) for e in range(spec.shape[0])])
         else:
             source = quant.source_to_f32(ckpt.tensor(spec.name), ckpt.source_dtype(spec.name))
-        np.testing.assert_array_equal(np.asarray(mf.tensor(spec.name)), quant.quantize(source, expected, group_size),
+        np.testing.assert_array_equal(np.asarray(mf.tensor(spec.name)), quant.quantize(source, expected),
                                       err_msg=spec.name)
-    assert ("experts", "q4p" if group_size == 32 else "q4") in dtypes
+    assert ("experts", "q4p") in dtypes and ("embed", "q4") in dtypes
     mf.close()
 
 
@@ -87,7 +87,7 @@ def test_bf16_storage_is_half_the_f32(converted):
 
 def test_f16_and_f32_sources_convert(tmp_path, reference):
     """A checkpoint saved in f16 or f32 converts to the same values (f16 -> f32 is exact)."""
-    from moecc.checkpoint import save_safetensors
+    from moecc.formats.huggingface import save_safetensors
     ckpt = Checkpoint(reference.hf_dir)
     src = tmp_path / "f16"
     shutil.copytree(reference.hf_dir, src, ignore=shutil.ignore_patterns("*.safetensors*"))
@@ -98,7 +98,7 @@ def test_f16_and_f32_sources_convert(tmp_path, reference):
     save_safetensors(str(src / "model.safetensors"), tensors)
     out = tmp_path / "m.moecc"
     convert.convert(str(src), str(out), "f32", progress=False)
-    mf = format.ModelFile(out)
+    mf = moecc_file.ModelFile(out)
     name = "model.layers.0.self_attn.q_proj.weight"
     expected = quant.source_to_f32(ckpt.tensor(name), ckpt.source_dtype(name)).astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(mf.tensor(name), expected)
@@ -192,7 +192,7 @@ def test_does_not_overwrite_without_force(tmp_path, reference, capsys):
     code, err = _run([reference.hf_dir, "-o", str(out), "--quiet"], capsys)
     assert code == 2 and "--force" in err and out.read_bytes() == b"precious"
     code, _ = _run([reference.hf_dir, "-o", str(out), "--quiet", "--force"], capsys)
-    assert code == 0 and format.ModelFile(out).tensors
+    assert code == 0 and moecc_file.ModelFile(out).tensors
 
 
 def test_refuses_to_write_over_its_input(tmp_path, reference, capsys):

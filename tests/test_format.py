@@ -7,7 +7,7 @@ import struct
 import pytest
 
 import moecc
-from moecc import format
+from moecc.formats import FormatError, moecc_file
 
 
 def _damaged(tmp_path, source, edit):
@@ -33,27 +33,33 @@ def _with_header(data: bytearray, header: dict) -> bytearray:
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(format.FormatError, match="no such file"):
+    with pytest.raises(FormatError, match="no such file"):
         moecc.load(tmp_path / "nope.moecc")
 
 
 def test_empty_file(tmp_path):
     (tmp_path / "e.moecc").write_bytes(b"")
-    with pytest.raises(format.FormatError, match="too short"):
+    with pytest.raises(FormatError, match="too short"):
         moecc.load(tmp_path / "e.moecc")
 
 
 def test_wrong_magic(tmp_path, converted):
+    path = _damaged(tmp_path, converted("odd", "bf16"), lambda d: b"ABCD" + d[4:])
+    with pytest.raises(FormatError, match="not a .moecc file"):
+        moecc.load(path)
+
+
+def test_gguf_file_is_named(tmp_path, converted):
     path = _damaged(tmp_path, converted("odd", "bf16"), lambda d: b"GGUF" + d[4:])
-    with pytest.raises(format.FormatError, match="not a .moecc file"):
+    with pytest.raises(FormatError, match="is a GGUF file"):
         moecc.load(path)
 
 
 def test_newer_version(tmp_path, converted):
     def bump(d):
-        struct.pack_into("<I", d, 8, format.VERSION + 1)
+        struct.pack_into("<I", d, 8, moecc_file.VERSION + 1)
         return d
-    with pytest.raises(format.FormatError, match="upgrade moecc"):
+    with pytest.raises(FormatError, match="upgrade moecc"):
         moecc.load(_damaged(tmp_path, converted("odd", "bf16"), bump))
 
 
@@ -62,7 +68,7 @@ def test_truncated(tmp_path, converted, keep):
     source = converted("odd", "bf16")
     size = os.path.getsize(source)
     path = _damaged(tmp_path, source, lambda d: d[:int(size * keep)])
-    with pytest.raises(format.FormatError, match="truncated|past the end|data offset"):
+    with pytest.raises(FormatError, match="truncated|past the end|data offset"):
         moecc.load(path)
 
 
@@ -70,7 +76,7 @@ def test_corrupt_header_json(tmp_path, converted):
     def corrupt(d):
         d[40:48] = b"\xff{{{{{{{"
         return d
-    with pytest.raises(format.FormatError, match="not valid JSON"):
+    with pytest.raises(FormatError, match="not valid JSON"):
         moecc.load(_damaged(tmp_path, converted("odd", "bf16"), corrupt))
 
 
@@ -79,7 +85,7 @@ def test_offset_past_the_end(tmp_path, converted):
         header, _, data_offset = _header(d)
         header["tensors"][1]["offset"] = len(d) - data_offset - 64
         return _with_header(d, header)
-    with pytest.raises(format.FormatError, match="past the end"):
+    with pytest.raises(FormatError, match="past the end"):
         moecc.load(_damaged(tmp_path, converted("odd", "bf16"), move))
 
 
@@ -88,7 +94,7 @@ def test_overlapping_tensors(tmp_path, converted):
         header, _, _ = _header(d)
         header["tensors"][2]["offset"] = header["tensors"][1]["offset"]
         return _with_header(d, header)
-    with pytest.raises(format.FormatError, match="overlap"):
+    with pytest.raises(FormatError, match="overlap"):
         moecc.load(_damaged(tmp_path, converted("odd", "bf16"), overlap))
 
 
@@ -97,7 +103,7 @@ def test_size_disagreeing_with_shape(tmp_path, converted):
         header, _, _ = _header(d)
         header["tensors"][1]["size"] -= 2
         return _with_header(d, header)
-    with pytest.raises(format.FormatError, match="needs"):
+    with pytest.raises(FormatError, match="needs"):
         moecc.load(_damaged(tmp_path, converted("odd", "bf16"), shrink))
 
 
@@ -106,7 +112,7 @@ def test_tensor_table_disagreeing_with_config(tmp_path, converted):
         header, _, _ = _header(d)
         header["config"]["num_hidden_layers"] += 1
         return _with_header(d, header)
-    with pytest.raises(format.FormatError, match="missing"):
+    with pytest.raises(FormatError, match="missing"):
         moecc.load(_damaged(tmp_path, converted("odd", "bf16"), more_layers))
 
 
@@ -119,13 +125,13 @@ def _retyped(name: str, dtype: str):
 
 
 def test_embedding_in_panels_is_refused(tmp_path, converted):
-    with pytest.raises(format.FormatError, match="cannot be looked up by row"):
+    with pytest.raises(FormatError, match="cannot be looked up"):
         moecc.load(_damaged(tmp_path, converted("main", "q4"), _retyped("model.embed_tokens.weight", "q4p")))
 
 
-def test_mlp_of_mixed_storage_is_refused(tmp_path, converted):
-    edit = _retyped("model.layers.0.mlp.experts.down_proj", "q4")
-    with pytest.raises(format.FormatError, match="layers.0 mixes storage types"):
+def test_gate_and_up_of_different_storage_are_refused(tmp_path, converted):
+    edit = _retyped("model.layers.0.mlp.experts.gate_proj", "q4")
+    with pytest.raises(FormatError, match="gate and up must share a storage type"):
         moecc.load(_damaged(tmp_path, converted("main", "q4"), edit))
 
 
@@ -134,10 +140,10 @@ def test_damaged_data_found_by_verify(tmp_path, converted):
     def flip(d):
         d[-100] ^= 0xFF
         return d
-    mf = format.ModelFile(_damaged(tmp_path, source, flip))
+    mf = moecc_file.ModelFile(_damaged(tmp_path, source, flip))
     assert len(mf.verify()) == 1
     mf.close()
-    clean = format.ModelFile(source)
+    clean = moecc_file.ModelFile(source)
     assert clean.verify() == []
     clean.close()
 
@@ -159,10 +165,10 @@ def test_inspect_reports_classes_and_verifies(converted, capsys, tmp_path):
 def test_random_bytes(tmp_path):
     path = tmp_path / "random.moecc"
     path.write_bytes(os.urandom(1 << 16))
-    with pytest.raises(format.FormatError, match="not a .moecc file"):
+    with pytest.raises(FormatError, match="not a .moecc file"):
         moecc.load(path)
 
 
 def test_a_folder_instead_of_a_file(tmp_path):
-    with pytest.raises(format.FormatError, match="is a folder"):
+    with pytest.raises(FormatError, match="is a folder"):
         moecc.load(tmp_path)

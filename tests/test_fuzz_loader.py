@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import moecc
-from moecc import format
+from moecc.formats import FormatError, moecc_file
 from moecc.config import ConfigError
 
 INTERESTING_INTS = st.one_of(st.integers(-2**40, 2**40), st.sampled_from([0, 1, -1, 2**31, 2**63 - 1, 64, 4096]))
@@ -56,7 +56,7 @@ def test_mutated_headers_never_crash(converted, tmp_path_factory, data):
     path.write_bytes(bytes(mutated))
     try:
         model = moecc.load(path, threads=1, ctx=64)
-    except (format.FormatError, ConfigError, ValueError):
+    except (FormatError, ConfigError, ValueError):
         return
     logits = model.logits([1, 2, 3])  # whatever loaded must also run
     assert logits.shape == (3, model.config.vocab_size)

@@ -1,5 +1,5 @@
 """The q8 / q4 kernels against the NumPy oracle (moecc.quant), on every ISA this machine has,
-1 and 2 threads, every group size.
+1 and 2 threads.
 
 The kernels quantize activations per block of 32 (quant.quantize_activations) and take exact
 integer sums per block, so the reference for a product is
@@ -14,20 +14,18 @@ import numpy as np
 import pytest
 
 from moecc import _kernels as K
-from moecc import quant
+from moecc import quant, storage
 
 RTOL = 1e-5
 QTYPES = ["q8", "q4"]
-GROUPS = [32, 64, 128, 256]
+G = 32  # values per block (and per fp16 scale) of every quantized type
 
 
-
-
-def quantized(rng, shape, dtype, G, scale=1.0):
+def quantized(rng, shape, dtype, scale=1.0):
     """(stored uint8 rows, their exact values as float64)."""
     w = (rng.standard_normal(shape) * scale).astype(np.float32)
-    stored = quant.quantize(w, dtype, G)
-    return stored, quant.dequantize(stored, dtype, shape[-1], G).astype(np.float64)
+    stored = quant.quantize(w, dtype)
+    return stored, quant.dequantize(stored, dtype, shape[-1]).astype(np.float64)
 
 
 def xq_values(x):
@@ -49,11 +47,9 @@ def assert_matches(got, ref, magnitude, rtol=RTOL):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"] + QTYPES)
-@pytest.mark.parametrize("G", GROUPS)
 @pytest.mark.parametrize("mult", [1, 3, 8])
-def test_row_bytes(dtype, G, mult):
-    g = G if dtype in QTYPES else 0
-    assert K.row_bytes(dtype, G * mult, g) == quant.row_bytes(dtype, G * mult, g)
+def test_row_bytes(dtype, mult):
+    assert K.row_bytes(dtype, G * mult) == storage.get(dtype).row_bytes(G * mult)
 
 
 @pytest.mark.parametrize("Kd", [32, 96, 2048])
@@ -71,34 +67,30 @@ def test_quantize_activations_exact(isa, Kd):
     np.testing.assert_array_equal(d, d_ref)
 
 
-def kernel_order(q, dtype, G):
-    """moecc.h's order of quantized activations for weights (dtype, G): natural, except q4 with
-    G <= 64, where each unit of four blocks holds the values that meet low nibbles, then those
-    that meet high nibbles."""
-    if dtype != "q4" or G > 64:
+def kernel_order(q, dtype):
+    """moecc.h's order of quantized activations for weights of `dtype`: natural, except q4,
+    where each unit of four blocks holds the values that meet low nibbles, then those that meet
+    high nibbles."""
+    if dtype != "q4":
         return q
     T, Kd = q.shape
     out = np.empty_like(q)
     for b in range(0, Kd // 32, 4):
         nb = min(4, Kd // 32 - b)
         blocks = q[:, 32 * b:32 * (b + nb)].reshape(T, nb, 32)
-        if G == 32:  # a packed byte holds values j and j + 16 of its block
-            lo, hi = blocks[:, :, :16], blocks[:, :, 16:]
-        else:  # ... values j and j + 32 of its group of two blocks
-            lo, hi = blocks[:, 0::2], blocks[:, 1::2]
+        lo, hi = blocks[:, :, :16], blocks[:, :, 16:]  # a packed byte holds values j and j + 16
         out[:, 32 * b:32 * (b + nb)] = np.concatenate([lo.reshape(T, -1), hi.reshape(T, -1)], 1)
     return out
 
 
 @pytest.mark.parametrize("dtype", QTYPES)
-@pytest.mark.parametrize("G", GROUPS)
-def test_quantize_activations_order(isa, dtype, G):
-    rng = np.random.default_rng(G)
-    for Kd in (G, 7 * G, 2048 + G if G < 256 else 1024):
+def test_quantize_activations_order(isa, dtype):
+    rng = np.random.default_rng(1)
+    for Kd in (G, 7 * G, 2048 + G):
         x = rng.standard_normal((3, Kd)).astype(np.float32)
-        q, d = K.quantize_activations(x, wtype=dtype, group_size=G)
+        q, d = K.quantize_activations(x, storage=dtype)
         q_ref, d_ref = quant.quantize_activations(x)
-        np.testing.assert_array_equal(q, kernel_order(q_ref, dtype, G))
+        np.testing.assert_array_equal(q, kernel_order(q_ref, dtype))
         np.testing.assert_array_equal(d, d_ref)
 
 
@@ -112,46 +104,44 @@ def test_quantize_activations_checks():
 # ---- matmul ----------------------------------------------------------------------------------
 
 
-def check_matmul(rng, threads, dtype, G, T, N, Kd):
+def check_matmul(rng, threads, dtype, T, N, Kd):
     """matmul of random x [T, Kd] and weights [N, Kd] stored as dtype against the oracle;
     returns (out, x, wref) for further checks."""
     x = rng.standard_normal((T, Kd)).astype(np.float32)
-    w, wref = quantized(rng, (N, Kd), dtype, G)
+    w, wref = quantized(rng, (N, Kd), dtype)
     out = np.full((T, N), np.nan, np.float32)
-    K.matmul(x, w, out, threads=threads, wtype=dtype, group_size=G)
+    K.matmul(x, w, out, threads=threads, storage=dtype)
     xq = xq_values(x)
     assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
     return out, x, wref
 
 
 @pytest.mark.parametrize("dtype", QTYPES)
-@pytest.mark.parametrize("G", GROUPS)
 @pytest.mark.parametrize("T", [1, 2, 5, 17])
 @pytest.mark.parametrize("N,mult", [(1, 1), (3, 2), (33, 3), (129, 7), (20, 5)])
-def test_matmul(isa, threads, dtype, G, T, N, mult):
-    rng = np.random.default_rng(T * 1000 + N * 10 + mult + G)
-    out, x, wref = check_matmul(rng, threads, dtype, G, T, N, G * mult)
+def test_matmul(isa, threads, dtype, T, N, mult):
+    rng = np.random.default_rng(T * 1000 + N * 10 + mult)
+    out, x, wref = check_matmul(rng, threads, dtype, T, N, G * mult)
     # the activation quantization error alone: small next to the float product with x itself
     exact = x.astype(np.float64) @ wref.T
     assert np.linalg.norm(out - exact) <= 0.02 * np.linalg.norm(exact)
 
 
 @pytest.mark.parametrize("dtype", QTYPES)
-@pytest.mark.parametrize("G", GROUPS)
 @pytest.mark.parametrize("T,Kd,N", [(70, 1024, 37), (1, 10240, 9), (3, 512, 300)])
-def test_matmul_large(isa, threads, dtype, G, T, Kd, N):
+def test_matmul_large(isa, threads, dtype, T, Kd, N):
     # 70 tokens: more than one token block; K = 10240: a decode row too long for the stack
-    check_matmul(np.random.default_rng(T + Kd + N), threads, dtype, G, T, N, Kd)
+    check_matmul(np.random.default_rng(T + Kd + N), threads, dtype, T, N, Kd)
 
 
 @pytest.mark.parametrize("dtype", QTYPES)
-@pytest.mark.parametrize("G", [32, 256])
-def test_matmul_extremes(isa, dtype, G):
+@pytest.mark.parametrize("Kd", [128, 1024])
+def test_matmul_extremes(isa, dtype, Kd):
     # every weight and activation at the ends of its range: no int16 / int32 saturation
-    rng = np.random.default_rng(G)
-    Kd, N, T = 4 * G, 8, 3
+    rng = np.random.default_rng(Kd)
+    N, T = 8, 3
     lo, hi = (-128, 127) if dtype == "q8" else (0, 15)
-    w = quant.quantize(np.ones((N, Kd), np.float32), dtype, G)
+    w = quant.quantize(np.ones((N, Kd), np.float32), dtype)
     nq = Kd if dtype == "q8" else Kd // 2
     if dtype == "q8":
         w[:, :nq] = rng.choice(np.array([lo, hi], np.int8), (N, nq)).view(np.uint8)
@@ -160,11 +150,11 @@ def test_matmul_extremes(isa, dtype, G):
         nib = rng.choice([lo, hi], (N, nq, 2))
         nib[0] = 0
         w[:, :nq] = (nib[..., 0] | (nib[..., 1] << 4)).astype(np.uint8)
-    wref = quant.dequantize(w, dtype, Kd, G).astype(np.float64)
+    wref = quant.dequantize(w, dtype, Kd).astype(np.float64)
     x = rng.choice(np.array([-1.0, 1.0], np.float32), (T, Kd)) * np.float32(5)
     x[0] = -5.0
     out = np.empty((T, N), np.float32)
-    K.matmul(x, w, out, threads=1, wtype=dtype, group_size=G)
+    K.matmul(x, w, out, threads=1, storage=dtype)
     xq = xq_values(x)
     assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
 
@@ -173,30 +163,29 @@ def test_matmul_extremes(isa, dtype, G):
 
 
 @pytest.mark.parametrize("dtype", QTYPES)
-@pytest.mark.parametrize("G", GROUPS)
 @pytest.mark.parametrize("mult", [1, 3])
-def test_embedding(threads, dtype, G, mult):
+def test_embedding(threads, dtype, mult):
     D = G * mult
-    rng = np.random.default_rng(G * mult)
-    table, ref = quantized(rng, (50, D), dtype, G)
+    rng = np.random.default_rng(mult)
+    table, ref = quantized(rng, (50, D), dtype)
     ids = np.concatenate([[0, 49, 3, 3, 17], rng.integers(0, 50, 100)]).astype(np.int32)
     out = np.empty((len(ids), D), np.float32)
-    K.embedding(table, ids, out, threads=threads, wtype=dtype, group_size=G)
-    np.testing.assert_array_equal(out, quant.dequantize(table[ids], dtype, D, G))
+    K.embedding(table, ids, out, threads=threads, storage=dtype)
+    np.testing.assert_array_equal(out, quant.dequantize(table[ids], dtype, D))
 
 
 @pytest.mark.parametrize("dtype", QTYPES)
 def test_embedding_fp16_scales(dtype):
     # every finite fp16 scale, subnormals included, converts exactly (the portable path)
-    G, D = 32, 32
+    D = 32
     scales = np.arange(0, 0x7C00, 7, dtype=np.uint16)
     scales = np.concatenate([scales, scales | 0x8000])
-    table = quant.quantize(np.ones((len(scales), D), np.float32), dtype, G)
+    table = quant.quantize(np.ones((len(scales), D), np.float32), dtype)
     table[:, -2:] = scales.view(np.uint8).reshape(-1, 2)
     ids = np.arange(len(scales), dtype=np.int32)
     out = np.empty((len(ids), D), np.float32)
-    K.embedding(table, ids, out, threads=1, wtype=dtype, group_size=G)
-    np.testing.assert_array_equal(out, quant.dequantize(table, dtype, D, G))
+    K.embedding(table, ids, out, threads=1, storage=dtype)
+    np.testing.assert_array_equal(out, quant.dequantize(table, dtype, D))
 
 
 # ---- moe_ffn ---------------------------------------------------------------------------------
@@ -220,20 +209,20 @@ def moe_ref(x, gate, up, down, idx, wts):
     return out
 
 
-def check_moe_ffn(threads, dtype, G, T, E, k, D, I):
+def check_moe_ffn(threads, dtype, T, E, k, D, I, down_dtype=None):
     """moe_ffn of T random tokens, each routed to k of E random experts stored as dtype,
     against moe_ref."""
     rng = np.random.default_rng(T * 100 + E * 10 + D + I)
     x = rng.standard_normal((T, D)).astype(np.float32)
-    gate, gref = quantized(rng, (E, I, D), dtype, G, scale=D**-0.5)
-    up, uref = quantized(rng, (E, I, D), dtype, G, scale=D**-0.5)
-    down, dref = quantized(rng, (E, D, I), dtype, G, scale=I**-0.5)
+    gate, gref = quantized(rng, (E, I, D), dtype, scale=D**-0.5)
+    up, uref = quantized(rng, (E, I, D), dtype, scale=D**-0.5)
+    down, dref = quantized(rng, (E, D, I), down_dtype or dtype, scale=I**-0.5)
     idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
     wts = rng.random((T, k)).astype(np.float32)
     scratch = np.empty(K.moe_scratch_floats(T, k, D, I), np.float32)
     out = np.full((T, D), np.nan, np.float32)
-    K.moe_ffn(x, gate, up, down, idx, wts, scratch, out, threads=threads, wtype=dtype,
-              group_size=G)
+    K.moe_ffn(x, gate, up, down, idx, wts, scratch, out, threads=threads, storage=dtype,
+              down_storage=down_dtype)
     ref = moe_ref(x, gref, uref, dref, idx, wts.astype(np.float64))
     # h is quantized from the kernel's float32 values: a value on a rounding edge may land one
     # step away from the reference's, an error of one quantization step of that block
@@ -243,31 +232,37 @@ def check_moe_ffn(threads, dtype, G, T, E, k, D, I):
 
 
 @pytest.mark.parametrize("dtype", QTYPES)
-@pytest.mark.parametrize("G", GROUPS)
 @pytest.mark.parametrize(
     "T,E,k,dm,im",
     [(1, 8, 2, 2, 3), (1, 1, 1, 1, 2), (2, 4, 2, 1, 1), (5, 6, 3, 3, 2), (17, 8, 2, 1, 3)],
 )
-def test_moe_ffn(isa, threads, dtype, G, T, E, k, dm, im):
-    check_moe_ffn(threads, dtype, G, T, E, k, G * dm, G * im)
+def test_moe_ffn(isa, threads, dtype, T, E, k, dm, im):
+    check_moe_ffn(threads, dtype, T, E, k, G * dm, G * im)
+
+
+@pytest.mark.parametrize("T", [1, 5])
+@pytest.mark.parametrize("gate_up,down", [("q4p", "q8"), ("q8", "q4p"), ("q4", "q8"), ("q8", "q4")])
+def test_moe_ffn_down_in_another_type(isa, threads, T, gate_up, down):
+    # a layer's down projection may be stored in another type than its gate and up (GGUF's
+    # Q4_K_M files mix types within a layer)
+    check_moe_ffn(threads, gate_up, T, 8, 2, 64, 96, down_dtype=down)
 
 
 def test_moe_ffn_repeated_expert(isa, threads):
     # one token routed twice to the same expert, several tokens sharing experts
-    G, D, I, E = 64, 128, 192, 4
+    D, I, E = 128, 192, 4
     rng = np.random.default_rng(3)
     idx = np.array([[1, 1, 2], [3, 1, 0], [2, 2, 1]], np.int32)
     x = rng.standard_normal((3, D)).astype(np.float32)
-    gate, gref = quantized(rng, (E, I, D), "q4", G, scale=D**-0.5)
-    up, uref = quantized(rng, (E, I, D), "q4", G, scale=D**-0.5)
-    down, dref = quantized(rng, (E, D, I), "q4", G, scale=I**-0.5)
+    gate, gref = quantized(rng, (E, I, D), "q4", scale=D**-0.5)
+    up, uref = quantized(rng, (E, I, D), "q4", scale=D**-0.5)
+    down, dref = quantized(rng, (E, D, I), "q4", scale=I**-0.5)
     wts = rng.random((3, 3)).astype(np.float32)
     for rows in (slice(0, 1), slice(0, 3)):
         T = rows.stop - rows.start
         scratch = np.empty(K.moe_scratch_floats(T, 3, D, I), np.float32)
         out = np.empty((T, D), np.float32)
-        K.moe_ffn(x[rows], gate, up, down, idx[rows], wts[rows], scratch, out, threads=threads,
-                  wtype="q4", group_size=G)
+        K.moe_ffn(x[rows], gate, up, down, idx[rows], wts[rows], scratch, out, threads=threads, storage="q4")
         ref = moe_ref(x[rows], gref, uref, dref, idx[rows], wts[rows].astype(np.float64))
         assert np.linalg.norm(out - ref) <= 2e-3 * np.linalg.norm(ref)
 
@@ -287,9 +282,9 @@ def test_q4p_layout():
     # one byte and one scale found where quant's docstring (and moecc.h) put them
     rng = np.random.default_rng(0)
     N, Kd = 48, 96
-    rows = quant.quantize(rng.standard_normal((N, Kd)).astype(np.float32), "q4", 32)
+    rows = quant.quantize(rng.standard_normal((N, Kd)).astype(np.float32), "q4")
     flat = quant.to_panels(rows, Kd).reshape(-1)
-    rb = quant.row_bytes("q4", Kd, 32)
+    rb = storage.get("q4").row_bytes(Kd)
     panel, block, chunk, row, byte = 1, 2, 3, 5, 1
     at = panel * 16 * rb + block * 288 + chunk * 64 + row * 4 + byte
     assert flat[at] == rows[16 * panel + row, 16 * block + 4 * chunk + byte]
@@ -302,22 +297,22 @@ def test_q4p_layout():
 @pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 9, 70])
 @pytest.mark.parametrize("N,Kd", [(16, 32), (48, 96), (160, 768), (32, 2048)])
 def test_q4p_matmul(isa, threads, T, N, Kd):
-    check_matmul(np.random.default_rng(T * 100 + N + Kd), threads, "q4p", 32, T, N, Kd)
+    check_matmul(np.random.default_rng(T * 100 + N + Kd), threads, "q4p", T, N, Kd)
 
 
 def test_q4p_extremes(isa):
     # nibbles 0 and 15 against activations of +-127: no int16 saturation in maddubs
     rng = np.random.default_rng(1)
     N, Kd, T = 32, 128, 3
-    rows = quant.quantize(np.ones((N, Kd), np.float32), "q4", 32)
+    rows = quant.quantize(np.ones((N, Kd), np.float32), "q4")
     nib = rng.choice([0, 15], (N, Kd // 2, 2))
     nib[0] = 0
     rows[:, :Kd // 2] = (nib[..., 0] | (nib[..., 1] << 4)).astype(np.uint8)
     w = quant.to_panels(rows, Kd)
-    wref = quant.dequantize(w, "q4p", Kd, 32).astype(np.float64)
+    wref = quant.dequantize(w, "q4p", Kd).astype(np.float64)
     x = rng.choice(np.array([-1.0, 1.0], np.float32), (T, Kd)) * np.float32(5)
     out = np.empty((T, N), np.float32)
-    K.matmul(x, w, out, threads=1, wtype="q4p", group_size=32)
+    K.matmul(x, w, out, threads=1, storage="q4p")
     xq = xq_values(x)
     assert_matches(out, xq @ wref.T, np.abs(xq) @ np.abs(wref).T)
 
@@ -325,22 +320,19 @@ def test_q4p_extremes(isa):
 @pytest.mark.parametrize("T,E,k,D,I", [(1, 8, 8, 64, 96), (1, 4, 3, 32, 32), (1, 1, 1, 64, 32),
                                        (5, 6, 3, 96, 64), (17, 8, 2, 32, 160)])
 def test_q4p_moe_ffn(isa, threads, T, E, k, D, I):
-    check_moe_ffn(threads, "q4p", 32, T, E, k, D, I)
+    check_moe_ffn(threads, "q4p", T, E, k, D, I)
 
 
 def test_q4p_errors():
-    rows = quant.quantize(np.ones((24, 64), np.float32), "q4", 32)
+    rows = quant.quantize(np.ones((24, 64), np.float32), "q4")
     x, out = np.ones((1, 64), np.float32), np.empty((1, 24), np.float32)
-    with pytest.raises(ValueError, match="multiple of 16 rows, got 24"):
-        K.matmul(x, rows, out, threads=1, wtype="q4p", group_size=32)
-    with pytest.raises(ValueError, match=r"group_size must be one of \(32,\)"):
-        K.matmul(x, rows, out, threads=1, wtype="q4p", group_size=64)
-    table = quant.quantize(np.ones((16, 64), np.float32), "q4p", 32)
-    with pytest.raises(ValueError):  # a panel's rows are not contiguous: no row lookup
-        K.embedding(table, np.zeros(1, np.int32), np.empty((1, 64), np.float32), threads=1,
-                    wtype="q4p", group_size=32)
-    with pytest.raises(ValueError, match="multiples of 16"):
-        quant.quantize(np.ones((24, 64), np.float32), "q4p", 32)
+    with pytest.raises(ValueError, match="multiple of 16 rows"):
+        K.matmul(x, rows, out, threads=1, storage="q4p")
+    table = quant.quantize(np.ones((16, 64), np.float32), "q4p")
+    with pytest.raises(ValueError, match="cannot be looked up"):  # a panel's rows are not contiguous
+        K.embedding(table, np.zeros(1, np.int32), np.empty((1, 64), np.float32), threads=1, storage="q4p")
+    with pytest.raises(ValueError, match="multiple of 16 rows"):
+        quant.quantize(np.ones((24, 64), np.float32), "q4p")
 
 
 # ---- errors ----------------------------------------------------------------------------------
@@ -348,73 +340,65 @@ def test_q4p_errors():
 
 def test_errors_matmul():
     x, out = np.zeros((2, 64), np.float32), np.zeros((2, 3), np.float32)
-    w8 = np.zeros((3, quant.row_bytes("q8", 64, 32)), np.uint8)
-    K.matmul(x, w8, out, threads=1, wtype="q8", group_size=32)
-    with pytest.raises(ValueError, match=r"shape \(3, 68\).*68 bytes; got shape \(3, 67\)"):
-        K.matmul(x, w8[:, :-1].copy(), out, threads=1, wtype="q8", group_size=32)
+    w8 = np.zeros((3, storage.get("q8").row_bytes(64)), np.uint8)
+    K.matmul(x, w8, out, threads=1, storage="q8")
+    with pytest.raises(ValueError, match=r"shape \(3, 68\).*got shape \(3, 67\)"):
+        K.matmul(x, w8[:, :-1].copy(), out, threads=1, storage="q8")
     with pytest.raises(ValueError, match=r"\(3, 36\)"):
-        K.matmul(x, w8, out, threads=1, wtype="q4", group_size=32)  # q4 rows are 36 bytes
-    for bad in (0, 16, 48, 512):
-        with pytest.raises(ValueError, match="group_size must be one of"):
-            K.matmul(x, w8, out, threads=1, wtype="q8", group_size=bad)
-    with pytest.raises(ValueError, match="do not divide the row length 64"):
-        K.matmul(x, w8, out, threads=1, wtype="q8", group_size=128)
+        K.matmul(x, w8, out, threads=1, storage="q4")  # q4 rows are 36 bytes
+    with pytest.raises(ValueError, match="blocks of 32 values, which do not divide the row length 48"):
+        K.matmul(np.zeros((2, 48), np.float32), w8, out, threads=1, storage="q8")
     with pytest.raises(TypeError, match="uint8"):
-        K.matmul(x, w8.view(np.int8), out, threads=1, wtype="q8", group_size=32)
-    with pytest.raises(TypeError, match="wtype='q8', 'q4' or 'q4p'"):
+        K.matmul(x, w8.view(np.int8), out, threads=1, storage="q8")
+    with pytest.raises(TypeError, match="storage='q8', 'q4' or 'q4p'"):
         K.matmul(x, w8, out, threads=1)
-    with pytest.raises(ValueError, match="unknown wtype"):
-        K.matmul(x, w8, out, threads=1, wtype="q5", group_size=32)
-    with pytest.raises(TypeError, match="float32 for wtype 'f32'"):
-        K.matmul(x, w8, out, threads=1, wtype="f32")
-    with pytest.raises(ValueError, match="group_size applies to q8 / q4 / q4p only"):
-        K.matmul(x, np.zeros((3, 64), np.float32), out, threads=1, wtype="f32", group_size=32)
-    # explicit f32 / bf16 still work
-    K.matmul(x, np.zeros((3, 64), np.float32), out, threads=1, wtype="f32")
-    K.matmul(x, np.zeros((3, 64), np.uint16), out, threads=1, wtype="bf16", group_size=0)
+    with pytest.raises(ValueError, match="unknown storage type 'q5'"):
+        K.matmul(x, w8, out, threads=1, storage="q5")
+    with pytest.raises(TypeError, match="float32 for storage 'f32'"):
+        K.matmul(x, w8, out, threads=1, storage="f32")
+    # explicit f32 / bf16 / f16 still work
+    K.matmul(x, np.zeros((3, 64), np.float32), out, threads=1, storage="f32")
+    K.matmul(x, np.zeros((3, 64), np.uint16), out, threads=1, storage="bf16")
+    K.matmul(x, np.zeros((3, 64), np.float16), out, threads=1, storage="f16")
 
 
 def test_errors_embedding():
-    table = np.zeros((10, quant.row_bytes("q4", 64, 64)), np.uint8)
-    K.embedding(table, np.array([1], np.int32), np.zeros((1, 64), np.float32), threads=1,
-                wtype="q4", group_size=64)
-    with pytest.raises(ValueError, match="bytes; got shape"):
+    table = np.zeros((10, storage.get("q4").row_bytes(64)), np.uint8)
+    K.embedding(table, np.array([1], np.int32), np.zeros((1, 64), np.float32), threads=1, storage="q4")
+    with pytest.raises(ValueError, match="got shape"):
         K.embedding(table, np.array([1], np.int32), np.zeros((1, 128), np.float32), threads=1,
-                    wtype="q4", group_size=64)
+                    storage="q4")
     with pytest.raises(ValueError, match="ids out of range"):
         K.embedding(table, np.array([10], np.int32), np.zeros((1, 64), np.float32), threads=1,
-                    wtype="q4", group_size=64)
+                    storage="q4")
 
 
 def test_errors_moe():
-    T, E, k, D, I, G = 2, 4, 2, 64, 96, 32
-    rb = quant.row_bytes
+    T, E, k, D, I = 2, 4, 2, 64, 96
+    rb = storage.get("q8").row_bytes
     args = dict(
         x=np.zeros((T, D), np.float32),
-        gate=np.zeros((E, I, rb("q8", D, G)), np.uint8),
-        up=np.zeros((E, I, rb("q8", D, G)), np.uint8),
-        down=np.zeros((E, D, rb("q8", I, G)), np.uint8),
+        gate=np.zeros((E, I, rb(D)), np.uint8),
+        up=np.zeros((E, I, rb(D)), np.uint8),
+        down=np.zeros((E, D, rb(I)), np.uint8),
         idx=np.zeros((T, k), np.int32), weights=np.zeros((T, k), np.float32),
         scratch=np.zeros(K.moe_scratch_floats(T, k, D, I), np.float32),
         out=np.zeros((T, D), np.float32),
     )
 
-    def call(wtype="q8", group_size=G, **changes):
+    def call(kind="q8", **changes):
         a = dict(args, **changes)
         K.moe_ffn(a["x"], a["gate"], a["up"], a["down"], a["idx"], a["weights"], a["scratch"],
-                  a["out"], threads=1, wtype=wtype, group_size=group_size)
+                  a["out"], threads=1, storage=kind)
 
     call()
     with pytest.raises(ValueError, match=r"down must have shape \(4, 64, 102\)"):
-        call(down=np.zeros((E, D, rb("q8", D, G)), np.uint8))
+        call(down=np.zeros((E, D, rb(D)), np.uint8))
     with pytest.raises(ValueError, match="up must have shape"):
-        call(up=np.zeros((E, I, rb("q4", D, G)), np.uint8))
-    g64 = np.zeros((E, I, rb("q8", D, 64)), np.uint8)
-    with pytest.raises(ValueError, match="do not divide the row length 96"):
-        call(group_size=64, gate=g64, up=g64)  # fine for gate / up (D = 64), not for down
+        call(up=np.zeros((E, I, storage.get("q4").row_bytes(D)), np.uint8))
     with pytest.raises(TypeError, match="share a dtype"):
         call(up=np.zeros((E, I, D), np.float32))
-    with pytest.raises(TypeError, match="wtype='q8', 'q4' or 'q4p'"):
-        call(wtype=None, group_size=0)
+    with pytest.raises(TypeError, match="storage='q8', 'q4' or 'q4p'"):
+        call(kind=None)
     with pytest.raises(ValueError, match="idx out of range"):
         call(idx=np.array([[0, 4], [1, 2]], np.int32))

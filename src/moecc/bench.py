@@ -53,8 +53,7 @@ from .bench_report import (
     summarize,
 )
 from .convert import StoragePlan
-from .quant import GROUP_SIZES, QUANTIZED
-from .synthetic import SYNTHETIC_MODEL
+from .synthetic import QUANTIZED, SYNTHETIC_MODEL
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # src/moecc/bench.py
 BANDWIDTH_PY = os.path.join(REPO, "benchmarks", "bandwidth.py")
@@ -62,7 +61,6 @@ PEER_SCRIPT = os.environ.get("MOECC_PEER_BENCH",
                              os.path.join(os.path.dirname(REPO), "shared", "peer", "llamacpp_bench.py"))
 MOECC_QUANTS = ("bf16", "f32", "q8", "q4")
 PEER_QUANTS = ("q4", "q8")
-DEFAULT_GROUP_SIZE = StoragePlan().group_size  # moecc-convert's, used by --synthetic too
 SYNTHETIC_SEED = 0
 # llama.cpp storage of a weight matrix under the peer harness's pure quantization, bytes per element
 GGML_BYTES = {"q4": 18 / 32, "q8": 34 / 32}  # Q4_0: 32 weights in 16 B + f16 scale; Q8_0: 32 B + f16 scale
@@ -99,9 +97,9 @@ def decode_bytes_per_token(cfg, size_of) -> dict:
 
 
 def moecc_decode_bytes(path: str) -> dict:
-    from . import format
     from .config import Qwen3MoeConfig
-    mf = format.ModelFile(path)
+    from .formats.moecc_file import ModelFile
+    mf = ModelFile(path)
     try:
         cfg = Qwen3MoeConfig.from_dict(mf.config_dict)
         return decode_bytes_per_token(cfg, lambda name: mf.tensors[name].size)
@@ -296,28 +294,23 @@ def prepare_checkpoint(work: str, layers: int) -> str:
     return hf
 
 
-def _file_header(path: str) -> tuple[dict, dict]:
-    """(config, writer info) of a .moecc file."""
-    from . import format
-    mf = format.ModelFile(path)
-    try:
-        return mf.config_dict, mf.writer_info
-    finally:
-        mf.close()
-
-
-def _stored_as_converter_stores(path: str, quant: str, group_size: int) -> bool:
-    """Whether every tensor of the file has the storage moecc-convert chooses today for `--quant
-    quant --group-size group_size`: a file written before a layout changed (q4 matrices became
-    q4p panels) is written again, not measured."""
-    from . import format
+def _reusable(path: str, quant: str, wanted_info: dict) -> bool:
+    """Whether the .moecc file at `path` can be measured again: this moecc reads it, its writer
+    info has `wanted_info`, and every tensor has the storage moecc-convert chooses today for
+    `--quant quant` (a file written before a layout changed is written again, not measured)."""
     from .config import Qwen3MoeConfig, tensor_specs
-    mf = format.ModelFile(path)
+    from .formats import FormatError
+    from .formats.moecc_file import ModelFile
     try:
-        plan = StoragePlan(quant, group_size)
+        mf = ModelFile(path)
+    except FormatError:
+        return False
+    try:
+        if any(mf.writer_info.get(k) != v for k, v in wanted_info.items()):
+            return False
+        plan = StoragePlan(quant)
         specs = tensor_specs(Qwen3MoeConfig.from_dict(mf.config_dict))
-        return all(s.name in mf.tensors and (mf.tensors[s.name].dtype, mf.tensors[s.name].group_size) ==
-                   plan.storage(s) for s in specs)
+        return all(s.name in mf.tensors and mf.tensors[s.name].dtype == plan.storage(s) for s in specs)
     finally:
         mf.close()
 
@@ -327,16 +320,11 @@ def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
     out = args.moecc_file or os.path.join(os.path.dirname(os.path.abspath(hf)),
                                           f"{os.path.basename(os.path.abspath(hf))}-{args.quant}.moecc")
     newest = max(os.path.getmtime(os.path.join(hf, f)) for f in os.listdir(hf))
-    if os.path.exists(out) and os.path.getmtime(out) > newest and not args.reconvert:
-        _, info = _file_header(out)
-        group_size = args.group_size or info.get("group_size", DEFAULT_GROUP_SIZE)  # none given: any will do
-        if info.get("quant") == args.quant and info.get("group_size") == group_size \
-                and _stored_as_converter_stores(out, args.quant, group_size):
-            log(f"reusing {out}")
-            return out, None
+    if os.path.exists(out) and os.path.getmtime(out) > newest and not args.reconvert \
+            and _reusable(out, args.quant, {"quant": args.quant}):
+        log(f"reusing {out}")
+        return out, None
     cmd = [sys.executable, "-m", "moecc.convert", hf, "-o", out, "--quant", args.quant, "--force", "--quiet"]
-    if args.group_size:
-        cmd += ["--group-size", str(args.group_size)]
     log("+ " + " ".join(cmd))
     started = time.perf_counter()
     r = subprocess.run(cmd, check=False)
@@ -348,21 +336,16 @@ def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
 
 def prepare_synthetic_file(args, layers: int) -> tuple[str, float | None]:
     """A .moecc file written straight from random quantized data (reused when one of the same
-    model, layers, type and group size is there), and the seconds writing it took."""
+    model, layers and type is there), and the seconds writing it took."""
     from .synthetic import write_quantized_model
-    group_size = args.group_size or DEFAULT_GROUP_SIZE
-    out = args.moecc_file or os.path.join(args.work, f"{args.synthetic}-syn{layers}-{args.quant}-g{group_size}.moecc")
-    wanted = {"quant": args.quant, "group_size": group_size,
-              "synthetic": {"model": args.synthetic, "layers": layers, "seed": SYNTHETIC_SEED}}
-    if os.path.exists(out) and not args.reconvert:
-        _, info = _file_header(out)
-        if all(info.get(k) == v for k, v in wanted.items()) and \
-                _stored_as_converter_stores(out, args.quant, group_size):
-            log(f"reusing {out}")
-            return out, None
+    out = args.moecc_file or os.path.join(args.work, f"{args.synthetic}-syn{layers}-{args.quant}.moecc")
+    wanted = {"quant": args.quant, "synthetic": {"model": args.synthetic, "layers": layers, "seed": SYNTHETIC_SEED}}
+    if os.path.exists(out) and not args.reconvert and _reusable(out, args.quant, wanted):
+        log(f"reusing {out}")
+        return out, None
     log(f"writing {out}: {args.synthetic} with {layers} layers at {args.quant} from random data")
     started = time.perf_counter()
-    write_quantized_model(out, layers, args.quant, group_size, seed=SYNTHETIC_SEED)
+    write_quantized_model(out, layers, args.quant, seed=SYNTHETIC_SEED)
     return out, time.perf_counter() - started
 
 
@@ -379,8 +362,9 @@ class Subject:
 
 
 def prepare_subjects(args) -> list[Subject]:
-    from .checkpoint import Checkpoint
     from .config import Qwen3MoeConfig
+    from .formats.huggingface import Checkpoint
+    from .formats.moecc_file import ModelFile
     subjects = []
     for layers in args.layers or [None]:
         if args.synthetic:
@@ -393,10 +377,13 @@ def prepare_subjects(args) -> list[Subject]:
         if hf:
             cfg = Checkpoint(hf).config
             decode_bytes.update({f"llama.cpp {q}": peer_decode_bytes(cfg, q) for q in args.peers})
-        config, _ = _file_header(path)
         label = os.path.basename(os.path.abspath(hf)) if hf else f"syn{layers}"
-        subjects.append(Subject(label, Qwen3MoeConfig.from_dict(config).num_hidden_layers, path, hf, seconds,
-                                decode_bytes))
+        mf = ModelFile(path)
+        try:
+            file_layers = Qwen3MoeConfig.from_dict(mf.config_dict).num_hidden_layers
+        finally:
+            mf.close()
+        subjects.append(Subject(label, file_layers, path, hf, seconds, decode_bytes))
     return subjects
 
 
@@ -442,8 +429,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="where --layers writes the checkpoint (synN/) and the converted file; "
                          "default $MOECC_BENCH_DIR or ~/.cache/moecc-bench")
     ap.add_argument("--quant", default="bf16", choices=MOECC_QUANTS, help="moecc storage type; default bf16")
-    ap.add_argument("--group-size", type=int, default=None, choices=GROUP_SIZES,
-                    help=f"values per group for q4 / q8 (moecc-convert's default: {DEFAULT_GROUP_SIZE})")
     ap.add_argument("--moecc-file", help="the converted file (default: beside the checkpoint, NAME-QUANT.moecc)")
     ap.add_argument("--reconvert", action="store_true",
                     help="convert (or, with --synthetic, write) again even if the file is up to date")
@@ -526,7 +511,7 @@ def _main(argv: list[str] | None) -> int:
         os.makedirs(args.work, exist_ok=True)
     peers = args.peers
     subjects = prepare_subjects(args)
-    from .checkpoint import Checkpoint
+    from .formats.huggingface import Checkpoint
     checkpoint_files = [p for s in subjects if s.hf for p in Checkpoint(s.hf).input_paths()]
     for s in subjects:
         for q in peers:  # the first run converts and quantizes; keep that out of the rounds
@@ -567,7 +552,7 @@ def _main(argv: list[str] | None) -> int:
     print_summary(summary, rounds, cases, peers, args.quant, decode_totals)
     if args.json:
         report = {
-            "quant": args.quant, "group_size": args.group_size, "synthetic": args.synthetic,
+            "quant": args.quant, "synthetic": args.synthetic,
             "threads": args.threads, "pp": args.pp, "tg": args.tg, "reps": args.reps, "peers": peers,
             "models": [{"label": s.label, "layers": s.layers, "checkpoint": s.hf and os.path.abspath(s.hf),
                         "moecc_file": s.path, "moecc_file_bytes": os.path.getsize(s.path),

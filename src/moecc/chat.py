@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(max_tokens=2048)
     parser.add_argument("--hide-thinking", action="store_true", help="do not show the thinking text")
     args = parser.parse_args(argv)
-    from .format import FormatError
+    from .formats import FormatError
     try:
         model = open_model(args)
         if model.chat_template is None:

@@ -169,47 +169,58 @@ def _refuse_unsupported(raw: dict) -> None:
 @dataclass(frozen=True)
 class TensorSpec:
     """One weight of the architecture: its name in the checkpoint and .moecc file, its shape,
-    and its role (embed, attn, norm, router, experts, mlp, lm_head), which decides its storage type."""
+    its role (embed, attn, norm, router, experts, mlp, lm_head), which decides its storage type,
+    and the field of the model that holds it (`model.LayerWeights` for a layer's tensors)."""
     name: str
     shape: tuple[int, ...]
     role: str
+    field: str
+    layer: int | None = None  # None: not part of a layer
 
 
-def tensor_specs(cfg: Qwen3MoeConfig) -> list[TensorSpec]:
-    """Every weight the model has, in file order.  Names are the Hugging Face names, except that a
+def layer_tensor_specs(cfg: Qwen3MoeConfig, layer: int) -> list[TensorSpec]:
+    """The weights of one layer, in file order.  Names are the Hugging Face names, except that a
     sparse layer's experts are stacked: `model.layers.L.mlp.experts.{gate,up,down}_proj` of shape
     [E, rows, cols], one expert after another."""
     D, hd, E = cfg.hidden_size, cfg.head_dim, cfg.num_experts
     q_width, kv_width = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    specs = [TensorSpec("model.embed_tokens.weight", (cfg.vocab_size, D), "embed")]
-    for layer in range(cfg.num_hidden_layers):
-        p = f"model.layers.{layer}."
+    p = f"model.layers.{layer}."
+    specs = [
+        (p + "input_layernorm.weight", (D,), "norm", "input_layernorm"),
+        (p + "self_attn.q_proj.weight", (q_width, D), "attn", "q_proj"),
+        (p + "self_attn.k_proj.weight", (kv_width, D), "attn", "k_proj"),
+        (p + "self_attn.v_proj.weight", (kv_width, D), "attn", "v_proj"),
+        (p + "self_attn.o_proj.weight", (D, q_width), "attn", "o_proj"),
+        (p + "self_attn.q_norm.weight", (hd,), "norm", "q_norm"),
+        (p + "self_attn.k_norm.weight", (hd,), "norm", "k_norm"),
+        (p + "post_attention_layernorm.weight", (D,), "norm", "post_attention_layernorm"),
+    ]
+    if cfg.is_sparse_layer(layer):
+        I = cfg.moe_intermediate_size
         specs += [
-            TensorSpec(p + "input_layernorm.weight", (D,), "norm"),
-            TensorSpec(p + "self_attn.q_proj.weight", (q_width, D), "attn"),
-            TensorSpec(p + "self_attn.k_proj.weight", (kv_width, D), "attn"),
-            TensorSpec(p + "self_attn.v_proj.weight", (kv_width, D), "attn"),
-            TensorSpec(p + "self_attn.o_proj.weight", (D, q_width), "attn"),
-            TensorSpec(p + "self_attn.q_norm.weight", (hd,), "norm"),
-            TensorSpec(p + "self_attn.k_norm.weight", (hd,), "norm"),
-            TensorSpec(p + "post_attention_layernorm.weight", (D,), "norm"),
+            (p + "mlp.gate.weight", (E, D), "router", "router"),
+            (p + "mlp.experts.gate_proj", (E, I, D), "experts", "gate_proj"),
+            (p + "mlp.experts.up_proj", (E, I, D), "experts", "up_proj"),
+            (p + "mlp.experts.down_proj", (E, D, I), "experts", "down_proj"),
         ]
-        if cfg.is_sparse_layer(layer):
-            I = cfg.moe_intermediate_size
-            specs += [
-                TensorSpec(p + "mlp.gate.weight", (E, D), "router"),
-                TensorSpec(p + "mlp.experts.gate_proj", (E, I, D), "experts"),
-                TensorSpec(p + "mlp.experts.up_proj", (E, I, D), "experts"),
-                TensorSpec(p + "mlp.experts.down_proj", (E, D, I), "experts"),
-            ]
-        else:
-            I = cfg.intermediate_size
-            specs += [
-                TensorSpec(p + "mlp.gate_proj.weight", (I, D), "mlp"),
-                TensorSpec(p + "mlp.up_proj.weight", (I, D), "mlp"),
-                TensorSpec(p + "mlp.down_proj.weight", (D, I), "mlp"),
-            ]
-    specs.append(TensorSpec("model.norm.weight", (D,), "norm"))
+    else:
+        I = cfg.intermediate_size
+        specs += [
+            (p + "mlp.gate_proj.weight", (I, D), "mlp", "gate_proj"),
+            (p + "mlp.up_proj.weight", (I, D), "mlp", "up_proj"),
+            (p + "mlp.down_proj.weight", (D, I), "mlp", "down_proj"),
+        ]
+    return [TensorSpec(name, shape, role, field, layer) for name, shape, role, field in specs]
+
+
+def tensor_specs(cfg: Qwen3MoeConfig) -> list[TensorSpec]:
+    """Every weight the model has, in file order: the embedding, each layer's tensors, the final
+    norm and (unless tied to the embedding) the lm_head."""
+    D, V = cfg.hidden_size, cfg.vocab_size
+    specs = [TensorSpec("model.embed_tokens.weight", (V, D), "embed", "embed_tokens")]
+    for layer in range(cfg.num_hidden_layers):
+        specs += layer_tensor_specs(cfg, layer)
+    specs.append(TensorSpec("model.norm.weight", (D,), "norm", "norm"))
     if not cfg.tie_word_embeddings:
-        specs.append(TensorSpec("lm_head.weight", (cfg.vocab_size, D), "lm_head"))
+        specs.append(TensorSpec("lm_head.weight", (V, D), "lm_head", "lm_head"))
     return specs

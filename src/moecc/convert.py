@@ -1,6 +1,6 @@
 """moecc-convert: a Hugging Face qwen3_moe checkpoint folder -> one .moecc file, in one pass.
 
-    moecc-convert path/to/Qwen3-30B-A3B -o qwen3.moecc --quant q4 --group-size 32
+    moecc-convert path/to/Qwen3-30B-A3B -o qwen3.moecc --quant q4
 
 Tensors stream one at a time (experts one expert at a time, big matrices in row blocks) from
 the memory-mapped shards through the storage encoder into the file, so peak memory is bounded
@@ -16,16 +16,17 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, format, quant
-from .checkpoint import Checkpoint, CheckpointError
+from . import __version__, quant, storage
+from .formats import moecc_file
+from .formats.huggingface import Checkpoint, CheckpointError
 from .config import ConfigError, TensorSpec, tensor_specs
 
-STORAGE_TYPES = ("f32", "bf16", "q8", "q4")
+STORAGE_TYPES = ("f32", "bf16", "q8", "q4")  # what a user picks for a class of tensors
 ALWAYS_F32 = ("norm", "router")  # small, and precision-sensitive (routing decisions)
 MATRIX_ROLES = ("embed", "attn", "experts", "mlp", "lm_head")
 _BLOCK_BYTES = 64 << 20  # big 2-D tensors are converted in row blocks of about this size
@@ -36,38 +37,29 @@ class StoragePlan:
     """How each class of tensor is stored: `quant` for every weight matrix, except the roles in
     `overrides` (e.g. {"attn": "bf16"}); norms and the router always in f32."""
     quant: str = "bf16"
-    group_size: int = 32
     overrides: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
-        for role, dtype in ((None, self.quant), *self.overrides):
-            if dtype not in STORAGE_TYPES:
-                raise ValueError(f"storage type {dtype!r} is not supported; choose one of {', '.join(STORAGE_TYPES)}")
+        for role, name in ((None, self.quant), *self.overrides):
+            if name not in STORAGE_TYPES:
+                raise ValueError(f"storage type {name!r} is not supported; choose one of {', '.join(STORAGE_TYPES)}")
             if role is not None and role not in MATRIX_ROLES:
                 raise ValueError(f"unknown class of tensors {role!r}; choose from {', '.join(MATRIX_ROLES)}")
-        if self.group_size not in quant.GROUP_SIZES:
-            raise ValueError(f"group size {self.group_size} is not supported; choose one of "
-                             f"{', '.join(map(str, quant.GROUP_SIZES))}")
 
-    def storage(self, spec: TensorSpec) -> tuple[str, int]:
-        """(dtype, group size or 0) of one tensor; ValueError if its rows cannot be grouped.
-        q4 matrices that are only multiplied (not the embedding, which is looked up by row) are
-        stored as q4p panels when their shape allows (quant.can_panel)."""
+    def storage(self, spec: TensorSpec) -> str:
+        """The storage type of one tensor; ValueError if its rows cannot be stored so.  q4 matrices
+        that are only multiplied (not the embedding, which is looked up by row) are stored as q4p
+        panels when their shape allows (quant.can_panel)."""
         if spec.role in ALWAYS_F32:
-            return "f32", 0
-        dtype = dict(self.overrides).get(spec.role, self.quant)
-        if dtype not in quant.QUANTIZED:
-            return dtype, 0
-        K = spec.shape[-1]
-        if K % self.group_size:
-            working = [g for g in quant.GROUP_SIZES if K % g == 0]
-            hint = (f"use --group-size {' or '.join(map(str, working))}" if working else
-                    f"no supported group size divides {K}; store this class unquantized with --keep {spec.role}")
-            raise ValueError(f"tensor {spec.name} has rows of {K} values, which groups of "
-                             f"{self.group_size} do not divide: {hint}")
-        if dtype == "q4" and spec.role != "embed" and quant.can_panel(spec.shape, self.group_size):
-            return "q4p", self.group_size
-        return dtype, self.group_size
+            return "f32"
+        name = dict(self.overrides).get(spec.role, self.quant)
+        problem = storage.get(name).shape_problem(spec.shape)
+        if problem:
+            raise ValueError(f"tensor {spec.name}: {problem}; store this class unquantized with "
+                             f"--keep {spec.role}")
+        if name == "q4" and spec.role != "embed" and quant.can_panel(spec.shape):
+            return "q4p"
+        return name
 
 
 def _source_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarray, str]]:
@@ -124,23 +116,37 @@ def convert(hf_dir: str, out_path: str, plan: StoragePlan | str = "bf16", force:
         raise FileExistsError(f"{out_path} exists; pass --force to overwrite it")
 
     specs = tensor_specs(ckpt.config)
-    table = [(s.name, *plan.storage(s)) for s in specs]
+    kinds = [plan.storage(s) for s in specs]
     files = ckpt.embedded_files()
     info = {"moecc": __version__, "source": os.path.basename(os.path.abspath(hf_dir)), "quant": plan.quant,
-            "group_size": plan.group_size, "overrides": dict(plan.overrides)}
+            "overrides": dict(plan.overrides)}
     started = time.perf_counter()
-    from tqdm import tqdm
-    writer = format.Writer(out_abs, ckpt.config.to_dict(), [(s.name, d, s.shape, g) for s, (_, d, g) in
-                                                             zip(specs, table)], files, info)
-    with writer, tqdm(total=writer.data_size, unit="B", unit_scale=True, disable=not progress,
-                      desc=os.path.basename(out_path)) as bar:
-        for spec, (_, dtype, group_size) in zip(specs, table):
-            for part, source_dtype in _source_parts(ckpt, spec):
-                encoded = quant.encode(part, source_dtype, dtype, group_size)
-                writer.write(spec.name, encoded)
-                bar.update(encoded.nbytes)
+    write_model(out_abs, ckpt.config.to_dict(), [(spec, kind, _encoded_parts(ckpt, spec, kind))
+                                                  for spec, kind in zip(specs, kinds)], files, info, progress)
     seconds = time.perf_counter() - started
     return {"source_bytes": ckpt.source_bytes(), "output_bytes": os.path.getsize(out_abs), "seconds": seconds}
+
+
+def _encoded_parts(ckpt: Checkpoint, spec: TensorSpec, kind: str) -> Iterator[np.ndarray]:
+    """The bytes of one tensor stored as `kind`, in pieces (read from the checkpoint lazily)."""
+    for part, source_dtype in _source_parts(ckpt, spec):
+        yield quant.encode(part, source_dtype, kind)
+
+
+def write_model(path: str, config: dict, tensors: list[tuple[TensorSpec, str, Iterable[np.ndarray]]],
+                files: dict[str, bytes], info: dict, progress: bool = True) -> None:
+    """Write a .moecc file from `tensors`: (spec, storage type, the encoded bytes in pieces) for
+    every tensor of the inventory, in file order.  The one write path of every .moecc writer
+    (the converter, synthetic models); the pieces are drawn one at a time as they are written."""
+    from tqdm import tqdm
+    writer = moecc_file.Writer(path, config, [(spec.name, kind, spec.shape) for spec, kind, _ in tensors],
+                               files, info)
+    with writer, tqdm(total=writer.data_size, unit="B", unit_scale=True, disable=not progress,
+                      desc=os.path.basename(path)) as bar:
+        for spec, _, pieces in tensors:
+            for encoded in pieces:
+                writer.write(spec.name, encoded)
+                bar.update(encoded.nbytes)
 
 
 def _raise_interrupt(signum, frame):
@@ -155,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("hf_dir", help="folder of the Hugging Face checkpoint")
     parser.add_argument("-o", "--output", required=True, help="the .moecc file to write")
     parser.add_argument("--quant", default="bf16", choices=STORAGE_TYPES,
-                        help="storage type of the weight matrices: f32, bf16, q8 or q4 (group-wise, "
-                             "fp16 scales); norms and the router always stay f32. Default bf16")
-    parser.add_argument("--group-size", type=int, default=32, choices=quant.GROUP_SIZES,
-                        help="values per quantization group for q8 / q4 (default 32)")
+                        help="storage type of the weight matrices: f32, bf16, q8 or q4 (blocks of 32 "
+                             "values with an fp16 scale, as llama.cpp's Q8_0 / Q4_0); norms and the "
+                             "router always stay f32. Default bf16")
+    parser.add_argument("--group-size", type=int, default=quant.GROUP, choices=[quant.GROUP],
+                        help=f"values per fp16 scale of q8 / q4: {quant.GROUP}, the only size since "
+                             "format 2 (accepted so that scripts naming it keep working)")
     parser.add_argument("--keep", default="", metavar="CLASSES",
                         help="comma-separated classes of tensors to keep in bf16 instead: "
                              f"{', '.join(MATRIX_ROLES)} (e.g. --keep attn,lm_head)")
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             if not sep:
                 raise ValueError(f"--class-quant {item!r}: write CLASS=TYPE, e.g. attn=q8")
             overrides.append((role.strip(), dtype.strip()))
-        plan = StoragePlan(args.quant, args.group_size, tuple(overrides))
+        plan = StoragePlan(args.quant, tuple(overrides))
         stats = convert(args.hf_dir, args.output, plan, force=args.force, progress=not args.quiet)
     except KeyboardInterrupt:
         print("moecc-convert: interrupted; nothing was written", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The public Model: load a .moecc file, compute logits, generate text.
+"""The public Model: a loaded model file's logits and generated text.
 
     m = moecc.load("qwen3.moecc")
     for step in m.generate("Once upon a time", max_tokens=64):
@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import chat_template, format
-from .config import ConfigError, Qwen3MoeConfig, tensor_specs
-from .model import KV_CACHE_DTYPES, PREFILL_CHUNK, Transformer, Weight
+from . import chat_template
+from .formats import FormatError
+from .loader import open_model
+from .model import KV_CACHE_DTYPES, PREFILL_CHUNK, Transformer
 from .sampler import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -65,41 +66,6 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def check_tensor_table(mf: format.ModelFile, cfg: Qwen3MoeConfig) -> None:
-    """The file's tensors must be exactly the ones the config implies, in shape and type."""
-    specs = tensor_specs(cfg)
-    expected = {s.name for s in specs}
-    for spec in specs:
-        entry = mf.tensors.get(spec.name)
-        if entry is None:
-            raise format.FormatError(f"{mf.path}: tensor {spec.name} is missing; the file does not "
-                                     "match its config (re-convert it)")
-        if entry.shape != spec.shape:
-            raise format.FormatError(f"{mf.path}: tensor {spec.name} has shape {list(entry.shape)} but "
-                                     f"the config implies {list(spec.shape)}; re-convert the model")
-        if spec.role in ("norm", "router") and entry.dtype != "f32":
-            raise format.FormatError(f"{mf.path}: tensor {spec.name} is {entry.dtype}; norms and the "
-                                     "router must be f32")
-    extra = sorted(set(mf.tensors) - expected)
-    if extra:
-        raise format.FormatError(f"{mf.path}: tensor {extra[0]} is not part of the model its config "
-                                 "describes; the file is damaged or from another moecc")
-    embed = mf.tensors["model.embed_tokens.weight"]
-    if embed.dtype == "q4p":
-        raise format.FormatError(f"{mf.path}: model.embed_tokens.weight is stored as q4p panels, which "
-                                 "cannot be looked up by row; re-convert the model")
-    # one SwiGLU kernel call reads a layer's gate, up and down in one format
-    mlp_formats: dict[str, set] = {}
-    for spec in specs:
-        if spec.role in ("experts", "mlp"):
-            entry = mf.tensors[spec.name]
-            mlp_formats.setdefault(spec.name.split(".mlp.")[0], set()).add((entry.dtype, entry.group_size))
-    for layer, formats in sorted(mlp_formats.items()):
-        if len(formats) > 1:
-            raise format.FormatError(f"{mf.path}: the MLP of {layer} mixes storage types "
-                                     f"{sorted(formats)}; gate, up and down must share one (re-convert it)")
-
-
 class Model:
     """A loaded model: config, tokenizer, weights (mapped), one context."""
 
@@ -110,13 +76,10 @@ class Model:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         if kv_cache not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache!r}")
-        self.file = format.ModelFile(path)
+        self.source = open_model(path)
+        self.path = self.source.path
         try:
-            try:
-                self.config = Qwen3MoeConfig.from_dict(self.file.config_dict)
-            except (ConfigError, TypeError, ValueError) as e:
-                raise format.FormatError(f"{self.file.path}: its config is invalid: {e}") from None
-            check_tensor_table(self.file, self.config)
+            self.config = self.source.config
             max_ctx = self.config.max_position_embeddings
             ctx = min(max_ctx, DEFAULT_MAX_CTX) if ctx is None else ctx
             if not isinstance(ctx, (int, np.integer)) or ctx < 1:
@@ -125,34 +88,38 @@ class Model:
                 warnings.warn(f"ctx {ctx} is longer than the model was trained for "
                               f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=3)
             self._read_embedded_files()
-            self.net = Transformer(self.config, self.file.tensor, self._weight, int(ctx), int(threads), kv_cache)
+            self.net = Transformer(self.config, self.source.weights, int(ctx), int(threads), kv_cache)
         except BaseException:
-            self.file.close()
+            self.source.close()
             raise
         self.stats = GenerationStats()
         self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
 
-    def _weight(self, name: str) -> Weight:
-        entry = self.file.tensors[name]
-        return Weight(self.file.tensor(name), entry.dtype, entry.group_size)
-
     def _read_embedded_files(self) -> None:
-        tokenizer_json = self.file.file_bytes("tokenizer.json")
-        if tokenizer_json is None:
-            raise format.FormatError(f"{self.file.path} embeds no tokenizer.json; re-convert it")
+        files = self.source.files
+        if "tokenizer.json" not in files:
+            raise FormatError(f"{self.path} embeds no tokenizer.json; re-convert it")
         try:
-            self.tokenizer = Tokenizer(tokenizer_json, self.file.file_bytes("tokenizer_config.json"))
-            generation_config = self.file.file_bytes("generation_config.json")
+            self.tokenizer = Tokenizer(files["tokenizer.json"], files.get("tokenizer_config.json"))
+            generation_config = files.get("generation_config.json")
             self.generation_config: dict = json.loads(generation_config) if generation_config else {}
             if not isinstance(self.generation_config, dict):
                 raise ValueError("generation_config.json is not a JSON object")
             self.eos_token_ids = self._eos_ids()
             self.chat_template = self._chat_template()
-        except format.FormatError:
-            raise
         except Exception as e:  # tokenizers raises plain Exception for a malformed tokenizer.json
-            raise format.FormatError(f"{self.file.path}: an embedded tokenizer or generation file is "
-                                     f"unreadable ({e}); re-convert the model") from None
+            raise FormatError(f"{self.path}: an embedded tokenizer or generation file is "
+                              f"unreadable ({e}); re-convert the model") from None
+
+    def close(self) -> None:
+        """Unmap the model file; the Model must not be used afterwards."""
+        self.source.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def ctx(self) -> int:
@@ -172,7 +139,7 @@ class Model:
     def _chat_template(self) -> str | None:
         """The checkpoint's template: chat_template.jinja, else tokenizer_config's chat_template
         (a string, or a list of named templates of which "default" is used)."""
-        jinja = self.file.file_bytes("chat_template.jinja")
+        jinja = self.source.files.get("chat_template.jinja")
         if jinja is not None:
             return jinja.decode("utf-8")
         template = self.tokenizer.config.get("chat_template")
@@ -184,7 +151,7 @@ class Model:
                             enable_thinking: bool | None = None, tools: list[dict] | None = None) -> str:
         """The prompt text for `messages`, as transformers' apply_chat_template(tokenize=False)."""
         if self.chat_template is None:
-            raise ValueError(f"{self.file.path} has no chat template; send raw text with generate()")
+            raise ValueError(f"{self.path} has no chat template; send raw text with generate()")
         return chat_template.render(self.chat_template, messages, tokenizer_config=self.tokenizer.config,
                                     add_generation_prompt=add_generation_prompt,
                                     enable_thinking=enable_thinking, tools=tools)

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true",
                         help="send the prompt as it is, without the model's chat template")
     args = parser.parse_args(argv)
-    from moecc.format import FormatError
+    from moecc.formats import FormatError
     try:
         model = open_model(args)
         prompt = args.prompt

@@ -12,11 +12,12 @@ import sys
 
 import numpy as np
 
-from . import format
+from .formats import FormatError
+from .formats.moecc_file import ModelFile
 from .config import ConfigError, Qwen3MoeConfig, tensor_specs
 
 
-def summary(mf: format.ModelFile) -> dict:
+def summary(mf: ModelFile) -> dict:
     """The file's config, tensor table and per-class totals, as plain data."""
     try:
         roles = {s.name: s.role for s in tensor_specs(Qwen3MoeConfig.from_dict(mf.config_dict))}
@@ -26,13 +27,13 @@ def summary(mf: format.ModelFile) -> dict:
     for e in sorted(mf.tensors.values(), key=lambda e: e.offset):
         params = int(np.prod(e.shape, dtype=np.int64))
         role = roles.get(e.name, "unknown")
-        tensors.append({"name": e.name, "class": role, "dtype": e.dtype, "group_size": e.group_size,
+        tensors.append({"name": e.name, "class": role, "dtype": e.dtype,
                         "shape": list(e.shape), "bytes": e.size, "bits_per_weight": 8 * e.size / params})
         total = classes.setdefault(role, {"tensors": 0, "params": 0, "bytes": 0, "dtypes": set()})
         total["tensors"] += 1
         total["params"] += params
         total["bytes"] += e.size
-        total["dtypes"].add(e.dtype if not e.group_size else f"{e.dtype}/g{e.group_size}")
+        total["dtypes"].add(e.dtype)
     for total in classes.values():
         total["bits_per_weight"] = 8 * total["bytes"] / total["params"]
         total["dtypes"] = sorted(total["dtypes"])
@@ -55,8 +56,7 @@ def _print_text(info: dict, out) -> None:
               f"{c['bits_per_weight']:>7.2f}  {', '.join(c['dtypes'])}", file=out)
     print(f"\n{'name':<48} {'type':<8} {'shape':<20} {'bytes':>12}", file=out)
     for t in info["tensors"]:
-        kind = t["dtype"] + (f"/g{t['group_size']}" if t["group_size"] else "")
-        print(f"{t['name']:<48} {kind:<8} {'x'.join(map(str, t['shape'])):<20} {t['bytes']:>12,}", file=out)
+        print(f"{t['name']:<48} {t['dtype']:<8} {'x'.join(map(str, t['shape'])):<20} {t['bytes']:>12,}", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="check every tensor's and file's CRC-32 against its data (reads the whole file)")
     args = parser.parse_args(argv)
     try:
-        mf = format.ModelFile(args.file)
-    except format.FormatError as e:
+        mf = ModelFile(args.file)
+    except FormatError as e:
         print(f"moecc-inspect: error: {e}", file=sys.stderr)
         return 2
     info = summary(mf)

@@ -17,23 +17,23 @@ and half the memory) or, on request, float32 (the exact path the tests hold to t
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from . import _kernels as K
-from .config import Qwen3MoeConfig
+from .config import Qwen3MoeConfig, layer_tensor_specs
 
 PREFILL_CHUNK = 256
 KV_CACHE_DTYPES = {"f16": np.float16, "f32": np.float32}
 
 
 class Weight(NamedTuple):
-    """A weight matrix (or a stack of them) as stored: the mapped data and its storage type."""
-    data: np.ndarray  # f32, bf16 bits (uint16), or q8 / q4 / q4p bytes (uint8 [..., rows, row_bytes])
-    wtype: str  # "f32", "bf16", "q8", "q4", "q4p"
-    group_size: int = 0  # quantized types only
+    """A tensor as stored: the mapped data and its storage type (moecc.storage)."""
+    data: np.ndarray  # f32, bf16 bits (uint16), f16, or q8 / q4 / q4p bytes (uint8 [..., rows, row_bytes])
+    storage: str  # a name in moecc.storage.TYPES
 
     def stacked(self) -> "Weight":
         """The same matrix as a stack of one (a dense MLP runs as a single always-chosen expert)."""
@@ -42,6 +42,7 @@ class Weight(NamedTuple):
 
 @dataclass
 class LayerWeights:
+    """One decoder layer's weights; the field names are config.layer_tensor_specs' `field`s."""
     input_layernorm: np.ndarray  # [D] f32
     q_proj: Weight  # [Hq*hd, D]
     k_proj: Weight  # [Hkv*hd, D]
@@ -50,32 +51,26 @@ class LayerWeights:
     q_norm: np.ndarray  # [hd] f32
     k_norm: np.ndarray  # [hd] f32
     post_attention_layernorm: np.ndarray  # [D] f32
-    router: np.ndarray | None  # [E, D] f32; None in a dense layer
     gate_proj: Weight  # [E, I, D] (a dense layer: [1, I, D])
     up_proj: Weight  # [E, I, D]
     down_proj: Weight  # [E, D, I]
+    router: np.ndarray | None = None  # [E, D] f32; None in a dense layer
 
 
-def layer_weights(cfg: Qwen3MoeConfig, array, weight, layer: int) -> LayerWeights:
-    """The weights of one layer: `array(name)` gives a float32 view, `weight(name)` a Weight."""
-    p = f"model.layers.{layer}."
-    if cfg.is_sparse_layer(layer):
-        router = array(p + "mlp.gate.weight")
-        mlp = [weight(p + f"mlp.experts.{n}") for n in ("gate_proj", "up_proj", "down_proj")]
-    else:
-        router = None
-        mlp = [weight(p + f"mlp.{n}.weight").stacked() for n in ("gate_proj", "up_proj", "down_proj")]
-    return LayerWeights(
-        array(p + "input_layernorm.weight"),
-        weight(p + "self_attn.q_proj.weight"), weight(p + "self_attn.k_proj.weight"),
-        weight(p + "self_attn.v_proj.weight"), weight(p + "self_attn.o_proj.weight"),
-        array(p + "self_attn.q_norm.weight"), array(p + "self_attn.k_norm.weight"),
-        array(p + "post_attention_layernorm.weight"), router, *mlp)
+def layer_weights(cfg: Qwen3MoeConfig, weights: Mapping[str, Weight], layer: int) -> LayerWeights:
+    """The weights of one layer, by the inventory's field names: norms and the router as float32
+    arrays, matrices as Weights (a dense MLP's as a stack of one expert)."""
+    fields = {}
+    for spec in layer_tensor_specs(cfg, layer):
+        w = weights[spec.name]
+        fields[spec.field] = w.data if spec.role in ("norm", "router") else \
+            w.stacked() if spec.role == "mlp" else w
+    return LayerWeights(**fields)
 
 
 def linear(x: np.ndarray, w: Weight, out: np.ndarray, threads: int) -> None:
     """out = x @ w.T, whatever the storage type of w."""
-    K.matmul(x, w.data, out, threads=threads, wtype=w.wtype, group_size=w.group_size)
+    K.matmul(x, w.data, out, threads=threads, storage=w.storage)
 
 
 def rope_tables(cfg: Qwen3MoeConfig, ctx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,16 +120,17 @@ class Buffers:
 class Transformer:
     """The network: weights (views of the mapped file), buffers, and the forward pass."""
 
-    def __init__(self, cfg: Qwen3MoeConfig, array, weight, ctx: int, threads: int, kv_cache: str):
-        """`array(name)`: a float32 tensor view; `weight(name)`: a Weight (see layer_weights);
-        `kv_cache`: the cache's storage, a key of KV_CACHE_DTYPES."""
+    def __init__(self, cfg: Qwen3MoeConfig, weights: Mapping[str, Weight], ctx: int, threads: int,
+                 kv_cache: str):
+        """`weights`: every tensor of config.tensor_specs(cfg) by name, as stored (checked by the
+        loader); `kv_cache`: the cache's storage, a key of KV_CACHE_DTYPES."""
         self.cfg = cfg
         self.ctx = ctx
         self.threads = threads
-        self.embed_tokens = weight("model.embed_tokens.weight")  # [V, D]
-        self.layers = [layer_weights(cfg, array, weight, i) for i in range(cfg.num_hidden_layers)]
-        self.norm = array("model.norm.weight")  # [D]
-        self.lm_head = self.embed_tokens if cfg.tie_word_embeddings else weight("lm_head.weight")  # [V, D]
+        self.embed_tokens = weights["model.embed_tokens.weight"]  # [V, D]
+        self.layers = [layer_weights(cfg, weights, i) for i in range(cfg.num_hidden_layers)]
+        self.norm = weights["model.norm.weight"].data  # [D] f32
+        self.lm_head = self.embed_tokens if cfg.tie_word_embeddings else weights["lm_head.weight"]  # [V, D]
         self.cos, self.sin = rope_tables(cfg, ctx)
         self.buf = Buffers(cfg, PREFILL_CHUNK, ctx, kv_cache)
         self.lock = threading.Lock()
@@ -147,7 +143,7 @@ class Transformer:
         T, b, n = len(ids), self.buf, self.threads
         x = b.x[:T]
         e = self.embed_tokens
-        K.embedding(e.data, ids, x, threads=n, wtype=e.wtype, group_size=e.group_size)
+        K.embedding(e.data, ids, x, threads=n, storage=e.storage)
         for layer, w in enumerate(self.layers):
             self.attention_block(layer, w, x, start)
             self.mlp_block(w, x)
@@ -194,5 +190,5 @@ class Transformer:
         else:
             ids, weights = b.dense_ids[:T], b.dense_weights[:T]
         K.moe_ffn(h, w.gate_proj.data, w.up_proj.data, w.down_proj.data, ids, weights, b.moe_scratch, out,
-                  threads=n, wtype=w.gate_proj.wtype, group_size=w.gate_proj.group_size)
+                  threads=n, storage=w.gate_proj.storage, down_storage=w.down_proj.storage)
         x += out

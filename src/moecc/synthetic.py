@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .quant import GROUP_SIZES, QUANTIZED
+QUANTIZED = ("q8", "q4")  # what write_quantized_model writes
 
 # config.json of Qwen/Qwen3-30B-A3B, but for num_hidden_layers / max_window_layers (set per call)
 QWEN3_30B_A3B_CONFIG = {
@@ -414,79 +414,72 @@ def quantized_scale(dtype: str, std: float = WEIGHT_STD) -> float:
     return std / float(np.sqrt(np.mean(np.square(_quant_levels(dtype), dtype=np.float64))))
 
 
-def _random_rows(dtype: str, rows: int, K: int, group_size: int, scale: np.uint16,
-                 rng: np.random.Generator) -> np.ndarray:
-    """uint8 [rows, row_bytes]: uniformly random q4 nibbles / q8 values, and fp16 group scales of
+def _random_rows(name: str, rows: int, K: int, scale: np.uint16, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [rows, row_bytes]: uniformly random q4 nibbles / q8 values, and fp16 block scales of
     magnitude `scale` (fp16 bits) with random signs -- all cut from one draw of raw bits (SFC64's
     raw output is ~4 GB/s, several times faster than rng.bytes)."""
-    from .quant import row_bytes
-    width = row_bytes(dtype, K, group_size)
-    block = rng.bit_generator.random_raw(-(-rows * width // 8)).view(np.uint8)[:rows * width].reshape(rows, width)
-    values = width - 2 * (K // group_size)
-    if dtype == "q8":
-        np.maximum(block[:, :values].view(np.int8), -127, out=block[:, :values].view(np.int8))
-    scales = block[:, values:].view(np.uint16)
+    from .quant import GROUP, assemble
+    value_bytes = K if name == "q8" else K // 2
+    width = value_bytes + 2 * (K // GROUP)
+    raw = rng.bit_generator.random_raw(-(-rows * width // 8)).view(np.uint8)[:rows * width].reshape(rows, width)
+    values, scales = raw[:, :value_bytes], raw[:, value_bytes:].view(np.uint16)
+    if name == "q8":
+        np.maximum(values.view(np.int8), -127, out=values.view(np.int8))
     scales &= np.uint16(0x8000)
     scales |= scale
-    return block
+    return assemble(name, values, scales.view(np.float16))
 
 
-def _quantized_model_parts(spec, dtype: str, group_size: int, seed: int, scale: np.uint16,
-                           normal: np.ndarray) -> Iterator[np.ndarray]:
+def _quantized_model_parts(spec, name: str, seed: int, scale: np.uint16, normal: np.ndarray) -> Iterator[np.ndarray]:
     """The bytes of one tensor of write_quantized_model's file, in file order, in bounded blocks."""
-    from .quant import PANEL_ROWS, bf16_to_f32, row_bytes, to_panels
+    from . import storage
+    from .quant import PANEL_ROWS, bf16_to_f32, to_panels
     count = int(np.prod(spec.shape))
     if spec.role == "norm":
         yield np.ones(count, np.float32)
-    elif dtype == "f32":  # the router
+    elif name == "f32":  # the router
         yield bf16_to_f32(_chunk(normal, seed, spec.name, 0, count))
     else:
         K = spec.shape[-1]
         rows = count // K
         # blocks of whole q4p panels; a q4p block is q4 rows laid out as panels
-        step = max(PANEL_ROWS, _BLOCK_BYTES // row_bytes(dtype, K, group_size) // PANEL_ROWS * PANEL_ROWS)
+        step = max(PANEL_ROWS, _BLOCK_BYTES // storage.get(name).row_bytes(K) // PANEL_ROWS * PANEL_ROWS)
         for index, start in enumerate(range(0, rows, step)):
             rng = np.random.Generator(np.random.SFC64([seed, zlib.crc32(spec.name.encode()), index]))
-            if dtype == "q4p":
-                yield to_panels(_random_rows("q4", min(step, rows - start), K, group_size, scale, rng), K)
+            if name == "q4p":
+                yield to_panels(_random_rows("q4", min(step, rows - start), K, scale, rng), K)
             else:
-                yield _random_rows(dtype, min(step, rows - start), K, group_size, scale, rng)
+                yield _random_rows(name, min(step, rows - start), K, scale, rng)
 
 
-def write_quantized_model(path: str, layers: int, quant: str = "q4", group_size: int = 32, seed: int = 0,
+def write_quantized_model(path: str, layers: int, quant: str = "q4", seed: int = 0,
                           vocab_size: int | None = None, progress: bool = True, **overrides) -> dict:
     """Write a .moecc file of Qwen3-30B-A3B's geometry with `layers` layers straight from random
     quantized data: the file moecc-convert would write from a synthetic checkpoint with
-    `--quant quant --group-size group_size` (same config, tensor table, embedded files), without
-    the bf16 checkpoint (61 GB at 48 layers).  Quantized values are uniformly random, group scales
-    are +-quantized_scale(quant) so the weights have the checkpoint's std of 0.02; norms are 1.0;
-    the router is f32 as the converter stores it, drawn as the checkpoint's bf16 weights are.
-    Tensors stream to the file in row blocks, so memory stays at one block.  `overrides` replace
-    config keys (a tiny geometry for tests).  Returns {"bytes": file size, "config": config dict}."""
-    from . import __version__, format
-    from .checkpoint import EMBEDDED_FILES
+    `--quant quant` (same config, tensor table, embedded files), without the bf16 checkpoint
+    (61 GB at 48 layers), through the converter's own write path.  Quantized values are
+    uniformly random, block scales are +-quantized_scale(quant) so the weights have the
+    checkpoint's std of 0.02; norms are 1.0; the router is f32 as the converter stores it, drawn
+    as the checkpoint's bf16 weights are.  Tensors stream to the file in row blocks, so memory
+    stays at one block.  `overrides` replace config keys (a tiny geometry for tests).  Returns
+    {"bytes": file size, "config": config dict}."""
+    from . import __version__
     from .config import Qwen3MoeConfig, tensor_specs
-    from .convert import StoragePlan
+    from .convert import StoragePlan, write_model
+    from .formats.huggingface import EMBEDDED_FILES
     if quant not in QUANTIZED:
         raise ValueError(f"quant must be one of {', '.join(QUANTIZED)}, not {quant!r}")
     raw_cfg, files = synthetic_files(layers, vocab_size, **overrides)
     cfg = Qwen3MoeConfig.from_dict(raw_cfg)
-    plan = StoragePlan(quant, group_size)
-    table = [(spec, *plan.storage(spec)) for spec in tensor_specs(cfg)]
-    info = {"moecc": __version__, "source": SYNTHETIC_MODEL, "quant": quant, "group_size": group_size,
+    plan = StoragePlan(quant)
+    info = {"moecc": __version__, "source": SYNTHETIC_MODEL, "quant": quant,
             "overrides": {}, "synthetic": {"model": SYNTHETIC_MODEL, "layers": layers, "seed": seed}}
     embedded = {name: files[name] for name in EMBEDDED_FILES if name in files}  # as the converter embeds
     scale = np.array(quantized_scale(quant), np.float16).view(np.uint16)
     normal = normal_bf16_table()
-    writer = format.Writer(path, cfg.to_dict(), [(spec.name, dtype, spec.shape, g) for spec, dtype, g in table],
-                           embedded, info)
-    from tqdm import tqdm
-    with writer, tqdm(total=writer.data_size, unit="B", unit_scale=True, disable=not progress,
-                      desc=os.path.basename(path)) as bar:
-        for spec, dtype, g in table:
-            for part in _quantized_model_parts(spec, dtype, g, seed, scale, normal):
-                writer.write(spec.name, part)
-                bar.update(part.nbytes)
+    tensors = [(spec, plan.storage(spec), _quantized_model_parts(spec, plan.storage(spec), seed, scale, normal))
+               for spec in tensor_specs(cfg)]
+    write_model(path, cfg.to_dict(), tensors, embedded, info, progress)
     return {"bytes": os.path.getsize(path), "config": raw_cfg}
 
 
@@ -506,16 +499,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quant", choices=QUANTIZED, default=None,
                     help="write a .moecc file of this storage type from random quantized data")
-    ap.add_argument("--group-size", type=int, default=32, choices=GROUP_SIZES,
-                    help="values per quantization group with --quant; default 32")
     ap.add_argument("--shard-gb", type=float, default=4.0, help="shard size limit in GiB; default 4")
     ap.add_argument("--threads", type=int, default=2, help="generator threads; default 2")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     started = time.perf_counter()
     if a.quant:
-        stats = write_quantized_model(a.out, layers=a.layers, quant=a.quant, group_size=a.group_size,
-                                      seed=a.seed, vocab_size=a.vocab, progress=not a.quiet)
+        stats = write_quantized_model(a.out, layers=a.layers, quant=a.quant, seed=a.seed, vocab_size=a.vocab, progress=not a.quiet)
         what = "in one .moecc file"
     else:
         stats = make_checkpoint(a.out, layers=a.layers, vocab_size=a.vocab, seed=a.seed,

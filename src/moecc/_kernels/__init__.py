@@ -1,9 +1,10 @@
 """moecc's compiled kernels: C (moecc.h) behind thin Cython bindings, OpenMP inside.
 
-Every parallel kernel takes a required keyword `threads`. Weights are float32 arrays, uint16
-arrays holding bf16 bit patterns, or uint8 rows of group-wise quantized q8 / q4 (pass
-wtype="q8" / "q4" and group_size; row_bytes() gives a row's size, moecc.quant is the NumPy
-oracle); activations are float32 (quantized per block of 32 inside the kernels for q8 / q4).
+Every parallel kernel takes a required keyword `threads`. Weights are stored in one of the
+types of moecc.storage (storage_types() is the C side of that table): float32, uint16 holding
+bf16 bits, float16, or uint8 rows of q8 / q4 / q4p blocks (pass storage="q8" etc.; row_bytes()
+gives a row's size, moecc.quant is the NumPy oracle). Activations are float32 (quantized per
+block of 32 inside the kernels for q8 / q4 / q4p).
 The instruction set is chosen once from cpuid (best of avx512vnni > avx512 > avx2 > generic);
 MOECC_ISA=generic|avx2|avx512|avx512vnni forces one at import, set_isa() at run time.
 """
@@ -23,6 +24,7 @@ from ._ext import (
     router_topk,
     row_bytes,
     set_isa,
+    storage_types,
 )
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "router_topk",
     "row_bytes",
     "set_isa",
+    "storage_types",
 ]
 
 _forced = _os.environ.get("MOECC_ISA", "").strip()

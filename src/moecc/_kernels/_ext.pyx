@@ -6,6 +6,8 @@ dtype, ValueError for anything else), release the GIL, call C. All maths is in C
 """
 import numpy as np
 
+from moecc.storage import TYPES
+
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
 
@@ -13,30 +15,31 @@ cnp.import_array()
 
 
 cdef extern from "moecc.h" nogil:
-    ctypedef enum moecc_wtype:
-        MOECC_W_F32
-        MOECC_W_BF16
-        MOECC_W_Q8
-        MOECC_W_Q4
-        MOECC_W_F16
-        MOECC_W_Q4P
-    ctypedef struct moecc_wformat:
-        moecc_wtype type
-        int group
+    ctypedef enum moecc_storage:
+        MOECC_F32
+        MOECC_F16
+        MOECC_STORAGE_COUNT
+    ctypedef struct moecc_storage_info:
+        const char *name
+        int block_values
+        int block_bytes
+        int panel_rows
+        int row_lookup
+        int quantized_activations
+    const moecc_storage_info moecc_storage_types[]
     enum:
         MOECC_OK
         MOECC_ERR_INDEX
         MOECC_ERR_SHAPE
-        MOECC_ERR_WTYPE
+        MOECC_ERR_STORAGE
         MOECC_ERR_ISA
         MOECC_ERR_NOMEM
         MOECC_QBLOCK
-        MOECC_PANEL_ROWS
 
-    int moecc_wformat_check(moecc_wformat f, int64_t K)
-    int64_t moecc_row_bytes(moecc_wformat f, int64_t K)
+    int moecc_storage_check(moecc_storage s, int64_t N, int64_t K)
+    int64_t moecc_row_bytes(moecc_storage s, int64_t K)
     int64_t moecc_xq_bytes(int64_t K)
-    void moecc_quantize_rows(moecc_wformat f, const float *x, int64_t T, int64_t K, void *xq)
+    void moecc_quantize_rows(moecc_storage s, const float *x, int64_t T, int64_t K, void *xq)
 
     void moecc_dispatch_init()
     int moecc_isa_count()
@@ -47,9 +50,9 @@ cdef extern from "moecc.h" nogil:
     int moecc_openmp()
     int moecc_max_threads()
 
-    int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wformat f,
+    int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_storage s,
                      int64_t N, float *out, int threads)
-    int moecc_embedding(const void *table, moecc_wformat f, int64_t V, int64_t D,
+    int moecc_embedding(const void *table, moecc_storage s, int64_t V, int64_t D,
                         const int32_t *ids, int64_t T, float *out, int threads)
     void moecc_rmsnorm(const float *x, int64_t R, int64_t D, const float *weight, float eps,
                        float *out, int threads)
@@ -58,11 +61,11 @@ cdef extern from "moecc.h" nogil:
     int moecc_router_topk(const float *logits, int64_t T, int64_t E, int64_t top_k, int normalize,
                           int32_t *idx_out, float *weight_out, int threads)
     int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const void *k_cache,
-                        const void *v_cache, moecc_wtype kv, int64_t Hkv, int64_t C,
+                        const void *v_cache, moecc_storage kv, int64_t Hkv, int64_t C,
                         int64_t start, float *out, int threads)
     int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t I)
     int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
-                      const void *down, moecc_wformat f, int64_t E, int64_t I,
+                      moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t I,
                       const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
                       float *out, int threads)
 
@@ -97,78 +100,59 @@ cdef cnp.ndarray _array(object a, str name, int typenum, int ndim, bint writable
     return arr
 
 
-_WTYPES = {"f32": MOECC_W_F32, "bf16": MOECC_W_BF16, "f16": MOECC_W_F16, "q8": MOECC_W_Q8,
-           "q4": MOECC_W_Q4, "q4p": MOECC_W_Q4P}
-_WTYPE_DTYPES = {"f32": F32, "bf16": U16, "f16": F16, "q8": U8, "q4": U8, "q4p": U8}
-_QUANTIZED = (MOECC_W_Q8, MOECC_W_Q4, MOECC_W_Q4P)
-GROUP_SIZES = (32, 64, 128, 256)
+def storage_types():
+    """The C table of storage types (moecc.h), row by row: what moecc.storage.TYPES must equal."""
+    cdef int i
+    rows = []
+    for i in range(<int>MOECC_STORAGE_COUNT):
+        t = &moecc_storage_types[i]
+        rows.append({"name": t.name.decode(), "code": i, "block_values": t.block_values,
+                     "block_bytes": t.block_bytes, "panel_rows": t.panel_rows,
+                     "row_lookup": bool(t.row_lookup),
+                     "quantized_activations": bool(t.quantized_activations)})
+    return rows
 
 
-cdef moecc_wformat _format(str wtype, int group_size, int64_t K) except *:
-    """The C format of `wtype` ("f32", "bf16", "f16", "q8", "q4", "q4p") for rows of K values;
-    ValueError if the type is unknown or group_size is not allowed (q8 / q4: 32, 64, 128 or 256,
-    dividing K; q4p: 32; f32 / bf16 / f16: 0)."""
-    cdef moecc_wformat f
-    if wtype not in _WTYPES:
-        raise ValueError(f"unknown wtype {wtype!r}; expected one of {', '.join(_WTYPES)}")
-    f.type = _WTYPES[wtype]
-    f.group = group_size
-    if f.type in _QUANTIZED:
-        allowed = (MOECC_QBLOCK,) if f.type == MOECC_W_Q4P else GROUP_SIZES
-        if group_size not in allowed:
-            raise ValueError(f"group_size must be one of {allowed} for {wtype}, got {group_size}")
-        if K % group_size:
-            raise ValueError(f"{wtype}: groups of {group_size} do not divide the row length {K}")
-    elif group_size != 0:
-        raise ValueError(f"group_size applies to q8 / q4 / q4p only, got {group_size} for {wtype}")
-    if moecc_wformat_check(f, K) != MOECC_OK:  # the C side agrees
-        raise ValueError(f"{wtype} with group_size {group_size} cannot store rows of {K}")
-    return f
+_INFERRED = {F32: "f32", U16: "bf16", F16: "f16"}  # storage=None: the float types by dtype
 
 
-cdef moecc_wformat _weights(cnp.ndarray w, str name, object wtype, int group_size,
-                            int64_t K, tuple lead) except *:
-    """The format of weights w, rows of K values, checked: wtype None infers f32 (float32), bf16
-    (uint16) or f16 (float16); the dtype must fit the type (TypeError) and w.shape be
-    lead + (row length,), the row length being K elements for f32 / bf16 / f16 and
-    row_bytes(wtype, K, group_size) for q8 / q4 / q4p (whose matrices need rows in multiples of
-    16: the last of lead)."""
+cdef moecc_storage _storage(object storage) except *:
+    """The C code of the storage type called `storage`; ValueError if there is none."""
+    st = TYPES.get(storage) if isinstance(storage, str) else None
+    if st is None:
+        if not isinstance(storage, str):
+            raise TypeError(f"storage must be a str or None, got {type(storage).__name__}")
+        raise ValueError(f"unknown storage type {storage!r}; expected one of {', '.join(TYPES)}")
+    return <moecc_storage>st.code
+
+
+cdef moecc_storage _weights(cnp.ndarray w, str name, object storage, int64_t K,
+                            tuple lead) except *:
+    """The storage type of weights w, rows of K values, checked once here (the kernels trust it):
+    storage None infers f32 (float32), bf16 (uint16) or f16 (float16); the dtype must be the
+    type's view dtype (TypeError), K a whole number of its blocks, the rows (the last of lead) a
+    whole number of its panels, and w.shape lead + (the row's length in view elements,)."""
     cdef int t = cnp.PyArray_TYPE(w)
-    if wtype is None:
-        if t == F32:
-            wtype = "f32"
-        elif t == U16:
-            wtype = "bf16"
-        elif t == F16:
-            wtype = "f16"
-        elif t == U8:
-            raise TypeError(f"{name} is uint8: quantized weights need wtype='q8', 'q4' or "
-                            f"'q4p' and group_size")
-        else:
+    if storage is None:
+        if t == U8:
+            raise TypeError(f"{name} is uint8: quantized weights need storage='q8', 'q4' or 'q4p'")
+        if t not in _INFERRED:
             raise TypeError(f"{name} must be float32, uint16 (bf16 bits) or float16, "
                             f"got {(<object>w).dtype}")
-    if not isinstance(wtype, str):
-        raise TypeError(f"wtype must be a str or None, got {type(wtype).__name__}")
-    cdef moecc_wformat f = _format(wtype, group_size, K)
-    if t != _WTYPE_DTYPES[wtype]:
-        raise TypeError(f"{name} must have dtype {_DTYPE_NAMES[_WTYPE_DTYPES[wtype]]} for "
-                        f"wtype {wtype!r}, got {(<object>w).dtype}")
-    cdef int64_t n = K
-    expected = lead + (K,)
-    rows = lead[len(lead) - 1] if lead else 0  # (no negative indexing: wraparound is off)
-    if f.type == MOECC_W_Q4P and (rows == 0 or rows % MOECC_PANEL_ROWS):
-        raise ValueError(f"{name}: q4p stores matrices of a multiple of {MOECC_PANEL_ROWS} rows, "
-                         f"got {rows}")
-    if f.type in _QUANTIZED:
-        n = moecc_row_bytes(f, K)
-        expected = lead + (n,)
-        if (<object>w).shape != expected:
-            raise ValueError(f"{name} must have shape {expected}: {wtype} rows of {K} values in "
-                             f"groups of {group_size} take {n} bytes; "
-                             f"got shape {(<object>w).shape}")
-    elif (<object>w).shape != expected:
-        raise ValueError(f"{name} must have shape {expected}, got {(<object>w).shape}")
-    return f
+        storage = _INFERRED[t]
+    cdef moecc_storage s = _storage(storage)
+    st = TYPES[storage]
+    if (<object>w).dtype != st.view_dtype:
+        raise TypeError(f"{name} must have dtype {st.view_dtype} for storage {storage!r}, "
+                        f"got {(<object>w).dtype}")
+    rows = lead[len(lead) - 1] if lead else 1  # (no negative indexing: wraparound is off)
+    if moecc_storage_check(s, rows, K) != MOECC_OK:
+        raise ValueError(f"{name}: {st.shape_problem((rows, K))}")
+    expected = lead + (moecc_row_bytes(s, K) // st.view_dtype.itemsize,)
+    if (<object>w).shape != expected:
+        raise ValueError(f"{name} must have shape {expected} ({storage} rows of {K} values), "
+                         f"got shape {(<object>w).shape}")
+    return s
 
 
 cdef inline int64_t _dim(cnp.ndarray a, int i):
@@ -244,46 +228,49 @@ cdef _check_rc(int rc, str what):
         raise ValueError(f"{what}: rejected by the kernel (error {rc})")
 
 
-def row_bytes(str wtype, int64_t K, int group_size=0):
-    """Bytes of one stored row of K values of `wtype` ("f32", "bf16", "f16", "q8", "q4", "q4p")."""
+def row_bytes(str storage, int64_t K):
+    """Bytes of one stored row of K values of `storage` (see storage_types())."""
     if K < 0:
         raise ValueError(f"K must be >= 0, got {K}")
-    return int(moecc_row_bytes(_format(wtype, group_size, K), K))
+    cdef moecc_storage s = _storage(storage)
+    if moecc_storage_check(s, moecc_storage_types[<int>s].panel_rows, K) != MOECC_OK:
+        raise ValueError(TYPES[storage].shape_problem((moecc_storage_types[<int>s].panel_rows, K)))
+    return int(moecc_row_bytes(s, K))
 
 
-def quantize_activations(x, *, wtype="q8", int group_size=32):
-    """The kernels' activation quantization (what q8 / q4 weights are multiplied with), on the
-    ISA in use: x float32 [T, K], K % 32 == 0 -> (q int8 [T, K], scales float32 [T, K/32]),
+def quantize_activations(x, *, str storage="q8"):
+    """The kernels' activation quantization (what q8 / q4 / q4p weights are multiplied with), on
+    the ISA in use: x float32 [T, K], K % 32 == 0 -> (q int8 [T, K], scales float32 [T, K/32]),
     x ~ scale * q per block of 32 (reference: moecc.quant.quantize_activations). q is in the
-    order the kernels for weights (wtype, group_size) read it: the order of the values, except
-    for q4 with group_size <= 64 (moecc.h, quantized activations)."""
+    order the kernels for weights of `storage` read it: the order of the values, except for q4
+    (moecc.h, quantized activations)."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1)
     if K % MOECC_QBLOCK:
         raise ValueError(f"the row length must be a multiple of {MOECC_QBLOCK}, got {K}")
-    if wtype not in ("q8", "q4"):
-        raise ValueError(f"wtype must be 'q8' or 'q4', got {wtype!r}")
-    cdef moecc_wformat f = _format(wtype, group_size, K)
+    cdef moecc_storage s = _storage(storage)
+    if not moecc_storage_types[<int>s].quantized_activations:
+        raise ValueError(f"{storage} weights meet float32 activations; nothing to quantize")
     cdef int64_t xb = moecc_xq_bytes(K)
     cdef cnp.ndarray buf = np.empty(T * xb, np.uint8)
     cdef const float *p_x = <const float *>_ptr(ax)
     cdef char *p_b = <char *>_ptr(buf)
     with nogil:
-        moecc_quantize_rows(f, p_x, T, K, p_b)
+        moecc_quantize_rows(s, p_x, T, K, p_b)
     rows = buf.reshape(T, xb)
     q = rows[:, :K].view(np.int8).copy()
     d = rows[:, K:K + 4 * (K // MOECC_QBLOCK)].copy().view(np.float32)
     return q, d
 
 
-def matmul(x, w, out, *, int threads, wtype=None, int group_size=0):
-    """out[T, N] = x[T, K] @ w[N, K].T. w: float32, or uint16 holding bf16 (wtype None infers
-    these), or uint8 [N, row_bytes(wtype, K, group_size)] with wtype "q8" / "q4"."""
+def matmul(x, w, out, *, int threads, storage=None):
+    """out[T, N] = x[T, K] @ w[N, K].T. w: float32, uint16 holding bf16 or float16 (storage None
+    infers these), or uint8 [N, row_bytes(storage, K)] with storage "q8", "q4" or "q4p"."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef cnp.ndarray aw = _array(w, "w", -1, 2)
     cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
     cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1), N = _dim(aw, 0)
-    cdef moecc_wformat f = _weights(aw, "w", wtype, group_size, K, (N,))
+    cdef moecc_storage f = _weights(aw, "w", storage, K, (N,))
     _shape(ao, "out", (T, N))
     _disjoint(ax, "x", ao, "out")
     cdef int nt = _threads(threads), rc
@@ -295,14 +282,17 @@ def matmul(x, w, out, *, int threads, wtype=None, int group_size=0):
     _check_rc(rc, "matmul")
 
 
-def embedding(table, ids, out, *, int threads, wtype=None, int group_size=0):
+def embedding(table, ids, out, *, int threads, storage=None):
     """out[t] = table[ids[t]] as float32; table [V, D] float32 or uint16 (bf16), or uint8
-    [V, row_bytes(wtype, D, group_size)] with wtype "q8" / "q4" (rows dequantized); D is out's."""
+    [V, row_bytes(storage, D)] with storage "q8" / "q4" (rows dequantized); D is out's."""
     cdef cnp.ndarray at = _array(table, "table", -1, 2)
     cdef cnp.ndarray ai = _array(ids, "ids", I32, 1)
     cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
     cdef int64_t V = _dim(at, 0), D = _dim(ao, 1), T = _dim(ai, 0)
-    cdef moecc_wformat f = _weights(at, "table", wtype, group_size, D, (V,))
+    cdef moecc_storage f = _weights(at, "table", storage, D, (V,))
+    if not moecc_storage_types[<int>f].row_lookup:
+        raise ValueError(f"table: {storage} rows cannot be looked up one by one (store the "
+                         f"embedding as q4, q8 or a float type)")
     _shape(ao, "out", (T, D))
     cdef int nt = _threads(threads), rc
     cdef const void *p_at = <const void *>_ptr(at)
@@ -385,7 +375,7 @@ def attention(q, k_cache, v_cache, start, out, *, int threads):
     _disjoint(aq, "q", ao, "out")
     _disjoint(ak, "k_cache", ao, "out")
     _disjoint(av, "v_cache", ao, "out")
-    cdef moecc_wtype kv = MOECC_W_F16 if kv_typenum == F16 else MOECC_W_F32
+    cdef moecc_storage kv = MOECC_F16 if kv_typenum == F16 else MOECC_F32
     cdef int nt = _threads(threads), rc
     cdef const float *p_aq = <const float *>_ptr(aq)
     cdef const void *p_ak = <const void *>_ptr(ak)
@@ -427,13 +417,13 @@ def moe_scratch_floats(T, top_k, D, I):
     return int(moecc_moe_scratch_floats(T, top_k, D, I))
 
 
-def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, wtype=None,
-            int group_size=0):
+def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, storage=None,
+            down_storage=None):
     """out[t] = sum_j weights[t, j] * down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])),
-    e = idx[t, j]. gate, up [E, I, D] and down [E, D, I], all float32 or all uint16 (bf16); or
-    with wtype "q8" / "q4" all uint8, gate and up [E, I, row_bytes(wtype, D, group_size)], down
-    [E, D, row_bytes(wtype, I, group_size)]. scratch: float32, at least moe_scratch_floats(T, k,
-    D, I) elements (enough for every weight type)."""
+    e = idx[t, j]. gate and up [E, I, D] share `storage`, down [E, D, I] is `down_storage`
+    (None: the same as gate's); a float type (None infers it from the dtype) or "q8" / "q4" /
+    "q4p" as uint8 [..., row_bytes(storage, row length)]. scratch: float32, at least
+    moe_scratch_floats(T, k, D, I) elements (enough for every storage type)."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef cnp.ndarray ag = _array(gate, "gate", -1, 3)
     cdef cnp.ndarray au = _array(up, "up", -1, 3)
@@ -442,14 +432,15 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, wtype
     cdef cnp.ndarray aw = _array(weights, "weights", F32, 2)
     cdef cnp.ndarray asc = _array(scratch, "scratch", F32, -1, True)
     cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
-    if cnp.PyArray_TYPE(au) != cnp.PyArray_TYPE(ag) or cnp.PyArray_TYPE(ad) != cnp.PyArray_TYPE(ag):
-        raise TypeError(f"gate, up, down must share a dtype, got {gate.dtype}, {up.dtype}, "
-                        f"{down.dtype}")
+    if cnp.PyArray_TYPE(au) != cnp.PyArray_TYPE(ag):
+        raise TypeError(f"gate and up must share a dtype, got {gate.dtype}, {up.dtype}")
+    if down_storage is None and storage is not None:
+        down_storage = storage
     cdef int64_t T = _dim(ax, 0), D = _dim(ax, 1)
     cdef int64_t E = _dim(ag, 0), I = _dim(ag, 1), k = _dim(ai, 1)
-    cdef moecc_wformat f = _weights(ag, "gate", wtype, group_size, D, (E, I))
-    _weights(au, "up", wtype, group_size, D, (E, I))
-    _weights(ad, "down", wtype, group_size, I, (E, D))
+    cdef moecc_storage fgu = _weights(ag, "gate", storage, D, (E, I))
+    _weights(au, "up", storage, D, (E, I))
+    cdef moecc_storage fd = _weights(ad, "down", down_storage, I, (E, D))
     _shape(ai, "idx", (T, k))
     _shape(aw, "weights", (T, k))
     _shape(ao, "out", (T, D))
@@ -472,7 +463,7 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, wtype
     cdef float *p_asc = <float *>_ptr(asc)
     cdef float *p_ao = <float *>_ptr(ao)
     with nogil:
-        rc = moecc_moe_ffn(p_ax, T, D, p_ag, p_au, p_ad, f, E, I,
+        rc = moecc_moe_ffn(p_ax, T, D, p_ag, p_au, fgu, p_ad, fd, E, I,
                            p_ai, p_aw, k,
                            p_asc, p_ao, nt)
     if rc == MOECC_ERR_INDEX:

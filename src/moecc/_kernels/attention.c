@@ -14,10 +14,10 @@
 /* o[i] = softmax(scale * q[i] . K[0..L)) @ V[0..L) for the ng query rows q[i] (hd floats each,
  * contiguous), with K and V rows of hd values of type kv, back to back. */
 static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, const char *k,
-                   const char *v, moecc_wtype kv, int64_t L, float scale, float *o) {
+                   const char *v, moecc_storage kv, int64_t L, float scale, float *o) {
     const moecc_tile_fn dot = isa->tile[kv];
     const int64_t row_bytes = hd * (int64_t)sizeof(float);
-    const int64_t kv_bytes = moecc_row_bytes((moecc_wformat){kv, 0}, hd);
+    const int64_t kv_bytes = moecc_row_bytes(kv, hd);
     float s[GROUP][KEY_BLOCK]; /* scores, then probabilities, of the current key block */
     float m[GROUP], l[GROUP];  /* running max and running sum of exp(score - max) */
     for (int i = 0; i < ng; i++) {
@@ -29,7 +29,7 @@ static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, con
         const int nb = (int)(L - j0 < KEY_BLOCK ? L - j0 : KEY_BLOCK);
         for (int j = 0; j < nb; j += MOECC_TILE_ROWS) {
             const int nr = nb - j < MOECC_TILE_ROWS ? nb - j : MOECC_TILE_ROWS;
-            dot(hd, 0, k + (j0 + j) * kv_bytes, kv_bytes, nr, q, row_bytes, ng, &s[0][j],
+            dot(hd, k + (j0 + j) * kv_bytes, kv_bytes, nr, q, row_bytes, ng, &s[0][j],
                 KEY_BLOCK);
         }
         for (int i = 0; i < ng; i++) {
@@ -55,9 +55,9 @@ static void attend(const moecc_isa *isa, int64_t hd, const float *q, int ng, con
 }
 
 int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const void *k_cache,
-                    const void *v_cache, moecc_wtype kv, int64_t Hkv, int64_t C, int64_t start,
+                    const void *v_cache, moecc_storage kv, int64_t Hkv, int64_t C, int64_t start,
                     float *out, int threads) {
-    if (kv != MOECC_W_F32 && kv != MOECC_W_F16) return MOECC_ERR_WTYPE;
+    if (kv != MOECC_F32 && kv != MOECC_F16) return MOECC_ERR_STORAGE;
     if (Hkv < 1 || Hq % Hkv != 0) return MOECC_ERR_SHAPE;
     if (start < 0 || start + T > C) return MOECC_ERR_INDEX;
     const moecc_isa *isa = moecc_active_isa();
@@ -65,7 +65,7 @@ int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const voi
     const int64_t chunks = (g + GROUP - 1) / GROUP; /* work items per (token, kv head) */
     const int64_t per_token = Hkv * chunks;
     const float scale = 1.0f / sqrtf((float)hd);
-    const int64_t head_bytes = C * moecc_row_bytes((moecc_wformat){kv, 0}, hd);
+    const int64_t head_bytes = C * moecc_row_bytes(kv, hd);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) \
     if (T * Hq * (start + T) * hd >= MOECC_PAR_MIN)
     for (int64_t it = 0; it < T * per_token; it++) {

@@ -15,18 +15,18 @@
 
 /* 8 weights of a row starting at element k, widened to float32 */
 INLINE TARGET __m256 load_w(const int wt, const char *row, int64_t k) {
-    if (wt == MOECC_W_BF16) {
+    if (wt == MOECC_BF16) {
         const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + k));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     }
-    if (wt == MOECC_W_F16)
+    if (wt == MOECC_F16)
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k)));
     return _mm256_loadu_ps((const float *)row + k);
 }
 
 INLINE float scalar_w(const int wt, const char *row, int64_t k) {
-    if (wt == MOECC_W_BF16) return moecc_bf16_to_f32(((const uint16_t *)row)[k]);
-    if (wt == MOECC_W_F16) return moecc_f16_to_f32(((const uint16_t *)row)[k]);
+    if (wt == MOECC_BF16) return moecc_bf16_to_f32(((const uint16_t *)row)[k]);
+    if (wt == MOECC_F16) return moecc_f16_to_f32(((const uint16_t *)row)[k]);
     return ((const float *)row)[k];
 }
 
@@ -107,32 +107,32 @@ INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw,
     }
 }
 
-static TARGET void tile_f32(int64_t K, int group, const void *w, int64_t ldw,
+static TARGET void tile_f32(int64_t K, const void *w, int64_t ldw,
                             int nr, const void *x, int64_t ldx, int nt, float *out,
                             int64_t ldo) {
-    (void)group;
-    tile_any(MOECC_W_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
+
+    tile_any(MOECC_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_bf16(int64_t K, int group, const void *w, int64_t ldw,
+static TARGET void tile_bf16(int64_t K, const void *w, int64_t ldw,
                              int nr, const void *x, int64_t ldx, int nt, float *out,
                              int64_t ldo) {
-    (void)group;
-    tile_any(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+
+    tile_any(MOECC_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_f16(int64_t K, int group, const void *w, int64_t ldw,
+static TARGET void tile_f16(int64_t K, const void *w, int64_t ldw,
                             int nr, const void *x, int64_t ldx, int nt, float *out,
                             int64_t ldo) {
-    (void)group;
-    tile_any(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+
+    tile_any(MOECC_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 /* NR rows of y += a @ X, X rows of type wt (f32 / f16), K values each: each vector of X is
  * loaded (and widened) once for the NR rows; 2 vectors per row at a time fit the 16 registers */
 INLINE TARGET void wsum_block(const int wt, const int NR, int64_t K, int n, const float *a,
                               int64_t lda, const char *X, float *y, int64_t ldy) {
-    const int64_t ldx = K * (wt == MOECC_W_F32 ? 4 : 2);
+    const int64_t ldx = K * (wt == MOECC_F32 ? 4 : 2);
     int64_t k = 0;
     for (; k + 2 * LANES <= K; k += 2 * LANES) {
         __m256 acc[MOECC_WSUM_ROWS][2];
@@ -174,11 +174,11 @@ INLINE TARGET void wsum_type(const int wt, int64_t K, int n, int rows, const flo
 }
 
 static TARGET void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda,
-                             const void *X, moecc_wtype xt, float *y, int64_t ldy) {
-    if (xt == MOECC_W_F16)
-        wsum_type(MOECC_W_F16, K, n, rows, a, lda, (const char *)X, y, ldy);
+                             const void *X, moecc_storage xt, float *y, int64_t ldy) {
+    if (xt == MOECC_F16)
+        wsum_type(MOECC_F16, K, n, rows, a, lda, (const char *)X, y, ldy);
     else
-        wsum_type(MOECC_W_F32, K, n, rows, a, lda, (const char *)X, y, ldy);
+        wsum_type(MOECC_F32, K, n, rows, a, lda, (const char *)X, y, ldy);
 }
 
 /* exp(x) for x <= 0, 8 lanes (as exp_nonpos in dot_generic.c) */
@@ -248,9 +248,9 @@ static TARGET void swiglu(int64_t n, float *g, const float *u) {
 
 const moecc_isa moecc_isa_avx2 = {
     .name = "avx2",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
-             [MOECC_W_Q8] = moecc_tile_q8_avx2, [MOECC_W_Q4] = moecc_tile_q4_avx2,
-             [MOECC_W_Q4P] = moecc_tile_q4p_avx2},
+    .tile = {[MOECC_F32] = tile_f32, [MOECC_BF16] = tile_bf16, [MOECC_F16] = tile_f16,
+             [MOECC_Q8] = moecc_tile_q8_avx2, [MOECC_Q4] = moecc_tile_q4_avx2,
+             [MOECC_Q4P] = moecc_tile_q4p_avx2},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,

@@ -16,11 +16,11 @@
 
 /* 16 weights of a row starting at element k, widened to float32; lanes outside m read as 0 */
 INLINE TARGET __m512 load_w(const int wt, const char *row, int64_t k, __mmask16 m) {
-    if (wt == MOECC_W_BF16) {
+    if (wt == MOECC_BF16) {
         const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
-    if (wt == MOECC_W_F16)
+    if (wt == MOECC_F16)
         return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k));
     return _mm512_maskz_loadu_ps(m, (const float *)row + k);
 }
@@ -111,32 +111,32 @@ INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw,
     }
 }
 
-static TARGET void tile_f32(int64_t K, int group, const void *w, int64_t ldw,
+static TARGET void tile_f32(int64_t K, const void *w, int64_t ldw,
                             int nr, const void *x, int64_t ldx, int nt, float *out,
                             int64_t ldo) {
-    (void)group;
-    tile_any(MOECC_W_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
+
+    tile_any(MOECC_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_bf16(int64_t K, int group, const void *w, int64_t ldw,
+static TARGET void tile_bf16(int64_t K, const void *w, int64_t ldw,
                              int nr, const void *x, int64_t ldx, int nt, float *out,
                              int64_t ldo) {
-    (void)group;
-    tile_any(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+
+    tile_any(MOECC_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_f16(int64_t K, int group, const void *w, int64_t ldw,
+static TARGET void tile_f16(int64_t K, const void *w, int64_t ldw,
                             int nr, const void *x, int64_t ldx, int nt, float *out,
                             int64_t ldo) {
-    (void)group;
-    tile_any(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+
+    tile_any(MOECC_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 /* NR rows of y += a @ X, X rows of type wt (f32 / f16), K values each: each vector of X is
  * loaded (and widened) once for the NR rows */
 INLINE TARGET void wsum_block(const int wt, const int NR, int64_t K, int n, const float *a,
                               int64_t lda, const char *X, float *y, int64_t ldy) {
-    const int64_t ldx = K * (wt == MOECC_W_F32 ? 4 : 2);
+    const int64_t ldx = K * (wt == MOECC_F32 ? 4 : 2);
     int64_t k = 0;
     for (; k + 4 * LANES <= K; k += 4 * LANES) {
         __m512 acc[MOECC_WSUM_ROWS][4];
@@ -188,11 +188,11 @@ INLINE TARGET void wsum_type(const int wt, int64_t K, int n, int rows, const flo
 }
 
 static TARGET void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda,
-                             const void *X, moecc_wtype xt, float *y, int64_t ldy) {
-    if (xt == MOECC_W_F16)
-        wsum_type(MOECC_W_F16, K, n, rows, a, lda, (const char *)X, y, ldy);
+                             const void *X, moecc_storage xt, float *y, int64_t ldy) {
+    if (xt == MOECC_F16)
+        wsum_type(MOECC_F16, K, n, rows, a, lda, (const char *)X, y, ldy);
     else
-        wsum_type(MOECC_W_F32, K, n, rows, a, lda, (const char *)X, y, ldy);
+        wsum_type(MOECC_F32, K, n, rows, a, lda, (const char *)X, y, ldy);
 }
 
 /* exp(x) for x <= 0, 16 lanes (as exp_nonpos in dot_generic.c; scalef applies 2^i) */
@@ -241,9 +241,9 @@ static TARGET void swiglu(int64_t n, float *g, const float *u) {
 
 const moecc_isa moecc_isa_avx512 = {
     .name = "avx512",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
-             [MOECC_W_Q8] = moecc_tile_q8_avx512, [MOECC_W_Q4] = moecc_tile_q4_avx512,
-             [MOECC_W_Q4P] = moecc_tile_q4p_avx512},
+    .tile = {[MOECC_F32] = tile_f32, [MOECC_BF16] = tile_bf16, [MOECC_F16] = tile_f16,
+             [MOECC_Q8] = moecc_tile_q8_avx512, [MOECC_Q4] = moecc_tile_q4_avx512,
+             [MOECC_Q4P] = moecc_tile_q4p_avx512},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
@@ -253,9 +253,9 @@ const moecc_isa moecc_isa_avx512 = {
 /* the same, with the q8 / q4 integer products on VNNI (dispatch.c checks avx512vnni) */
 const moecc_isa moecc_isa_avx512vnni = {
     .name = "avx512vnni",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
-             [MOECC_W_Q8] = moecc_tile_q8_avx512vnni, [MOECC_W_Q4] = moecc_tile_q4_avx512vnni,
-             [MOECC_W_Q4P] = moecc_tile_q4p_avx512vnni},
+    .tile = {[MOECC_F32] = tile_f32, [MOECC_BF16] = tile_bf16, [MOECC_F16] = tile_f16,
+             [MOECC_Q8] = moecc_tile_q8_avx512vnni, [MOECC_Q4] = moecc_tile_q4_avx512vnni,
+             [MOECC_Q4P] = moecc_tile_q4p_avx512vnni},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,

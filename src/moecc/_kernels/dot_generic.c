@@ -26,7 +26,7 @@ static float dot_f32(int64_t K, const float *w, const float *x) {
 
 /* element k of a row of 16-bit floats: bf16 or f16 (wt) */
 static inline float half_at(int wt, const uint16_t *w, int64_t k) {
-    return wt == MOECC_W_BF16 ? moecc_bf16_to_f32(w[k]) : moecc_f16_to_f32(w[k]);
+    return wt == MOECC_BF16 ? moecc_bf16_to_f32(w[k]) : moecc_f16_to_f32(w[k]);
 }
 
 static float dot_half(int wt, int64_t K, const uint16_t *w, const float *x) {
@@ -45,37 +45,37 @@ static void tile_float(int wt, int64_t K, const void *w, int64_t ldw, int nr, co
         const float *xt = (const float *)((const char *)x + t * ldx);
         for (int r = 0; r < nr; r++) {
             const void *row = (const char *)w + r * ldw;
-            out[t * ldo + r] = wt == MOECC_W_F32 ? dot_f32(K, (const float *)row, xt)
+            out[t * ldo + r] = wt == MOECC_F32 ? dot_f32(K, (const float *)row, xt)
                                                  : dot_half(wt, K, (const uint16_t *)row, xt);
         }
     }
 }
 
-static void tile_f32(int64_t K, int group, const void *w, int64_t ldw, int nr,
+static void tile_f32(int64_t K, const void *w, int64_t ldw, int nr,
                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    (void)group;
-    tile_float(MOECC_W_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
+
+    tile_float(MOECC_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static void tile_bf16(int64_t K, int group, const void *w, int64_t ldw, int nr,
+static void tile_bf16(int64_t K, const void *w, int64_t ldw, int nr,
                       const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    (void)group;
-    tile_float(MOECC_W_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+
+    tile_float(MOECC_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static void tile_f16(int64_t K, int group, const void *w, int64_t ldw, int nr,
+static void tile_f16(int64_t K, const void *w, int64_t ldw, int nr,
                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    (void)group;
-    tile_float(MOECC_W_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
+
+    tile_float(MOECC_F16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 static void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda, const void *X,
-                      moecc_wtype xt, float *y, int64_t ldy) {
+                      moecc_storage xt, float *y, int64_t ldy) {
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < n; j++) {
             const float aj = a[i * lda + j];
             float *yi = y + i * ldy;
-            if (xt == MOECC_W_F16) {
+            if (xt == MOECC_F16) {
                 const uint16_t *xj = (const uint16_t *)X + (int64_t)j * K;
                 for (int64_t k = 0; k < K; k++) yi[k] += aj * moecc_f16_to_f32(xj[k]);
             } else {
@@ -123,9 +123,9 @@ static void swiglu(int64_t n, float *g, const float *u) {
 
 const moecc_isa moecc_isa_generic = {
     .name = "generic",
-    .tile = {[MOECC_W_F32] = tile_f32, [MOECC_W_BF16] = tile_bf16, [MOECC_W_F16] = tile_f16,
-             [MOECC_W_Q8] = moecc_tile_q8_generic, [MOECC_W_Q4] = moecc_tile_q4_generic,
-             [MOECC_W_Q4P] = moecc_tile_q4p_generic},
+    .tile = {[MOECC_F32] = tile_f32, [MOECC_BF16] = tile_bf16, [MOECC_F16] = tile_f16,
+             [MOECC_Q8] = moecc_tile_q8_generic, [MOECC_Q4] = moecc_tile_q4_generic,
+             [MOECC_Q4P] = moecc_tile_q4p_generic},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,

@@ -10,9 +10,9 @@
 
 #include "moecc.h"
 
-void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K, const void *xa,
+void moecc_gemm_rows(const moecc_isa *isa, moecc_storage f, int64_t T, int64_t K, const void *xa,
                      int64_t ldx, const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo) {
-    const moecc_tile_fn tile = isa->tile[f.type];
+    const moecc_tile_fn tile = isa->tile[f];
     const int64_t wb = moecc_row_bytes(f, K);
     const int64_t tb = moecc_token_block(ldx);
     const int rows = moecc_tile_rows(f);
@@ -20,17 +20,14 @@ void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K
         const int nt = (int)(T - t0 < tb ? T - t0 : tb);
         for (int64_t n = n0; n < n1; n += rows) {
             const int nr = (int)(n1 - n < rows ? n1 - n : rows);
-            tile(K, f.group, (const char *)w + n * wb, wb, nr, (const char *)xa + t0 * ldx, ldx,
+            tile(K, (const char *)w + n * wb, wb, nr, (const char *)xa + t0 * ldx, ldx,
                  nt, out + t0 * ldo + n, ldo);
         }
     }
 }
 
-int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wformat f, int64_t N,
+int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_storage f, int64_t N,
                  float *out, int threads) {
-    int rc = moecc_wformat_check(f, K);
-    if (rc == MOECC_OK) rc = moecc_wformat_rows_check(f, N);
-    if (rc != MOECC_OK) return rc;
     const moecc_isa *isa = moecc_active_isa();
     if (K == 0 || T == 0) {
         memset(out, 0, (size_t)(T * N) * sizeof(float));
@@ -63,7 +60,7 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wfor
     return MOECC_OK;
 }
 
-void moecc_quantize_rows(moecc_wformat f, const float *x, int64_t T, int64_t K, void *xq) {
+void moecc_quantize_rows(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq) {
     const moecc_isa *isa = moecc_active_isa();
     for (int64_t t = 0; t < T; t++)
         isa->quantize_x(f, K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));

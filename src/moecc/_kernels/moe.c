@@ -74,10 +74,10 @@ static int64_t segment_end(const int32_t *order, const int32_t *idx, int64_t p, 
 /* rows [i0, i1) of h[n, I] = silu(xs @ G^T) * (xs @ U^T); xs: n activation rows of D values,
  * ldx bytes apart (0: the same row n times); G, U: matrices of format f, rows of wb bytes.
  * By chunks of rows: the gate rows into h, then the up rows, folded into h by swiglu. */
-static void gate_up_rows(const moecc_isa *isa, moecc_wformat f, int64_t D, const char *G,
+static void gate_up_rows(const moecc_isa *isa, moecc_storage f, int64_t D, const char *G,
                          const char *U, int64_t wb, const void *xs, int64_t ldx, int64_t n,
                          int64_t i0, int64_t i1, float *h, int64_t I) {
-    const moecc_tile_fn tile = isa->tile[f.type];
+    const moecc_tile_fn tile = isa->tile[f];
     const int rows = moecc_tile_rows(f);
     float u[MOECC_TOKEN_BLOCK_MAX * GATE_UP_CHUNK];
     const int64_t tb = moecc_token_block(ldx);
@@ -89,11 +89,11 @@ static void gate_up_rows(const moecc_isa *isa, moecc_wformat f, int64_t D, const
             const int64_t c1 = i1 - c0 < GATE_UP_CHUNK ? i1 : c0 + GATE_UP_CHUNK;
             for (int64_t i = c0; i < c1; i += rows) {
                 const int nr = (int)(c1 - i < rows ? c1 - i : rows);
-                tile(D, f.group, G + i * wb, wb, nr, xb, ldx, nt, hb + i, I);
+                tile(D, G + i * wb, wb, nr, xb, ldx, nt, hb + i, I);
             }
             for (int64_t i = c0; i < c1; i += rows) {
                 const int nr = (int)(c1 - i < rows ? c1 - i : rows);
-                tile(D, f.group, U + i * wb, wb, nr, xb, ldx, nt, u + (i - c0), GATE_UP_CHUNK);
+                tile(D, U + i * wb, wb, nr, xb, ldx, nt, u + (i - c0), GATE_UP_CHUNK);
             }
             for (int t = 0; t < nt; t++)
                 isa->swiglu(c1 - c0, hb + t * I + c0, u + t * GATE_UP_CHUNK);
@@ -103,11 +103,11 @@ static void gate_up_rows(const moecc_isa *isa, moecc_wformat f, int64_t D, const
 
 /* columns [d0, d1) of out[tok] += weight * (hs[p] @ Wd^T) for the n pairs of a segment; hs:
  * activation rows of I values, ldh bytes apart */
-static void down_rows(const moecc_isa *isa, moecc_wformat f, int64_t I, const char *Wd,
+static void down_rows(const moecc_isa *isa, moecc_storage f, int64_t I, const char *Wd,
                       int64_t wb, const void *hs, int64_t ldh, int64_t n, int64_t d0, int64_t d1,
                       const int32_t *pairs, const float *weights, int64_t k, float *out,
                       int64_t D) {
-    const moecc_tile_fn tile = isa->tile[f.type];
+    const moecc_tile_fn tile = isa->tile[f];
     const int rows = moecc_tile_rows(f);
     float y[MOECC_TOKEN_BLOCK_MAX * MOECC_TILE_ROWS_MAX];
     const int64_t tb = moecc_token_block(ldh);
@@ -115,7 +115,7 @@ static void down_rows(const moecc_isa *isa, moecc_wformat f, int64_t I, const ch
         const int nt = (int)(n - t0 < tb ? n - t0 : tb);
         for (int64_t d = d0; d < d1; d += rows) {
             const int nr = (int)(d1 - d < rows ? d1 - d : rows);
-            tile(I, f.group, Wd + d * wb, wb, nr, (const char *)hs + t0 * ldh, ldh, nt, y, rows);
+            tile(I, Wd + d * wb, wb, nr, (const char *)hs + t0 * ldh, ldh, nt, y, rows);
             for (int t = 0; t < nt; t++) {
                 const int32_t pair = pairs[t0 + t];
                 const float wgt = weights[pair];
@@ -127,18 +127,14 @@ static void down_rows(const moecc_isa *isa, moecc_wformat f, int64_t I, const ch
 }
 
 int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
-                  const void *down, moecc_wformat f, int64_t E, int64_t I, const int32_t *idx,
-                  const float *weights, int64_t k, float *scratch, float *out, int threads) {
-    int rc = moecc_wformat_check(f, D);
-    if (rc == MOECC_OK) rc = moecc_wformat_check(f, I);
-    if (rc == MOECC_OK) rc = moecc_wformat_rows_check(f, I);
-    if (rc == MOECC_OK) rc = moecc_wformat_rows_check(f, D);
-    if (rc != MOECC_OK) return rc;
+                  moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t I,
+                  const int32_t *idx, const float *weights, int64_t k, float *scratch, float *out,
+                  int threads) {
     const int64_t P = T * k;
     for (int64_t p = 0; p < P; p++)
         if (idx[p] < 0 || idx[p] >= E) return MOECC_ERR_INDEX;
 
-    const int64_t xqD = moecc_act_bytes(f, D), xqI = moecc_act_bytes(f, I); /* 0: float rows */
+    const int64_t xqD = moecc_act_bytes(fgu, D), xqI = moecc_act_bytes(fd, I); /* 0: float rows */
     const int64_t xg_floats = xqD ? xq_floats(T > 1 ? P : 1, D) : T > 1 ? pad16(P * D) : 0;
     int32_t *order = (int32_t *)scratch, *tmp = order + pad16(P);
     char *xg = (char *)(scratch + 2 * pad16(P));
@@ -152,9 +148,9 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
     const int64_t ldh = xqI ? xqI : I * (int64_t)sizeof(float);
     sort_by_expert(P, idx, order, tmp);
     const moecc_isa *isa = moecc_active_isa();
-    if (xqD && !gathered) isa->quantize_x(f, D, x, xg);
+    if (xqD && !gathered) isa->quantize_x(fgu, D, x, xg);
 
-    const int64_t wbD = moecc_row_bytes(f, D), wbI = moecc_row_bytes(f, I);
+    const int64_t wbD = moecc_row_bytes(fgu, D), wbI = moecc_row_bytes(fd, I);
     const char *G = (const char *)gate, *U = (const char *)up, *Wd = (const char *)down;
 
 #pragma omp parallel num_threads(threads) if (P * D * I >= MOECC_PAR_MIN)
@@ -165,7 +161,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
             for (int64_t p = 0; p < P; p++) {
                 const float *xt = x + (order[p] / k) * D;
                 if (xqD)
-                    isa->quantize_x(f, D, xt, xg + p * xqD);
+                    isa->quantize_x(fgu, D, xt, xg + p * xqD);
                 else
                     memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
             }
@@ -174,12 +170,12 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
 #pragma omp for schedule(static)
             for (int64_t p = 0; p < P; p++) {
                 const int64_t e = idx[p];
-                gate_up_rows(isa, f, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1,
+                gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1,
                              0, I, h + p * I, I);
-                if (xqI) isa->quantize_x(f, I, h + p * I, hq + p * xqI);
+                if (xqI) isa->quantize_x(fd, I, h + p * I, hq + p * xqI);
                 const int32_t pair = (int32_t)p;
                 memset(partial + p * D, 0, (size_t)D * sizeof(float));
-                down_rows(isa, f, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh,
+                down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh,
                           1, 0, D, &pair, weights, 1, partial, D);
             }
             int64_t d0, d1;
@@ -196,7 +192,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
             for (int64_t p = 0, q; p < P; p = q) {
                 q = segment_end(order, idx, p, P);
                 const int64_t e = idx[order[p]];
-                gate_up_rows(isa, f, D, G + e * I * wbD, U + e * I * wbD, wbD,
+                gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD,
                              (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
             }
             for (int64_t t = 0; t < T; t++)
@@ -204,12 +200,12 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
 #pragma omp barrier
             if (xqI) {
 #pragma omp for schedule(static)
-                for (int64_t p = 0; p < P; p++) isa->quantize_x(f, I, h + p * I, hq + p * xqI);
+                for (int64_t p = 0; p < P; p++) isa->quantize_x(fd, I, h + p * I, hq + p * xqI);
             }
             for (int64_t p = 0, q; p < P; p = q) {
                 q = segment_end(order, idx, p, P);
                 const int64_t e = idx[order[p]];
-                down_rows(isa, f, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh,
+                down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh,
                           ldh, q - p, d0, d1, order + p, weights, k, out, D);
             }
         }

@@ -2,17 +2,19 @@
  *
  * Conventions
  *   - Every array is dense and row-major (C-contiguous); sizes are int64_t.
- *   - Activations are float32. Weights have a moecc_wformat (type, group size); a weight matrix
- *     W[N, K] is N rows of moecc_row_bytes(format, K) bytes each, back to back, unaligned.
+ *   - Activations are float32. Weights have a storage type (moecc_storage); a weight matrix
+ *     W[N, K] is N rows of moecc_row_bytes(storage, K) bytes each, back to back, unaligned.
  *   - Parallel kernels take `threads` (>= 1) and open one OpenMP region with num_threads(threads):
  *     no global thread state.
- *   - Kernels that validate indices return an error code (MOECC_OK == 0) before doing any work.
+ *   - Shapes and storage types are checked once, by the bindings (moecc_storage_check); the
+ *     kernels trust them. Kernels that validate indices (token ids, expert ids, positions)
+ *     return an error code (MOECC_OK == 0) before doing any work.
  *
  * The only weight-type-specific code is the register tile (moecc_tile_fn: dot_*.c for f32 / bf16 / f16,
- * qdot_*.c for q8 / q4, qpanel_*.c for q4p) and the row formats in wtype.c; the loops of matmul.c and moe.c never look
- * at the type. They only ask how many bytes an activation row for it takes (moecc_act_bytes: 0 =
- * the float32 rows as they are; q8 / q4 / q4p read activations quantized once per call by the ISA's
- * quantize_x, in the order the format wants) and pass the group size along.
+ * qdot_*.c for q8 / q4, qpanel_*.c for q4p) and the row layouts in storage.c; the loops of
+ * matmul.c and moe.c never look at the type. They only ask how many bytes an activation row for
+ * it takes (moecc_act_bytes: 0 = the float32 rows as they are; q8 / q4 / q4p read activations
+ * quantized once per call by the ISA's quantize_x, in the order the storage type wants).
  */
 #ifndef MOECC_H
 #define MOECC_H
@@ -45,58 +47,71 @@ enum {
     MOECC_OK = 0,
     MOECC_ERR_INDEX = -1, /* an id / expert index / position is out of range */
     MOECC_ERR_SHAPE = -2, /* inconsistent sizes */
-    MOECC_ERR_WTYPE = -3, /* unknown weight type, or a group size it does not allow */
+    MOECC_ERR_STORAGE = -3, /* a storage type that does not exist or cannot be used here */
     MOECC_ERR_ISA = -4,   /* ISA unknown, not compiled in, or not supported by this CPU */
     MOECC_ERR_NOMEM = -5, /* a prefill buffer could not be allocated */
 };
 
-/* ---- weight types ------------------------------------------------------------------------- */
+/* ---- storage types ------------------------------------------------------------------------ */
 
+/* How a tensor's values are stored: the one table in C (storage.c), equal to moecc/storage.py's
+ * (a test holds them equal). A row of K values is K / block_values blocks of block_bytes bytes;
+ * rows are packed back to back with no alignment. (NumPy oracle of every layout: moecc/quant.py.) */
 typedef enum {
-    MOECC_W_F32 = 0,  /* float32 */
-    MOECC_W_BF16 = 1, /* bfloat16 bit pattern (top 16 bits of a float32), stored as uint16 */
-    MOECC_W_Q8 = 2,   /* group-wise 8-bit: a row of K is int8 q[K], then fp16 d[K/G]; w = d * q */
-    MOECC_W_Q4 = 3,   /* group-wise 4-bit: uint8 packed[K/2], then fp16 d[K/G]; w = d * (nib - 8) */
-    MOECC_W_F16 = 4,  /* IEEE half, stored as uint16 (the KV cache's keys and values) */
-    MOECC_W_Q4P = 5,  /* q4 with G = 32 in panels of 16 rows (below) */
-    MOECC_W_NTYPES
-} moecc_wtype;
+    MOECC_F32 = 0,  /* float32 */
+    MOECC_BF16 = 1, /* bfloat16 bit pattern (top 16 bits of a float32), stored as uint16 */
+    MOECC_F16 = 2,  /* IEEE half, stored as uint16 (the KV cache's keys and values) */
+    MOECC_Q8 = 3,   /* 8-bit, one fp16 scale per block of 32: w = d * q */
+    MOECC_Q4 = 4,   /* 4-bit, one fp16 scale per block of 32: w = d * (nibble - 8) */
+    MOECC_Q4P = 5,  /* q4 in panels of 16 rows (below) */
+    MOECC_STORAGE_COUNT
+} moecc_storage;
 
-/* How a weight matrix is stored: its type and, for q8 / q4 / q4p, the values per fp16 scale (G).
- * q4 group g of a row occupies bytes g*G/2 .. (g+1)*G/2 - 1; byte j of the group holds value j
- * in its low nibble and value j + G/2 in its high nibble, each as q + 8 (0..15). Rows are packed
- * back to back with no alignment. (NumPy oracle: moecc/quant.py.) */
 typedef struct {
-    moecc_wtype type;
-    int group; /* q8 / q4: 32, 64, 128 or 256, dividing K; q4p: 32; f32 / bf16 / f16: 0 */
-} moecc_wformat;
+    const char *name;          /* as files and moecc/storage.py name it */
+    int block_values;          /* values per block */
+    int block_bytes;           /* bytes per block */
+    int panel_rows;            /* rows interleaved block by block (a matrix has a multiple) */
+    int row_lookup;            /* a row can be read on its own (embedding lookup) */
+    int quantized_activations; /* the tiles read activations quantized to 8 bits (below) */
+} moecc_storage_info;
 
-#define MOECC_QBLOCK 32     /* activation block; every q8 / q4 group is a whole number of them */
-#define MOECC_GROUP_MAX 256 /* largest supported G */
+extern const moecc_storage_info moecc_storage_types[MOECC_STORAGE_COUNT];
 
-/* q4p: a matrix [N, K] of q4 with G = 32, N % 16 == 0, as N/16 panels of MOECC_PANEL_ROWS rows,
+#define MOECC_QBLOCK 32 /* values per block of q8 / q4 / q4p, and of quantized activations */
+
+/* q8 / q4 rows: the values of every block first (q8: int8 q[K]; q4: K/2 packed bytes, byte j
+ * of block b holding value j in its low nibble and value j + 16 in its high nibble, each as
+ * q + 8 in 0..15), then the K/32 fp16 scales. */
+
+/* q4p: a matrix [N, K] of q4, N % 16 == 0, as N/16 panels of MOECC_PANEL_ROWS rows,
  * back to back (panel p at byte 16 * p * row_bytes). A panel is K/32 block columns of
  * MOECC_PANEL_BLOCK_BYTES: for block b, four chunks c = 0..3 of 16 rows x 4 bytes (row r's q4
  * bytes 16b + 4c .. 16b + 4c + 3: values 4c..4c+3 of the block in the low nibbles, 16 + 4c ..
  * 16 + 4c + 3 in the high nibbles, each as q + 8), then the 16 rows' fp16 scales of block b.
  * One 64-byte chunk thus holds the same 4 + 4 values of 16 rows: an int8 dot product instruction
  * adds them per row, in 16 lanes, and a block's 8 chunk-halves add up in the same lanes under
- * one vector of scales. Rows take q4's bytes; activations are in natural order. (NumPy oracle:
- * moecc/quant.py to_panels.) */
+ * one vector of scales. Activations are in natural order. (NumPy oracle: moecc/quant.py
+ * to_panels.) */
 #define MOECC_PANEL_ROWS 16
-#define MOECC_PANEL_BLOCK_BYTES (MOECC_PANEL_ROWS * (MOECC_QBLOCK / 2 + 2))
+typedef struct {
+    uint8_t qs[4][MOECC_PANEL_ROWS][4]; /* [chunk][row][byte] */
+    uint16_t d[MOECC_PANEL_ROWS];       /* fp16 scale of each row's block */
+} moecc_block_q4p;
+_Static_assert(sizeof(moecc_block_q4p) == MOECC_PANEL_ROWS * 18, "a q4p block column is 16 q4 blocks");
+#define MOECC_PANEL_BLOCK_BYTES ((int64_t)sizeof(moecc_block_q4p))
 
-/* MOECC_OK if rows of K values can be stored as f: MOECC_ERR_WTYPE for an unknown type or a
- * group size that is not allowed for it, MOECC_ERR_SHAPE if the group does not divide K */
-int moecc_wformat_check(moecc_wformat f, int64_t K);
-/* MOECC_OK if a matrix of N rows can be stored as f (q4p: N % 16 == 0), else MOECC_ERR_SHAPE */
-static inline int moecc_wformat_rows_check(moecc_wformat f, int64_t N) {
-    return f.type == MOECC_W_Q4P && N % MOECC_PANEL_ROWS ? MOECC_ERR_SHAPE : MOECC_OK;
+/* MOECC_OK if a matrix [N, K] can be stored as s: MOECC_ERR_STORAGE for an unknown type,
+ * MOECC_ERR_SHAPE if K is not a whole number of blocks or N of panels. The bindings call it
+ * once per call; the kernels trust what they are given. */
+int moecc_storage_check(moecc_storage s, int64_t N, int64_t K);
+/* bytes of one row of K values stored as s (s valid for K) */
+static inline int64_t moecc_row_bytes(moecc_storage s, int64_t K) {
+    const moecc_storage_info *t = &moecc_storage_types[s];
+    return K / t->block_values * t->block_bytes;
 }
-/* bytes of one weight row of K elements (f valid for K) */
-int64_t moecc_row_bytes(moecc_wformat f, int64_t K);
-/* dequantize / widen one weight row to float32 */
-void moecc_row_to_f32(moecc_wformat f, int64_t K, const void *row, float *out);
+/* dequantize / widen one row to float32 */
+void moecc_row_to_f32(moecc_storage s, int64_t K, const void *row, float *out);
 
 static inline float moecc_bf16_to_f32(uint16_t h) {
     const uint32_t u = (uint32_t)h << 16;
@@ -124,9 +139,9 @@ static inline float moecc_f16_to_f32(uint16_t h) {
 }
 
 /* the fp16 scale of group g of a q8 / q4 row of K values (rows are unaligned: memcpy) */
-static inline uint16_t moecc_q_scale_bits(moecc_wtype t, const void *row, int64_t K, int64_t g) {
+static inline uint16_t moecc_q_scale_bits(moecc_storage t, const void *row, int64_t K, int64_t g) {
     uint16_t h;
-    memcpy(&h, (const char *)row + (t == MOECC_W_Q8 ? K : K / 2) + 2 * g, sizeof h);
+    memcpy(&h, (const char *)row + (t == MOECC_Q8 ? K : K / 2) + 2 * g, sizeof h);
     return h;
 }
 
@@ -139,12 +154,11 @@ static inline uint16_t moecc_q_scale_bits(moecc_wtype t, const void *row, int64_
  *     int32_t sum[K/32]     the sum of the block's q (for kernels that bias weights to unsigned)
  * padded to a multiple of 64 bytes. NumPy oracle: moecc.quant.quantize_activations.
  *
- * The q are in the order of the values, except for q4 weights with G <= 64, whose activations
- * are laid out the way 64 packed bytes unpack: the row is cut into units of four blocks (128
- * values; the last unit has the nb <= 4 blocks left), and within a unit the values that meet
- * low nibbles come first, then those that meet high nibbles, each in packed-byte order:
- *     G = 32: b0[0:16] b1[0:16] b2[0:16] b3[0:16] b0[16:32] b1[16:32] b2[16:32] b3[16:32]
- *     G = 64: b0 b2 b1 b3                 (nb = 2: b0 b1)
+ * The q are in the order of the values, except for q4 weights, whose activations are laid
+ * out the way 64 packed bytes unpack: the row is cut into units of four blocks (128 values; the
+ * last unit has the nb <= 4 blocks left), and within a unit the values that meet low nibbles
+ * come first, then those that meet high nibbles, each in packed-byte order:
+ *     b0[0:16] b1[0:16] b2[0:16] b3[0:16] b0[16:32] b1[16:32] b2[16:32] b3[16:32]
  * so a vector of low (high) nibbles meets one contiguous vector of activations. Blocks are only
  * moved in halves or whole, so d and sum stay per block, in block order. */
 static inline int64_t moecc_xq_bytes(int64_t K) {
@@ -158,31 +172,25 @@ static inline const int32_t *moecc_xq_sums(const void *xq, int64_t K) {
 }
 /* Where the q of block b go in an activation row for weights f: values 0..15 of the block at
  * byte *lo, values 16..31 at *hi. */
-static inline void moecc_xq_block_at(moecc_wformat f, int64_t K, int64_t b, int64_t *lo,
+static inline void moecc_xq_block_at(moecc_storage f, int64_t K, int64_t b, int64_t *lo,
                                      int64_t *hi) {
-    if (f.type == MOECC_W_Q4 && f.group <= 64) {
+    if (f == MOECC_Q4) {
         const int64_t unit = b / 4, i = b % 4, left = K / MOECC_QBLOCK - 4 * unit;
         const int64_t nb = left < 4 ? left : 4, base = 128 * unit;
-        if (f.group == 32) {
-            *lo = base + 16 * i;
-            *hi = base + 16 * nb + 16 * i;
-        } else {
-            *lo = base + (i % 2) * 16 * nb + 32 * (i / 2);
-            *hi = *lo + 16;
-        }
+        *lo = base + 16 * i;
+        *hi = base + 16 * nb + 16 * i;
         return;
     }
     *lo = MOECC_QBLOCK * b;
     *hi = *lo + 16;
 }
-/* quantize one row for weights f (wtype.c: the reference; the ISA tables have a vector one) */
-void moecc_quantize_x(moecc_wformat f, int64_t K, const float *x, void *xq);
+/* quantize one row for weights f (storage.c: the reference; the ISA tables have a vector one) */
+void moecc_quantize_x(moecc_storage f, int64_t K, const float *x, void *xq);
 
 /* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 / f16 (the float32 rows in
  * place), moecc_xq_bytes(K) for q8 / q4 / q4p. */
-static inline int64_t moecc_act_bytes(moecc_wformat f, int64_t K) {
-    return f.type == MOECC_W_Q8 || f.type == MOECC_W_Q4 || f.type == MOECC_W_Q4P ? moecc_xq_bytes(K)
-                                                                                 : 0;
+static inline int64_t moecc_act_bytes(moecc_storage f, int64_t K) {
+    return moecc_storage_types[f].quantized_activations ? moecc_xq_bytes(K) : 0;
 }
 
 /* ---- the per-ISA table -------------------------------------------------------------------- */
@@ -192,8 +200,8 @@ static inline int64_t moecc_act_bytes(moecc_wformat f, int64_t K) {
 /* Rows of W handled by one tile call: MOECC_TILE_ROWS, a whole panel for q4p. */
 #define MOECC_TILE_ROWS 4
 #define MOECC_TILE_ROWS_MAX MOECC_PANEL_ROWS
-static inline int moecc_tile_rows(moecc_wformat f) {
-    return f.type == MOECC_W_Q4P ? MOECC_PANEL_ROWS : MOECC_TILE_ROWS;
+static inline int moecc_tile_rows(moecc_storage f) {
+    return f == MOECC_Q4P ? MOECC_PANEL_ROWS : MOECC_TILE_ROWS;
 }
 
 /* The one weight-type-specific inner product, a register tile:
@@ -201,28 +209,27 @@ static inline int moecc_tile_rows(moecc_wformat f) {
  * W row r starts at (const char *)w + r*ldw, X row t at (const char *)x + t*ldx (byte strides);
  * for q4p, w is a panel and ldw the row bytes (nr is always 16).
  * X rows are what moecc_act_bytes() says: float32 for f32 / bf16 / f16, quantized activation rows
- * (moecc_xq_bytes) for q8 / q4 / q4p, hence the untyped pointer and the byte stride. `group` is
- * the weights' group size (quantized types; 0 otherwise).
+ * (moecc_xq_bytes) for q8 / q4 / q4p, hence the untyped pointer and the byte stride.
  * A tile streams each of its nr weight rows once per few tokens (the ISA picks how many), so
  * prefill reuses weights from cache and decode (nt == 1) streams them. */
-typedef void (*moecc_tile_fn)(int64_t K, int group, const void *w, int64_t ldw, int nr,
+typedef void (*moecc_tile_fn)(int64_t K, const void *w, int64_t ldw, int nr,
                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 
 typedef struct {
     const char *name;                   /* "generic", "avx2", "avx512", "avx512vnni" */
-    moecc_tile_fn tile[MOECC_W_NTYPES]; /* indexed by moecc_wtype */
+    moecc_tile_fn tile[MOECC_STORAGE_COUNT]; /* indexed by moecc_storage */
     /* y[i][k] += sum_{j<n} a[i][j] * X[j][k] for i < rows (1..MOECC_WSUM_ROWS), k < K; a and y
-     * rows lda and ldy floats apart; X rows of K values of type xt (MOECC_W_F32 or MOECC_W_F16),
+     * rows lda and ldy floats apart; X rows of K values of type xt (MOECC_F32 or MOECC_F16),
      * back to back (attention's P @ V for the query heads sharing a kv head: X loads once) */
     void (*wsum_rows)(int64_t K, int n, int rows, const float *a, int64_t lda, const void *X,
-                      moecc_wtype xt, float *y, int64_t ldy);
+                      moecc_storage xt, float *y, int64_t ldy);
     /* s[j] = exp(s[j] - m) for j < n, returns their sum; m >= every s[j] (softmax numerators).
      * Relative error ~2 ulp; arguments below MOECC_EXP_MIN give 0. */
     float (*exp_sum)(int n, float *s, float m);
     /* g[i] = silu(g[i]) * u[i] for i < n, silu(z) = z / (1 + exp(-z))  (SwiGLU) */
     void (*swiglu)(int64_t n, float *g, const float *u);
     /* moecc_quantize_x, bit for bit */
-    void (*quantize_x)(moecc_wformat f, int64_t K, const float *x, void *xq);
+    void (*quantize_x)(moecc_storage f, int64_t K, const float *x, void *xq);
 } moecc_isa;
 
 /* exp(x) is computed as 2^i * p(r), x = i*ln2 + r, |r| <= ln2/2, p a degree-6 polynomial */
@@ -246,37 +253,37 @@ extern const moecc_isa moecc_isa_avx512vnni; /* dot_avx512.c: the same + VNNI fo
 #endif
 
 /* The q8 / q4 tiles (the ISA tables point at them): qdot_generic.c, qdot_avx2.c, qdot_avx512.c */
-void moecc_tile_q8_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q8_generic(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
-void moecc_tile_q4_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q4_generic(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
-/* q4p panels (MOECC_W_Q4P): qpanel_generic.c, qpanel_avx2.c, qpanel_avx512.c */
-void moecc_tile_q4p_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
+/* q4p panels (MOECC_Q4P): qpanel_generic.c, qpanel_avx2.c, qpanel_avx512.c */
+void moecc_tile_q4p_generic(int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #if MOECC_X86
-void moecc_tile_q4p_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q4p_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
-void moecc_tile_q4p_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q4p_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
-void moecc_tile_q4p_avx512vnni(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q4p_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #endif
 #if MOECC_X86
-void moecc_quantize_x_avx2(moecc_wformat f, int64_t K, const float *x, void *xq);
+void moecc_quantize_x_avx2(moecc_storage f, int64_t K, const float *x, void *xq);
 /* maddubs (AVX2) */
-void moecc_tile_q8_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q8_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
-void moecc_tile_q4_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q4_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* maddubs (AVX-512 BW/VL: 32 registers) */
-void moecc_tile_q8_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q8_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
-void moecc_tile_q4_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q4_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* dpbusd (AVX-512 VNNI, 256-bit) */
-void moecc_tile_q8_avx512vnni(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q8_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
-void moecc_tile_q4_avx512vnni(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #endif
 
@@ -320,21 +327,18 @@ static inline int64_t moecc_token_block(int64_t ldx) {
 
 /* ---- kernels ------------------------------------------------------------------------------ */
 
-/* Every kernel taking weights returns MOECC_ERR_WTYPE / MOECC_ERR_SHAPE for a format f that
- * moecc_wformat_check rejects for their row length. */
-
 /* matmul.c: out[T, N] = x[T, K] @ W[N, K]^T; MOECC_OK, or MOECC_ERR_NOMEM (prefill, q8 / q4) */
-int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_wformat f, int64_t N,
+int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_storage f, int64_t N,
                  float *out, int threads);
 /* the T rows of x[T, K] quantized as the matmul of weights f does, moecc_xq_bytes(K) apart */
-void moecc_quantize_rows(moecc_wformat f, const float *x, int64_t T, int64_t K, void *xq);
+void moecc_quantize_rows(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq);
 /* rows [n0, n1) of the above with the given table, on the calling thread, from activation rows
  * xa, ldx bytes apart: x itself for f32 / bf16 / f16, rows made by moecc_quantize_x for q8 / q4 */
-void moecc_gemm_rows(const moecc_isa *isa, moecc_wformat f, int64_t T, int64_t K, const void *xa,
+void moecc_gemm_rows(const moecc_isa *isa, moecc_storage f, int64_t T, int64_t K, const void *xa,
                      int64_t ldx, const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo);
 
 /* ops.c */
-int moecc_embedding(const void *table, moecc_wformat f, int64_t V, int64_t D, const int32_t *ids,
+int moecc_embedding(const void *table, moecc_storage f, int64_t V, int64_t D, const int32_t *ids,
                     int64_t T, float *out, int threads);
 void moecc_rmsnorm(const float *x, int64_t R, int64_t D, const float *weight, float eps, float *out,
                    int threads);
@@ -344,17 +348,19 @@ int moecc_router_topk(const float *logits, int64_t T, int64_t E, int64_t top_k, 
                       int32_t *idx_out, float *weight_out, int threads);
 
 /* attention.c: causal GQA over one layer's cache; q[T, Hq, hd], caches [Hkv, C, hd] of type
- * kv (MOECC_W_F32 or MOECC_W_F16; MOECC_ERR_WTYPE otherwise) */
+ * kv (MOECC_F32 or MOECC_F16; MOECC_ERR_STORAGE otherwise) */
 int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const void *k_cache,
-                    const void *v_cache, moecc_wtype kv, int64_t Hkv, int64_t C, int64_t start,
+                    const void *v_cache, moecc_storage kv, int64_t Hkv, int64_t C, int64_t start,
                     float *out, int threads);
 
 /* moe.c: out[T, D] = sum_j weights[t, j] * SwiGLU expert idx[t, j] applied to x[t];
- * gate, up [E, inter, D], down [E, D, inter] (not named I here: <complex.h> defines I), all in
- * format f (checked for both row lengths). The scratch size covers every weight type. */
+ * gate, up [E, inter, D] stored as fgu, down [E, D, inter] as fd (not named I here: <complex.h>
+ * defines I). MOECC_ERR_INDEX for an expert id outside [0, E). The scratch size covers every
+ * storage type. */
 int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t inter);
 int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
-                  const void *down, moecc_wformat f, int64_t E, int64_t inter, const int32_t *idx,
-                  const float *weights, int64_t top_k, float *scratch, float *out, int threads);
+                  moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t inter,
+                  const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
+                  float *out, int threads);
 
 #endif /* MOECC_H */

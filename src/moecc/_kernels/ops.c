@@ -5,11 +5,8 @@
 
 /* ---- embedding: out[t] = table[ids[t]] as float32 (q8 / q4 rows dequantized) ----------- */
 
-int moecc_embedding(const void *table, moecc_wformat f, int64_t V, int64_t D, const int32_t *ids,
+int moecc_embedding(const void *table, moecc_storage f, int64_t V, int64_t D, const int32_t *ids,
                     int64_t T, float *out, int threads) {
-    const int rc = moecc_wformat_check(f, D);
-    if (rc != MOECC_OK) return rc;
-    if (f.type == MOECC_W_Q4P) return MOECC_ERR_WTYPE; /* a panel's rows are not contiguous */
     for (int64_t t = 0; t < T; t++)
         if (ids[t] < 0 || ids[t] >= V) return MOECC_ERR_INDEX;
     const int64_t rb = moecc_row_bytes(f, D);

@@ -111,7 +111,7 @@ INLINE TARGET_AVX2 void step_blocks(const int wt, const int G, const int NR, con
                                     const char *x, int64_t ldx, const float (*s)[STEP],
                                     __m256 *acc) {
     const __m256i low4 = _mm256_set1_epi8(15);
-    if (wt == MOECC_W_Q8) { /* one block per vector */
+    if (wt == MOECC_Q8) { /* one block per vector */
         for (int j0 = 0; j0 < nb; j0 += U)
             for (int u = 0; u < U; u++) {
                 const int j = j0 + u;
@@ -203,8 +203,8 @@ INLINE TARGET_AVX2 void block(const int wt, const int G, const int NR, const int
                               int64_t K, const char *w, int64_t ldw, const char *x, int64_t ldx,
                               float *out, int64_t ldo) {
     const int64_t nblocks = K / MOECC_QBLOCK;
-    const int64_t qbytes = wt == MOECC_W_Q8 ? K : K / 2; /* the scales follow the q */
-    const int bias = wt == MOECC_W_Q4 ? 8 : 0;
+    const int64_t qbytes = wt == MOECC_Q8 ? K : K / 2; /* the scales follow the q */
+    const int bias = wt == MOECC_Q4 ? 8 : 0;
     __m256 acc[MAX_ACC];
     for (int i = 0; i < NR * NT * U; i++) acc[i] = _mm256_setzero_ps();
     _Alignas(32) float s[MOECC_TILE_ROWS * MAX_NT][STEP]; /* s[r*NT + t][j] */
@@ -302,14 +302,14 @@ INLINE TARGET_AVX2 void tile_q(const int wt, int64_t K, int G, const void *w, in
     }
 }
 
-TARGET_AVX2 void moecc_tile_q8_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
+TARGET_AVX2 void moecc_tile_q8_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                                     const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    tile_q(MOECC_W_Q8, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_Q8, K, MOECC_QBLOCK, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-TARGET_AVX2 void moecc_tile_q4_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
+TARGET_AVX2 void moecc_tile_q4_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                                     const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    tile_q(MOECC_W_Q4, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_Q4, K, MOECC_QBLOCK, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 /* ---- activation quantization ------------------------------------------------------------- */
@@ -317,7 +317,7 @@ TARGET_AVX2 void moecc_tile_q4_avx2(int64_t K, int group, const void *w, int64_t
 /* As moecc_quantize_x (wtype.c), eight lanes at a time: the same float32 operations, and
  * cvtps rounds to nearest even (the default MXCSR mode), so the results are identical. Used by
  * the AVX-512 tables too (it is not where the time goes). */
-TARGET_AVX2 void moecc_quantize_x_avx2(moecc_wformat f, int64_t K, const float *x, void *xq) {
+TARGET_AVX2 void moecc_quantize_x_avx2(moecc_storage f, int64_t K, const float *x, void *xq) {
     int8_t *q = (int8_t *)xq;
     float *d = (float *)((char *)xq + K);
     int32_t *sum = (int32_t *)((char *)xq + K + 4 * (K / MOECC_QBLOCK));

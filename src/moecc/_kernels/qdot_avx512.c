@@ -125,7 +125,7 @@ INLINE TARGET_512 void make_scales(const int wt, const int G, const int NR, cons
                                    const int bias, int64_t K, int64_t b0, int m, const char *w,
                                    int64_t ldw, const char *x, int64_t ldx, segment_scales *sc,
                                    __m512 *acc) {
-    const int64_t qbytes = wt == MOECC_W_Q8 ? K : K / 2; /* the scales follow the q */
+    const int64_t qbytes = wt == MOECC_Q8 ? K : K / 2; /* the scales follow the q */
     const __mmask16 live = (__mmask16)((1u << m) - 1);
     for (int r = 0; r < NR; r++) sc->dw[r] = segment_dw(G, w + r * ldw + qbytes, b0, m);
     for (int t = 0; t < NT; t++) {
@@ -177,7 +177,7 @@ INLINE TARGET_512 void segment(const int wt, const int mode_dpbusd, idot_fn idot
                                const segment_scales *sc, __m512 *acc) {
     const __m512i low4 = _mm512_set1_epi8(15);
     __m512i wa[MOECC_TILE_ROWS], wb[MOECC_TILE_ROWS];
-    if (wt == MOECC_W_Q8) { /* pairs of blocks */
+    if (wt == MOECC_Q8) { /* pairs of blocks */
         for (int p0 = 0; p0 < (m + 1) / 2; p0 += U)
             for (int u = 0; u < U; u++) {
                 const int p = p0 + u, n = 2 * p + 1 == m ? 32 : 64;
@@ -241,7 +241,7 @@ INLINE TARGET_512 void block(const int wt, const int mode_dpbusd, idot_fn idot, 
                              const int G, const int NR, const int NT, const int U, int64_t K,
                              const char *w, int64_t ldw, const char *x, int64_t ldx, __m512 *v) {
     const int64_t nblocks = K / MOECC_QBLOCK;
-    const int bias = wt == MOECC_W_Q4 ? 8 : mode_dpbusd ? 128 : 0;
+    const int bias = wt == MOECC_Q4 ? 8 : mode_dpbusd ? 128 : 0;
     __m512 acc[MAX_ACC];
     for (int i = 0; i < NR * NT * U; i++) acc[i] = _mm512_setzero_ps();
     /* sweep-prefetch the NR rows a few tiles on (PF_BYTES: measured best for q4 and q8), a share
@@ -350,30 +350,30 @@ INLINE TARGET_512 void tile_q(const int wt, const int mode_dpbusd, idot_fn idot,
 
 /* ---- the entry points of the two tables -------------------------------------------------- */
 
-TARGET_512 void moecc_tile_q8_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
+TARGET_512 void moecc_tile_q8_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                      const void *x, int64_t ldx, int nt, float *out,
                                      int64_t ldo) {
-    tile_q(MOECC_W_Q8, 0, idot_maddubs_signed, idot2_maddubs, K, group, w, ldw, nr, x, ldx, nt,
+    tile_q(MOECC_Q8, 0, idot_maddubs_signed, idot2_maddubs, K, MOECC_QBLOCK, w, ldw, nr, x, ldx, nt,
            out, ldo);
 }
 
-TARGET_512 void moecc_tile_q4_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
+TARGET_512 void moecc_tile_q4_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                      const void *x, int64_t ldx, int nt, float *out,
                                      int64_t ldo) {
-    tile_q(MOECC_W_Q4, 0, idot_maddubs, idot2_maddubs, K, group, w, ldw, nr, x, ldx, nt, out,
+    tile_q(MOECC_Q4, 0, idot_maddubs, idot2_maddubs, K, MOECC_QBLOCK, w, ldw, nr, x, ldx, nt, out,
            ldo);
 }
 
-TARGET_VNNI void moecc_tile_q8_avx512vnni(int64_t K, int group, const void *w, int64_t ldw,
+TARGET_VNNI void moecc_tile_q8_avx512vnni(int64_t K, const void *w, int64_t ldw,
                                           int nr, const void *x, int64_t ldx, int nt, float *out,
                                           int64_t ldo) {
-    tile_q(MOECC_W_Q8, 1, idot_dpbusd, idot2_dpbusd, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_Q8, 1, idot_dpbusd, idot2_dpbusd, K, MOECC_QBLOCK, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-TARGET_VNNI void moecc_tile_q4_avx512vnni(int64_t K, int group, const void *w, int64_t ldw,
+TARGET_VNNI void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw,
                                           int nr, const void *x, int64_t ldx, int nt, float *out,
                                           int64_t ldo) {
-    tile_q(MOECC_W_Q4, 1, idot_dpbusd, idot2_dpbusd, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_Q4, 1, idot_dpbusd, idot2_dpbusd, K, MOECC_QBLOCK, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 #endif /* MOECC_X86 */

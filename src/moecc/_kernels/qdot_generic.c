@@ -10,8 +10,8 @@
 #include "moecc.h"
 
 /* the G weights of group g of a q8 / q4 row as int8 (q4: nibble - 8) */
-static void unpack_group(moecc_wtype t, const char *row, int64_t g, int G, int8_t *q) {
-    if (t == MOECC_W_Q8) {
+static void unpack_group(moecc_storage t, const char *row, int64_t g, int G, int8_t *q) {
+    if (t == MOECC_Q8) {
         memcpy(q, row + g * G, (size_t)G);
         return;
     }
@@ -28,10 +28,10 @@ static int32_t dot_block(const int8_t *a, const int8_t *b) {
     return s;
 }
 
-static void tile_q(moecc_wtype wt, int64_t K, int G, const void *w, int64_t ldw, int nr,
+static void tile_q(moecc_storage wt, int64_t K, int G, const void *w, int64_t ldw, int nr,
                    const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    const moecc_wformat f = {wt, G};
-    int8_t qw[MOECC_GROUP_MAX];
+    const moecc_storage f = wt;
+    int8_t qw[MOECC_QBLOCK];
     for (int r = 0; r < nr; r++) {
         const char *row = (const char *)w + r * ldw;
         for (int t = 0; t < nt; t++) out[t * ldo + r] = 0.0f;
@@ -56,12 +56,12 @@ static void tile_q(moecc_wtype wt, int64_t K, int G, const void *w, int64_t ldw,
     }
 }
 
-void moecc_tile_q8_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q8_generic(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    tile_q(MOECC_W_Q8, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_Q8, K, MOECC_QBLOCK, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-void moecc_tile_q4_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q4_generic(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    tile_q(MOECC_W_Q4, K, group, w, ldw, nr, x, ldx, nt, out, ldo);
+    tile_q(MOECC_Q4, K, MOECC_QBLOCK, w, ldw, nr, x, ldx, nt, out, ldo);
 }

@@ -81,9 +81,9 @@ INLINE TARGET_AVX2 void panel(const int NT, int64_t K, const char *w, const char
         for (int h = 0; h < 2; h++) _mm256_storeu_ps(out + t * ldo + 8 * h, acc[h][t]);
 }
 
-TARGET_AVX2 void moecc_tile_q4p_avx2(int64_t K, int group, const void *w, int64_t ldw, int nr,
+TARGET_AVX2 void moecc_tile_q4p_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    (void)group, (void)ldw, (void)nr; /* 32; blocks are MOECC_PANEL_BLOCK_BYTES apart; 16 */
+    (void)ldw, (void)nr; /* 32; blocks are MOECC_PANEL_BLOCK_BYTES apart; 16 */
     const char *wp = (const char *)w, *xp = (const char *)x;
     int t = 0;
     for (; t + MAX_NT <= nt; t += MAX_NT)

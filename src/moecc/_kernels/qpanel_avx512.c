@@ -90,17 +90,17 @@ INLINE TARGET_512 void tile(pdot_fn pdot, int64_t K, const void *w, const void *
     }
 }
 
-TARGET_512 void moecc_tile_q4p_avx512(int64_t K, int group, const void *w, int64_t ldw, int nr,
+TARGET_512 void moecc_tile_q4p_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                       const void *x, int64_t ldx, int nt, float *out,
                                       int64_t ldo) {
-    (void)group, (void)ldw, (void)nr; /* 32; blocks are MOECC_PANEL_BLOCK_BYTES apart; 16 */
+    (void)ldw, (void)nr; /* 32; blocks are MOECC_PANEL_BLOCK_BYTES apart; 16 */
     tile(pdot_maddubs, K, w, x, ldx, nt, out, ldo);
 }
 
-TARGET_VNNI void moecc_tile_q4p_avx512vnni(int64_t K, int group, const void *w, int64_t ldw,
+TARGET_VNNI void moecc_tile_q4p_avx512vnni(int64_t K, const void *w, int64_t ldw,
                                            int nr, const void *x, int64_t ldx, int nt,
                                            float *out, int64_t ldo) {
-    (void)group, (void)ldw, (void)nr;
+    (void)ldw, (void)nr;
     tile(pdot_dpbusd, K, w, x, ldx, nt, out, ldo);
 }
 

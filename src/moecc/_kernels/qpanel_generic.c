@@ -2,9 +2,9 @@
  * SIMD ones (qpanel_avx2.c, qpanel_avx512.c). The panel layout is described in moecc.h. */
 #include "moecc.h"
 
-void moecc_tile_q4p_generic(int64_t K, int group, const void *w, int64_t ldw, int nr,
+void moecc_tile_q4p_generic(int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
-    (void)group; /* always 32 */
+
     (void)ldw;   /* block columns are MOECC_PANEL_BLOCK_BYTES apart */
     (void)nr;    /* always a whole panel */
     const int64_t nblocks = K / MOECC_QBLOCK;

@@ -20,19 +20,14 @@ The JSON header is an object::
      "files":   [{"name": str, "offset": int, "size": int, "crc32": int}, ...],
      "writer":  {...}}            # who wrote it and how (informational)
 
-`offset` is relative to D.  `size` is the exact byte count, which must equal what `dtype`,
-`shape` (and `group_size`) imply.  Tensor dtypes (each row-major, last dimension contiguous;
-`shape` is always the logical shape, [..., rows, K]):
+`offset` is relative to D.  `size` is the exact byte count, which must equal what `dtype` and
+`shape` imply.  `dtype` names a storage type of `moecc.storage` (f32, bf16, f16, q8, q4, q4p);
+each tensor is row-major, last dimension contiguous, and `shape` is always the logical shape,
+[..., rows, K].  The byte layouts are specified in `moecc.quant`.  A reader refuses a dtype it
+does not know by naming it.
 
-    f32   IEEE float32
-    bf16  bfloat16: the upper 16 bits of a float32, stored as uint16
-    q8    8-bit group-wise quantized, entry field "group_size": G
-    q4    4-bit group-wise quantized, entry field "group_size": G
-    q4p   q4 with G = 32 in panels of 16 rows (rows a multiple of 16), "group_size": 32
-
-The byte layout of a q8 / q4 row and of a q4p panel is specified in `moecc.quant` (values, then
-fp16 scales; q4p interleaves 16 rows block by block).  A reader that predates q4p refuses such
-a file by naming the dtype it does not know.
+Versions: 1 had q8 / q4 with a `group_size` field (32 to 256); 2 has blocks of 32 only, and
+reads a version-1 file that holds no q8 / q4 tensor (its f32, bf16 and q4p bytes are the same).
 
 Stacked experts are 3-D tensors [experts, rows, cols]: each expert's matrix is contiguous, so a
 kernel reads one expert in one sweep.  `files` are the tokenizer and generation files of the
@@ -46,7 +41,6 @@ hands out a single view.
 from __future__ import annotations
 
 import json
-import math
 import mmap
 import os
 import stat
@@ -56,36 +50,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import quant
+from .. import storage
+from . import FormatError
 
 MAGIC = b"MOECC\x00\x00\x01"
-VERSION = 1
+VERSION = 2
 DATA_ALIGNMENT = 4096  # the data section starts on a page, so mmapped tensors are page-aligned
 TENSOR_ALIGNMENT = 64  # one cache line / one AVX-512 register
 _PREAMBLE = struct.Struct("<8sIIQQ")
-
-# dtype name -> numpy dtype of the view handed to the kernels (quantized rows are raw bytes)
-DTYPES = {
-    "f32": np.dtype(np.float32),
-    "bf16": np.dtype(np.uint16),
-    "q8": np.dtype(np.uint8),
-    "q4": np.dtype(np.uint8),
-    "q4p": np.dtype(np.uint8),
-}
-
-
-class FormatError(ValueError):
-    """The file is not a valid .moecc file (damaged, truncated or from a newer moecc)."""
-
-
-def tensor_nbytes(dtype: str, shape: tuple[int, ...], group_size: int = 0) -> int:
-    """Bytes of a tensor; ValueError when `group_size` cannot cut its rows (or, for q4p, the
-    rows do not fill whole panels)."""
-    if dtype == "q4p" and not quant.can_panel(tuple(shape), group_size):
-        raise ValueError(f"a q4p tensor needs group size {quant.PANEL_GROUP} and rows in multiples "
-                         f"of {quant.PANEL_ROWS}, not shape {list(shape)} with group size {group_size}")
-    rows = math.prod(int(s) for s in shape[:-1])  # Python ints: a damaged shape cannot overflow
-    return rows * quant.row_bytes(dtype, shape[-1], group_size)
 
 
 def _align(n: int, a: int) -> int:
@@ -99,16 +71,13 @@ class Entry:
     offset: int
     size: int
     crc32: int = 0
-    dtype: str = ""  # "" for embedded files
+    dtype: str = ""  # the storage type (moecc.storage); "" for embedded files
     shape: tuple[int, ...] = ()
-    group_size: int = 0  # quantized dtypes only
 
     def to_json(self) -> dict:
         d = {"name": self.name, "offset": self.offset, "size": self.size, "crc32": self.crc32}
         if self.dtype:
             d.update(dtype=self.dtype, shape=list(self.shape))
-        if self.group_size:
-            d.update(group_size=self.group_size)
         return d
 
 
@@ -127,19 +96,16 @@ class Writer:
     """
 
     def __init__(self, path: str | os.PathLike, config: dict,
-                 tensors: list[tuple[str, str, tuple[int, ...], int]], files: dict[str, bytes],
+                 tensors: list[tuple[str, str, tuple[int, ...]]], files: dict[str, bytes],
                  writer_info: dict | None = None):
-        """`tensors`: (name, dtype, logical shape, group size or 0), in the order they will be written."""
+        """`tensors`: (name, storage type, logical shape), in the order they will be written."""
         self.path = os.fspath(path)
         self._files = files
         self._order: list[Entry] = []
         offset = 0
-        for name, dtype, shape, group_size in tensors:
-            if dtype not in DTYPES:
-                raise ValueError(f"unknown tensor dtype {dtype!r} for {name}")
-            size = tensor_nbytes(dtype, shape, group_size)
-            self._order.append(Entry(name, offset, size, dtype=dtype, shape=tuple(int(s) for s in shape),
-                                     group_size=group_size))
+        for name, dtype, shape in tensors:
+            size = storage.get(dtype).tensor_bytes(shape)
+            self._order.append(Entry(name, offset, size, dtype=dtype, shape=tuple(int(s) for s in shape)))
             offset = _align(offset + size, TENSOR_ALIGNMENT)
         self._file_entries = []
         for name, blob in files.items():
@@ -171,7 +137,7 @@ class Writer:
     def _header_bytes(self, placeholder: bool = False) -> bytes:
         def crc(e: Entry) -> int:
             return 0xFFFFFFFF if placeholder else self._crcs[e.name]
-        tensors = [Entry(e.name, e.offset, e.size, crc(e), e.dtype, e.shape, e.group_size).to_json()
+        tensors = [Entry(e.name, e.offset, e.size, crc(e), e.dtype, e.shape).to_json()
                    for e in self._order]
         files = [e.to_json() for e in self._file_entries]
         header = {"config": self._config, "tensors": tensors, "files": files, "writer": self._writer_info}
@@ -278,6 +244,7 @@ class ModelFile:
                               f"reads ({VERSION}); upgrade moecc")
         if version < 1:
             raise FormatError(f"{self.path} has invalid format version {version}")
+        self.version = version
         if _PREAMBLE.size + header_len > self.file_size:
             raise FormatError(f"{self.path} is truncated: its header needs {header_len} bytes "
                               f"but the file is {self.file_size} bytes")
@@ -314,17 +281,24 @@ class ModelFile:
             offset, size, crc = int(raw["offset"]), int(raw["size"]), int(raw.get("crc32", 0))
             dtype = str(raw["dtype"]) if tensor else ""
             shape = tuple(int(s) for s in raw["shape"]) if tensor else ()
-            group_size = int(raw.get("group_size", 0)) if tensor else 0
+            group_size = int(raw.get("group_size", 0)) if tensor else 0  # version 1 only
         except (KeyError, TypeError, ValueError, OverflowError):
             raise FormatError(f"{self.path}: {what} {name} has a malformed entry; the file is damaged") from None
         if tensor:
-            if dtype not in DTYPES:
+            if dtype not in storage.TYPES:
                 raise FormatError(f"{self.path}: tensor {name} has dtype {dtype!r}, which this moecc "
-                                  f"does not know ({', '.join(DTYPES)}); upgrade moecc")
+                                  f"does not know ({', '.join(storage.TYPES)}); upgrade moecc")
+            if self.version == 1 and dtype in ("q8", "q4"):
+                raise FormatError(f"{self.path} is a format-1 file with {dtype} tensors, whose layout "
+                                  "changed in format 2 (blocks of 32 with their scale); re-convert the "
+                                  "model with this moecc")
+            if group_size not in (0, storage.QBLOCK):
+                raise FormatError(f"{self.path}: tensor {name} has group size {group_size}; moecc "
+                                  f"stores blocks of {storage.QBLOCK} only (re-convert the model)")
             if not shape or any(s <= 0 for s in shape):
                 raise FormatError(f"{self.path}: tensor {name} has invalid shape {list(shape)}")
             try:
-                expected = tensor_nbytes(dtype, shape, group_size)
+                expected = storage.get(dtype).tensor_bytes(shape)
             except ValueError as e:
                 raise FormatError(f"{self.path}: tensor {name}: {e}; the file is damaged") from None
             if size != expected:
@@ -336,16 +310,15 @@ class ModelFile:
         if offset < 0 or size < 0 or offset + size > self.data_size:
             raise FormatError(f"{self.path}: {what} {name} (offset {offset}, {size} bytes) lies past "
                               f"the end of the file; the file is truncated or damaged")
-        return Entry(name, offset, size, crc, dtype, shape, group_size if dtype in quant.STORED_QUANTIZED else 0)
+        return Entry(name, offset, size, crc, dtype, shape)
 
     def tensor(self, name: str) -> np.ndarray:
-        """A read-only view of tensor `name`, in the dtype the kernels take (see DTYPES); a
-        quantized tensor is viewed as bytes [..., rows, row_bytes]."""
+        """A read-only view of tensor `name`, in the dtype the kernels take (its storage type's
+        view dtype); a quantized tensor is viewed as bytes [..., rows, row_bytes]."""
         e = self.tensors[name]
-        view_dtype = DTYPES[e.dtype]
-        count = e.size // view_dtype.itemsize
-        row = quant.row_bytes(e.dtype, e.shape[-1], e.group_size) // view_dtype.itemsize
-        return np.frombuffer(self._mm, view_dtype, count, self.data_offset + e.offset).reshape(*e.shape[:-1], row)
+        st = storage.TYPES[e.dtype]
+        count = e.size // st.view_dtype.itemsize
+        return np.frombuffer(self._mm, st.view_dtype, count, self.data_offset + e.offset).reshape(st.view_shape(e.shape))
 
     def file_bytes(self, name: str) -> bytes | None:
         """An embedded file's bytes (None if absent), checked against its CRC-32."""

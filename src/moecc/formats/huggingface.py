@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from .config import ConfigError, Qwen3MoeConfig
+from ..config import ConfigError, Qwen3MoeConfig
 
 # safetensors dtype -> numpy dtype of the view (bf16 as raw uint16 bits)
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}

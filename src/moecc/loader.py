@@ -1,0 +1,112 @@
+"""Loading: a model file -> its config, its tokenizer and generation files, and its weights.
+
+    source = loader.open_model("qwen3.moecc")
+    source.config                      # Qwen3MoeConfig
+    source.files["tokenizer.json"]     # bytes; also tokenizer_config.json, generation_config.json, ...
+    source.weights["model.norm.weight"]  # model.Weight: a zero-copy view of the mapped file
+    source.close()
+
+Each file kind has a reader in `moecc.formats`, told apart here by the file's first bytes; each
+hands over the same ModelSource, whose weights are checked here, once, against the config's
+tensor inventory (`config.tensor_specs`) before anything runs.  What the engine does with them is
+`moecc.engine`'s business.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import storage
+from .config import ConfigError, Qwen3MoeConfig, tensor_specs
+from .formats import FormatError, moecc_file
+from .model import Weight
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class ModelSource:
+    """What a model file holds, validated: config, embedded files, weights (views of the mapping)."""
+    path: str
+    config: Qwen3MoeConfig
+    weights: dict[str, Weight]  # every tensor of tensor_specs(config), by name
+    files: dict[str, bytes]  # the tokenizer and generation files the file carries
+    _close: Callable[[], None] = field(repr=False, default=lambda: None)
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes of weights mapped (file-backed: resident only as the kernels read them)."""
+        return sum(w.data.nbytes for w in self.weights.values())
+
+    def close(self) -> None:
+        self._close()
+
+
+def open_model(path: str | os.PathLike) -> ModelSource:
+    """Map the model file at `path` and validate it; FormatError (one line saying what is wrong
+    and what to do) for anything moecc cannot run."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path} is a folder; give the path of a .moecc file "
+                          "(moecc-convert makes one from a Hugging Face folder)") from None
+    if magic.startswith(GGUF_MAGIC):
+        raise FormatError(f"{path} is a GGUF file, which this moecc does not read yet; convert the "
+                          "Hugging Face checkpoint with moecc-convert")
+    return _open_moecc(path)
+
+
+def _open_moecc(path: str) -> ModelSource:
+    mf = moecc_file.ModelFile(path)
+    try:
+        config = _config(path, mf.config_dict)
+        layout = {name: (e.dtype, e.shape) for name, e in mf.tensors.items()}
+        check_weights(path, config, layout)
+        weights = {name: Weight(mf.tensor(name), e.dtype) for name, e in mf.tensors.items()}
+        files = {name: mf.file_bytes(name) for name in mf.files}
+    except BaseException:
+        mf.close()
+        raise
+    return ModelSource(path, config, weights, files, mf.close)
+
+
+def _config(path: str, raw: dict) -> Qwen3MoeConfig:
+    try:
+        return Qwen3MoeConfig.from_dict(raw)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise FormatError(f"{path}: its config is invalid: {e}") from None
+
+
+def check_weights(path: str, cfg: Qwen3MoeConfig, layout: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+    """The file's tensors ({name: (storage type, logical shape)}) must be exactly the ones the
+    config implies, in shape, in a storage type moecc runs them in."""
+    specs = tensor_specs(cfg)
+    for spec in specs:
+        if spec.name not in layout:
+            raise FormatError(f"{path}: tensor {spec.name} is missing; the file does not match its "
+                              "config (re-convert it)")
+        kind, shape = layout[spec.name]
+        if tuple(shape) != spec.shape:
+            raise FormatError(f"{path}: tensor {spec.name} has shape {list(shape)} but the config "
+                              f"implies {list(spec.shape)}; re-convert the model")
+        if spec.role in ("norm", "router") and kind != "f32":
+            raise FormatError(f"{path}: tensor {spec.name} is {kind}; norms and the router must be f32")
+        if spec.role == "embed" and not storage.get(kind).row_lookup:
+            raise FormatError(f"{path}: {spec.name} is stored as {kind}, whose rows cannot be looked "
+                              "up one by one; re-convert the model")
+    extra = sorted(set(layout) - {s.name for s in specs})
+    if extra:
+        raise FormatError(f"{path}: tensor {extra[0]} is not part of the model its config describes; "
+                          "the file is damaged or from another moecc")
+    # the SwiGLU kernel reads a layer's gate and up rows with one tile
+    names = {(s.layer, s.field): s.name for s in specs}
+    for layer in range(cfg.num_hidden_layers):
+        gate, up = names[layer, "gate_proj"], names[layer, "up_proj"]
+        if layout[gate][0] != layout[up][0]:
+            raise FormatError(f"{path}: {gate} is {layout[gate][0]} but {up} is {layout[up][0]}; "
+                              "gate and up must share a storage type (re-convert it)")

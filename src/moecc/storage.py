@@ -1,0 +1,97 @@
+"""Storage types: how a tensor's values lie in a file and in memory, and what the kernels read.
+
+This is the one table of them in Python; `moecc.h` (`moecc_storage`) and `storage.c` spell the
+same table once in C, and a test holds the two equal.  A file names a tensor's type in its
+header (the `.moecc` header's `dtype` key); everything else follows from this table.
+
+Each type stores a row of K values as K / block_values blocks of block_bytes bytes:
+
+    name  block (values -> bytes)   bits/weight  rows looked up alone  what
+    f32   1 -> 4                    32           yes                   IEEE float32
+    bf16  1 -> 2                    16           yes                   bfloat16 bits (uint16)
+    f16   1 -> 2                    16           yes                   IEEE half (uint16 in files)
+    q8    32 -> 34                  8.5          yes                   ggml's Q8_0 block: fp16 d, int8 q[32]
+    q4    32 -> 18                  4.5          yes                   ggml's Q4_0 block: fp16 d, 16 bytes of nibbles
+    q4p   32 -> 18                  4.5          no (panels of 16)     q4 blocks of 16 rows interleaved
+
+The byte layouts and their NumPy encoders and decoders (the oracle the C kernels are tested
+against) are in `moecc.quant`.  Adding a type means a row here, a row in storage.c, its
+quant.py encoder / decoder and its kernels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class StorageError(ValueError):
+    """A storage type that does not exist, or that cannot hold a tensor of the given shape."""
+
+
+@dataclass(frozen=True)
+class StorageType:
+    name: str
+    code: int  # the C enum value (moecc_storage)
+    block_values: int  # values per block: a row of K values is K / block_values blocks
+    block_bytes: int  # bytes per block
+    view_dtype: np.dtype  # the NumPy dtype of the view the kernels take (quantized: bytes)
+    row_lookup: bool  # a row can be read on its own (an embedding table can be stored so)
+    panel_rows: int = 1  # rows interleaved block by block; a matrix has a multiple of them
+    quantized_activations: bool = False  # the kernels meet it with activations quantized to 8 bits
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.block_bytes / self.block_values
+
+    def row_bytes(self, K: int) -> int:
+        """Bytes of one stored row of K values."""
+        if K % self.block_values:
+            raise StorageError(f"{self.name} stores rows in blocks of {self.block_values} values; "
+                               f"a row of {K} is not a whole number of them")
+        return K // self.block_values * self.block_bytes
+
+    def shape_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why a tensor of logical `shape` [..., rows, K] cannot be stored as this type (None: it can)."""
+        if len(shape) < 1 or any(int(s) <= 0 for s in shape):
+            return f"shape {list(shape)} is not a valid tensor shape"
+        if shape[-1] % self.block_values:
+            return (f"{self.name} stores rows in blocks of {self.block_values} values, "
+                    f"which do not divide the row length {shape[-1]}")
+        if self.panel_rows > 1 and (len(shape) < 2 or shape[-2] % self.panel_rows):
+            return f"{self.name} stores matrices of a multiple of {self.panel_rows} rows, not shape {list(shape)}"
+        return None
+
+    def tensor_bytes(self, shape: tuple[int, ...]) -> int:
+        """Bytes of a tensor of logical `shape`; StorageError if this type cannot hold it."""
+        problem = self.shape_problem(tuple(shape))
+        if problem:
+            raise StorageError(problem)
+        rows = math.prod(int(s) for s in shape[:-1])  # Python ints: a damaged shape cannot overflow
+        return rows * self.row_bytes(int(shape[-1]))
+
+    def view_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the kernels' view of a tensor: [..., rows, elements of view_dtype per row]."""
+        return (*shape[:-1], self.row_bytes(shape[-1]) // self.view_dtype.itemsize)
+
+
+QBLOCK = 32  # values per block of every quantized type, and per block of quantized activations
+
+TYPES: dict[str, StorageType] = {t.name: t for t in (
+    StorageType("f32", 0, 1, 4, np.dtype(np.float32), row_lookup=True),
+    StorageType("bf16", 1, 1, 2, np.dtype(np.uint16), row_lookup=True),
+    StorageType("f16", 2, 1, 2, np.dtype(np.float16), row_lookup=True),
+    StorageType("q8", 3, QBLOCK, 34, np.dtype(np.uint8), row_lookup=True, quantized_activations=True),
+    StorageType("q4", 4, QBLOCK, 18, np.dtype(np.uint8), row_lookup=True, quantized_activations=True),
+    StorageType("q4p", 5, QBLOCK, 18, np.dtype(np.uint8), row_lookup=False, panel_rows=16,
+                quantized_activations=True),
+)}
+
+
+def get(name: str) -> StorageType:
+    """The storage type called `name`; StorageError naming the known ones otherwise."""
+    try:
+        return TYPES[name]
+    except (KeyError, TypeError):
+        raise StorageError(f"unknown storage type {name!r}; moecc has {', '.join(TYPES)}") from None
