@@ -15,7 +15,7 @@ TOLERANCE_F16_CACHE = 1e-3
 @pytest.mark.parametrize("kv_cache", ["f32", "f16"])
 def test_logits_match_transformers(reference, converted, quant, kv_cache):
     model = moecc.load(converted(reference.case, quant), threads=2, kv_cache=kv_cache)
-    assert model.net.buf.k_cache.dtype == np.dtype("float16" if kv_cache == "f16" else "float32")
+    assert model.net.cache.k.dtype == np.dtype("float16" if kv_cache == "f16" else "float32")
     tolerance = TOLERANCE if kv_cache == "f32" else TOLERANCE_F16_CACHE
     for ids, expected in reference.prompts():
         got = model.logits(ids.tolist())

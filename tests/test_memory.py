@@ -12,7 +12,7 @@ import pytest
 from moecc import memory
 from moecc.config import Qwen3MoeConfig
 from moecc.memory import Available, MemoryBudgetError, MemoryBudgetWarning, check_memory, plan_memory
-from moecc.model import Buffers
+from moecc.model import KVCache
 
 GiB, MiB = 2**30, 2**20
 QWEN3_30B = SimpleNamespace(num_hidden_layers=48, num_key_value_heads=4, head_dim=128)
@@ -145,8 +145,9 @@ def test_kv_bytes_match_the_caches_model_allocates(kv_cache):
     cfg = Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
                          num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                          num_experts=4, num_experts_per_tok=2)
-    b = Buffers(cfg, rows=4, ctx=40, kv_cache=kv_cache)
-    assert memory.kv_bytes_per_position(cfg, kv_cache) * 40 == b.k_cache.nbytes + b.v_cache.nbytes
+    for slots in (1, 3):
+        cache = KVCache(cfg, slots, 40, kv_cache)
+        assert slots * memory.kv_bytes_per_position(cfg, kv_cache) * 40 == cache.k.nbytes + cache.v.nbytes
 
 
 def test_slots_multiply_the_kv_cache():
@@ -259,3 +260,51 @@ def test_this_machine():
     if not os.path.exists("/proc/meminfo"):
         pytest.skip("no /proc/meminfo here")
     assert got is not None and got.bytes > 0
+
+
+def _fake_meminfo(tmp_path, available_bytes: int) -> str:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: 99999999 kB\nMemAvailable: {available_bytes // 1024} kB\n")
+    (proc / "self" / "cgroup").write_text("")
+    return str(proc)
+
+
+def _fake_memory(tmp_path, monkeypatch, available: int) -> None:
+    proc = _fake_meminfo(tmp_path, available)
+    real = memory.available_memory
+    monkeypatch.setattr(memory, "available_memory", lambda: real(proc_root=proc, sys_root=str(tmp_path)))
+
+
+def _sizes(path):
+    """(KV bytes per position, activation buffer bytes, mapped weight bytes) of a load of path."""
+    import moecc
+    from moecc.model import PREFILL_CHUNK, Buffers
+    model = moecc.load(path, ctx=16)
+    cfg = model.config
+    return memory.kv_bytes_per_position(cfg, "f16"), Buffers(cfg, PREFILL_CHUNK).nbytes, model.source.mapped_bytes
+
+
+def test_load_refuses_a_cache_past_memory_available(tmp_path, converted, monkeypatch):
+    """moecc.load reads the machine's memory before it commits the KV cache: a ctx whose cache
+    cannot fit is refused with the largest ctx that would."""
+    import moecc
+    path = converted("main", "bf16")
+    per_position, buffers, _ = _sizes(path)
+    _fake_memory(tmp_path, monkeypatch, buffers + 1500 * per_position)
+    with pytest.raises(MemoryBudgetError, match=r"ctx 4096 .* largest ctx that fits is 1280 "):
+        moecc.load(path, ctx=4096)
+    with pytest.warns(MemoryBudgetWarning):  # it fits, but leaves no room for the weights
+        assert moecc.load(path, ctx=1280).ctx == 1280
+
+
+def test_load_warns_when_the_weights_would_not_stay_resident(tmp_path, converted, monkeypatch):
+    import moecc
+    path = converted("main", "bf16")
+    per_position, buffers, weights = _sizes(path)
+    _fake_memory(tmp_path, monkeypatch, weights + buffers + 1500 * per_position)
+    with pytest.warns(MemoryBudgetWarning, match="paged from disk.*ctx 1280 or less fits both"):
+        moecc.load(path, ctx=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cache, buffers and weights fit: neither refused nor warned
+        assert moecc.load(path, ctx=1280).ctx == 1280

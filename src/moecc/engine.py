@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import chat_template
+from . import chat_template, memory
 from .formats import FormatError
 from .loader import open_model
-from .model import KV_CACHE_DTYPES, PREFILL_CHUNK, Transformer
+from .model import KV_CACHE_DTYPES, PREFILL_CHUNK, Buffers, KVCache, Transformer
 from .sampler import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -88,7 +88,12 @@ class Model:
                 warnings.warn(f"ctx {ctx} is longer than the model was trained for "
                               f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=3)
             self._read_embedded_files()
-            self.net = Transformer(self.config, self.source.weights, int(ctx), int(threads), kv_cache)
+            buffers = Buffers(self.config, PREFILL_CHUNK)
+            plan = memory.plan_memory(self.config, kv_cache, ctx=int(ctx), buffers=buffers.nbytes,
+                                      weights=self.source.mapped_bytes)
+            memory.check_memory(plan, memory.available_memory(), stacklevel=4)
+            cache = KVCache(self.config, 1, int(ctx), kv_cache)
+            self.net = Transformer(self.config, self.source.weights, buffers, cache, int(threads))
         except BaseException:
             self.source.close()
             raise

@@ -83,10 +83,9 @@ def rope_tables(cfg: Qwen3MoeConfig, ctx: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Buffers:
-    """The activations of one step of up to `rows` tokens, and the KV cache of `ctx` positions
-    stored as `kv_cache` ("f16" or "f32")."""
+    """The activations of one step of up to `rows` tokens (what a load commits whatever its ctx)."""
 
-    def __init__(self, cfg: Qwen3MoeConfig, rows: int, ctx: int, kv_cache: str):
+    def __init__(self, cfg: Qwen3MoeConfig, rows: int):
         D, hd = cfg.hidden_size, cfg.head_dim
         q_width, kv_width = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
         I = max(cfg.moe_intermediate_size, cfg.intermediate_size)
@@ -106,33 +105,46 @@ class Buffers:
         self.dense_weights = np.ones((rows, 1), f32)
         self.moe_scratch = np.zeros(K.moe_scratch_floats(rows, k, D, I), f32)
         self.token = np.zeros(1, np.int32)
-        self.positions = np.arange(ctx, dtype=np.int32)
         self.logits = np.zeros((1, cfg.vocab_size), f32)
-        # The cache is written through now, so its memory is committed at load (a machine short of
-        # RAM fails here, not mid-answer) and resident memory stays flat while generating.
-        cache_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, ctx, hd)
-        self.k_cache = np.empty(cache_shape, KV_CACHE_DTYPES[kv_cache])
-        self.v_cache = np.empty(cache_shape, KV_CACHE_DTYPES[kv_cache])
-        self.k_cache.fill(0)
-        self.v_cache.fill(0)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in vars(self).values())
+
+
+class KVCache:
+    """Keys and values of `slots` sequences of up to `ctx` positions each, stored as `kv_cache`
+    ("f16" or "f32"): k[layer, slot] and v[layer, slot] are [Hkv, ctx, hd], head-major."""
+
+    def __init__(self, cfg: Qwen3MoeConfig, slots: int, ctx: int, kv_cache: str):
+        shape = (cfg.num_hidden_layers, slots, cfg.num_key_value_heads, ctx, cfg.head_dim)
+        self.ctx, self.kv_cache = ctx, kv_cache
+        # Written through now, so its memory is committed at load (what memory.check_memory
+        # budgeted) and resident memory stays flat while generating.
+        self.k = np.empty(shape, KV_CACHE_DTYPES[kv_cache])
+        self.v = np.empty(shape, KV_CACHE_DTYPES[kv_cache])
+        self.k.fill(0)
+        self.v.fill(0)
+        self.positions = np.arange(ctx, dtype=np.int32)
 
 
 class Transformer:
     """The network: weights (views of the mapped file), buffers, and the forward pass."""
 
-    def __init__(self, cfg: Qwen3MoeConfig, weights: Mapping[str, Weight], ctx: int, threads: int,
-                 kv_cache: str):
+    def __init__(self, cfg: Qwen3MoeConfig, weights: Mapping[str, Weight], buffers: Buffers, cache: KVCache,
+                 threads: int):
         """`weights`: every tensor of config.tensor_specs(cfg) by name, as stored (checked by the
-        loader); `kv_cache`: the cache's storage, a key of KV_CACHE_DTYPES."""
+        loader); `buffers`: the activations of PREFILL_CHUNK rows; `cache`: the KV cache."""
         self.cfg = cfg
-        self.ctx = ctx
+        self.ctx = cache.ctx
         self.threads = threads
         self.embed_tokens = weights["model.embed_tokens.weight"]  # [V, D]
         self.layers = [layer_weights(cfg, weights, i) for i in range(cfg.num_hidden_layers)]
         self.norm = weights["model.norm.weight"].data  # [D] f32
         self.lm_head = self.embed_tokens if cfg.tie_word_embeddings else weights["lm_head.weight"]  # [V, D]
-        self.cos, self.sin = rope_tables(cfg, ctx)
-        self.buf = Buffers(cfg, PREFILL_CHUNK, ctx, kv_cache)
+        self.cos, self.sin = rope_tables(cfg, cache.ctx)
+        self.buf = buffers
+        self.cache = cache
         self.lock = threading.Lock()
 
     # -- one step ----------------------------------------------------------------------------
@@ -165,11 +177,11 @@ class Transformer:
         q_heads, k_heads = q.reshape(T * Hq, hd), k.reshape(T * Hkv, hd)
         K.rmsnorm(q_heads, w.q_norm, eps, q_heads, threads=n)
         K.rmsnorm(k_heads, w.k_norm, eps, k_heads, threads=n)
-        positions = b.positions[start:start + T]
+        positions = self.cache.positions[start:start + T]
         K.rope(q.reshape(T, Hq, hd), positions, self.cos, self.sin, threads=n)
         K.rope(k.reshape(T, Hkv, hd), positions, self.cos, self.sin, threads=n)
         # append to this layer's cache (head-major: [Hkv, C, hd]; f16 rounds to nearest) and attend
-        k_cache, v_cache = b.k_cache[layer], b.v_cache[layer]
+        k_cache, v_cache = self.cache.k[layer, 0], self.cache.v[layer, 0]
         k_cache[:, start:start + T] = k.reshape(T, Hkv, hd).transpose(1, 0, 2)
         v_cache[:, start:start + T] = v.reshape(T, Hkv, hd).transpose(1, 0, 2)
         K.attention(q.reshape(T, Hq, hd), k_cache, v_cache, start, attn.reshape(T, Hq, hd), threads=n)
