@@ -141,7 +141,7 @@ def test_attention_decode(benchmark, machine_bandwidth, pos, kv_cache):
     k_cache = activations(HKV, ctx, HD, seed=1).astype(kv_cache)
     v_cache = activations(HKV, ctx, HD, seed=2).astype(kv_cache)
     out = np.empty((1, HQ, HD), np.float32)
-    benchmark(K.attention, q, k_cache, v_cache, pos, out, threads=THREADS)
+    benchmark(K.attention, q, k_cache, v_cache, np.array([pos], np.int32), out, threads=THREADS)
     report(benchmark, 2 * HKV * (pos + 1) * HD * k_cache.itemsize, machine_bandwidth)
 
 

@@ -54,7 +54,7 @@ def test_decode_through_cache_equals_full_recompute(converted):
     full = model.logits(prompt + tokens)
     # regenerate step by step and compare each step's logits with the full pass
     with model._exclusive():
-        last = model._prefill(np.asarray(prompt, np.int32)).copy()
+        last = model._feed(np.asarray(prompt, np.int32), 0, None).copy()
         np.testing.assert_allclose(last, full[len(prompt) - 1], rtol=0, atol=1e-4 * np.abs(full).max())
         for i, token in enumerate(tokens[:-1]):
             last = model._decode(token, len(prompt) + i).copy()

@@ -194,7 +194,7 @@ def test_attention(isa, threads, Hq, Hkv, hd, T, start, kv_dtype):
     kc = randn(rng, Hkv, C, hd).astype(kv_dtype)
     vc = randn(rng, Hkv, C, hd).astype(kv_dtype)
     out = np.full_like(q, np.nan)
-    K.attention(q, kc, vc, start, out, threads=threads)
+    K.attention(q, kc, vc, np.arange(start, start + T, dtype=np.int32), out, threads=threads)
     assert_close(out, attention_ref(q, kc, vc, start), np.ones(out.shape), rtol=1e-5)
 
 
@@ -204,7 +204,7 @@ def test_attention_peaked_scores(isa, threads):
     q = randn(rng, 3, 4, 64) * 4
     kc, vc = randn(rng, 2, 150, 64) * 4, randn(rng, 2, 150, 64)
     out = np.empty_like(q)
-    K.attention(q, kc, vc, 147, out, threads=threads)
+    K.attention(q, kc, vc, np.arange(147, 150, dtype=np.int32), out, threads=threads)
     assert_close(out, attention_ref(q, kc, vc, 147), np.ones(out.shape), rtol=1e-5)
 
 
@@ -346,18 +346,41 @@ def test_errors_embedding_rope_router():
 
 def test_errors_attention():
     q, kc, out = f32(2, 4, 16), f32(2, 8, 16), f32(2, 4, 16)
-    with pytest.raises(ValueError, match="exceeds the cache"):
-        K.attention(q, kc, kc, 7, out, threads=1)
+    pos = np.array([0, 1], np.int32)
+    with pytest.raises(ValueError, match=r"positions in \[0, 8\)"):
+        K.attention(q, kc, kc, np.array([7, 8], np.int32), out, threads=1)
+    with pytest.raises(ValueError, match=r"slots must be in \[0, 1\)"):
+        K.attention(q, kc, kc, pos, out, threads=1, slots=np.array([0, 1], np.int32))
+    with pytest.raises(ValueError, match="positions must have shape"):
+        K.attention(q, kc, kc, pos[:1], out, threads=1)
     with pytest.raises(ValueError, match="multiple of kv heads"):
-        K.attention(f32(2, 3, 16), kc, kc, 0, f32(2, 3, 16), threads=1)
+        K.attention(f32(2, 3, 16), kc, kc, pos, f32(2, 3, 16), threads=1)
+    with pytest.raises(ValueError, match="at most 16 per kv head"):
+        K.attention(f32(2, 17, 16), f32(1, 8, 16), f32(1, 8, 16), pos, f32(2, 17, 16), threads=1)
     with pytest.raises(ValueError, match="head dim"):
-        K.attention(q, f32(2, 8, 8), f32(2, 8, 8), 0, out, threads=1)
+        K.attention(q, f32(2, 8, 8), f32(2, 8, 8), pos, out, threads=1)
     with pytest.raises(ValueError, match="threads"):
-        K.attention(q, kc, kc, 0, out, threads=-1)
+        K.attention(q, kc, kc, pos, out, threads=-1)
     with pytest.raises(TypeError, match="float32 or float16"):
-        K.attention(q, kc.astype(np.float64), kc, 0, out, threads=1)
+        K.attention(q, kc.astype(np.float64), kc, pos, out, threads=1)
     with pytest.raises(TypeError, match="v_cache must have dtype float16"):
-        K.attention(q, kc.astype(np.float16), kc, 0, out, threads=1)
+        K.attention(q, kc.astype(np.float16), kc, pos, out, threads=1)
+
+
+def test_attention_rows_of_different_slots_and_positions(isa, threads):
+    # a batch mixing sequences: each row attends over its own slot up to its own position,
+    # exactly as it would alone
+    rng = np.random.default_rng(11)
+    S, Hq, Hkv, hd, C = 3, 8, 2, 64, 90
+    kc, vc = randn(rng, S, Hkv, C, hd), randn(rng, S, Hkv, C, hd)
+    slots = np.array([2, 0, 2, 1, 0], np.int32)
+    positions = np.array([70, 0, 3, 88, 41], np.int32)
+    q = randn(rng, len(slots), Hq, hd)
+    out = np.full_like(q, np.nan)
+    K.attention(q, kc, vc, positions, out, threads=threads, slots=slots)
+    for t, (s, p) in enumerate(zip(slots, positions)):
+        ref = attention_ref(q[t:t + 1], kc[s], vc[s], p)
+        assert_close(out[t:t + 1], ref, np.ones(ref.shape), rtol=1e-5)
 
 
 def test_errors_moe():

@@ -99,6 +99,8 @@ class Model:
             raise
         self.stats = GenerationStats()
         self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
+        self._last_logits = np.zeros((1, self.config.vocab_size), np.float32)
+        self._decode_step = {name: np.zeros(1, np.int32) for name in ("tokens", "slots", "positions", "logit_rows")}
 
     def _read_embedded_files(self) -> None:
         files = self.source.files
@@ -183,23 +185,32 @@ class Model:
         out = np.empty((len(ids), self.config.vocab_size), np.float32)
         with self._exclusive():
             self._cached_ids = []
-            for start in range(0, len(ids), PREFILL_CHUNK):
-                chunk = ids[start:start + PREFILL_CHUNK]
-                self.net.forward(chunk, start, out[start:start + len(chunk)], all_positions=True)
+            self._feed(ids, 0, out)
         return out
 
-    def _prefill(self, ids: np.ndarray, start: int = 0) -> np.ndarray:
-        """Run ids[start:] at positions start.. (the cache already holds ids[:start]); the logits
-        of the last position ([V], a view of a reused buffer)."""
-        for chunk in range(start, len(ids), PREFILL_CHUNK):
-            self.net.forward(ids[chunk:chunk + PREFILL_CHUNK], chunk, self.net.buf.logits, all_positions=False)
-        return self.net.buf.logits[0]
+    def _feed(self, ids: np.ndarray, start: int, logits: np.ndarray | None) -> np.ndarray:
+        """Run ids[start:] at positions start.. of the context (the cache already holds
+        ids[:start]) in chunks of a step's rows.  With `logits` [len(ids), V], the logits of
+        every position run go there; the logits of the last position are returned ([V], a
+        view of a reused buffer)."""
+        rows, last = self.net.rows, self._last_logits
+        for chunk in range(start, len(ids), rows):
+            tokens = ids[chunk:chunk + rows]
+            T = len(tokens)
+            positions = np.arange(chunk, chunk + T, dtype=np.int32)
+            slots = np.zeros(T, np.int32)
+            if logits is not None:
+                self.net.forward(tokens, slots, positions, np.arange(T, dtype=np.int32), logits[chunk:chunk + T])
+            else:
+                self.net.forward(tokens, slots, positions, np.array([T - 1], np.int32), last)
+        return (logits[len(ids) - 1] if logits is not None else last[0])
 
     def _decode(self, token: int, position: int) -> np.ndarray:
-        buf = self.net.buf
-        buf.token[0] = token
-        self.net.forward(buf.token, position, buf.logits, all_positions=False)
-        return buf.logits[0]
+        """Feed one token at `position`; its logits ([V], a view of a reused buffer)."""
+        step = self._decode_step
+        step["tokens"][0], step["positions"][0] = token, position
+        self.net.forward(step["tokens"], step["slots"], step["positions"], step["logit_rows"], self._last_logits)
+        return self._last_logits[0]
 
     def _exclusive(self):
         if not self.net.lock.acquire(blocking=False):
@@ -273,7 +284,7 @@ class Model:
             if max_tokens == 0:
                 return
             started = time.perf_counter()
-            logits = self._prefill(ids, reused)
+            logits = self._feed(ids, reused, None)
             self._cached_ids = ids.tolist()
             stats.prefill_seconds = time.perf_counter() - started
             sampler = Sampler(params, ids)

@@ -11,6 +11,8 @@ MOECC_ISA=generic|avx2|avx512|avx512vnni forces one at import, set_isa() at run 
 import os as _os
 
 from ._ext import (
+    BLOCKS,
+    Forward,
     attention,
     build_info,
     embedding,
@@ -25,9 +27,12 @@ from ._ext import (
     row_bytes,
     set_isa,
     storage_types,
+    xq_bytes,
 )
 
 __all__ = [
+    "BLOCKS",
+    "Forward",
     "attention",
     "build_info",
     "embedding",
@@ -42,6 +47,7 @@ __all__ = [
     "row_bytes",
     "set_isa",
     "storage_types",
+    "xq_bytes",
 ]
 
 _forced = _os.environ.get("MOECC_ISA", "").strip()

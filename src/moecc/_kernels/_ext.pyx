@@ -10,6 +10,7 @@ from moecc.storage import TYPES
 
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport calloc, free
 
 cnp.import_array()
 
@@ -61,13 +62,64 @@ cdef extern from "moecc.h" nogil:
     int moecc_router_topk(const float *logits, int64_t T, int64_t E, int64_t top_k, int normalize,
                           int32_t *idx_out, float *weight_out, int threads)
     int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const void *k_cache,
-                        const void *v_cache, moecc_storage kv, int64_t Hkv, int64_t C,
-                        int64_t start, float *out, int threads)
+                        const void *v_cache, moecc_storage kv, int64_t S, int64_t Hkv, int64_t C,
+                        const int32_t *slots, const int32_t *positions, float *out, int threads)
     int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t I)
     int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
                       moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t I,
                       const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
                       float *out, int threads)
+
+
+cdef extern from "moecc.h" nogil:
+    ctypedef struct moecc_weight:
+        const void *data
+        moecc_storage type
+    ctypedef struct moecc_layer:
+        const float *input_layernorm
+        moecc_weight q_proj, k_proj, v_proj, o_proj
+        const float *q_norm
+        const float *k_norm
+        const float *post_attention_layernorm
+        const float *router
+        moecc_weight gate_proj, up_proj, down_proj
+        int64_t experts, inter
+    ctypedef struct moecc_model:
+        int64_t layers, D, Hq, Hkv, hd, V, top_k
+        int norm_topk_prob
+        float eps
+        moecc_weight embed_tokens
+        const moecc_layer *layer
+        const float *norm
+        moecc_weight lm_head
+        const float *cos
+        const float *sin
+        void *k_cache
+        void *v_cache
+        moecc_storage kv
+        int64_t slots, C
+    ctypedef struct moecc_activations:
+        int64_t rows
+        float *x
+        float *h
+        float *q
+        float *k
+        float *v
+        float *attn
+        float *out
+        float *router_logits
+        int32_t *expert_ids
+        float *expert_weights
+        const int32_t *dense_ids
+        const float *dense_weights
+        void *xq
+        float *moe_scratch
+    enum:
+        MOECC_BLOCKS
+    int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_t *tokens,
+                      const int32_t *slots, const int32_t *positions, int64_t T,
+                      const int32_t *logit_rows, int64_t n_logits, float *logits, double *seconds,
+                      int threads)
 
 
 moecc_dispatch_init()
@@ -349,29 +401,38 @@ def rope(x, positions, cos, sin, *, int threads):
         raise ValueError(f"positions out of range of the cos/sin tables [0, {P})")
 
 
-def attention(q, k_cache, v_cache, start, out, *, int threads):
-    """Causal GQA: out[t, h] = softmax(q[t, h] . K[:start+t+1] / sqrt(hd)) @ V[:start+t+1].
+def attention(q, k_cache, v_cache, positions, out, *, int threads, slots=None):
+    """Causal GQA: out[t, h] = softmax(q[t, h] . K[:p+1] / sqrt(hd)) @ V[:p+1], p = positions[t],
+    K and V those of cache slot slots[t] (default: all 0).
 
-    q, out [T, Hq, hd] float32; k_cache, v_cache [Hkv, C, hd], both float32 or both float16,
-    holding positions up to start+T-1."""
+    q, out [T, Hq, hd] float32; k_cache, v_cache [S, Hkv, C, hd] (or [Hkv, C, hd], one slot),
+    both float32 or both float16, holding each row's positions up to its own; positions and
+    slots int32 [T]; at most 16 query heads per kv head."""
     cdef cnp.ndarray aq = _array(q, "q", F32, 3)
-    cdef cnp.ndarray ak = _array(k_cache, "k_cache", -1, 3)
+    cdef cnp.ndarray ak = _array(k_cache, "k_cache", -1, -1)
     cdef int kv_typenum = cnp.PyArray_TYPE(ak)
     if kv_typenum != F32 and kv_typenum != F16:
         raise TypeError(f"k_cache must have dtype float32 or float16, got {k_cache.dtype}")
-    cdef cnp.ndarray av = _array(v_cache, "v_cache", kv_typenum, 3)
+    if cnp.PyArray_NDIM(ak) not in (3, 4):
+        raise ValueError(f"k_cache must be [S, Hkv, C, hd] or [Hkv, C, hd], got shape {k_cache.shape}")
+    cdef tuple cache_shape = (1,) * (4 - cnp.PyArray_NDIM(ak)) + (<object>ak).shape
+    cdef cnp.ndarray av = _array(v_cache, "v_cache", kv_typenum, cnp.PyArray_NDIM(ak))
     cdef cnp.ndarray ao = _array(out, "out", F32, 3, True)
+    cdef cnp.ndarray ap = _array(positions, "positions", I32, 1)
     cdef int64_t T = _dim(aq, 0), Hq = _dim(aq, 1), hd = _dim(aq, 2)
-    cdef int64_t Hkv = _dim(ak, 0), C = _dim(ak, 1)
-    cdef int64_t s = start
-    if _dim(ak, 2) != hd:
-        raise ValueError(f"k_cache head dim {k_cache.shape[2]} != q head dim {hd}")
-    _shape(av, "v_cache", (Hkv, C, hd))
+    cdef int64_t S = cache_shape[0], Hkv = cache_shape[1], C = cache_shape[2]
+    if slots is None:
+        slots = np.zeros(T, np.int32)
+    cdef cnp.ndarray asl = _array(slots, "slots", I32, 1)
+    if cache_shape[3] != hd:
+        raise ValueError(f"k_cache head dim {cache_shape[3]} != q head dim {hd}")
+    _shape(av, "v_cache", (<object>ak).shape)
     _shape(ao, "out", (T, Hq, hd))
-    if Hkv < 1 or Hq % Hkv:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of kv heads ({Hkv})")
-    if s < 0 or s + T > C:
-        raise ValueError(f"start + T = {s} + {T} exceeds the cache length {C} (or start < 0)")
+    _shape(ap, "positions", (T,))
+    _shape(asl, "slots", (T,))
+    if Hkv < 1 or Hq % Hkv or Hq // Hkv > 16:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of kv heads ({Hkv}), at most 16 "
+                         "per kv head")
     _disjoint(aq, "q", ao, "out")
     _disjoint(ak, "k_cache", ao, "out")
     _disjoint(av, "v_cache", ao, "out")
@@ -380,11 +441,14 @@ def attention(q, k_cache, v_cache, start, out, *, int threads):
     cdef const float *p_aq = <const float *>_ptr(aq)
     cdef const void *p_ak = <const void *>_ptr(ak)
     cdef const void *p_av = <const void *>_ptr(av)
+    cdef const int32_t *p_sl = <const int32_t *>_ptr(asl)
+    cdef const int32_t *p_ap = <const int32_t *>_ptr(ap)
     cdef float *p_ao = <float *>_ptr(ao)
     with nogil:
-        rc = moecc_attention(p_aq, T, Hq, hd, p_ak, p_av, kv, Hkv, C, s, p_ao, nt)
-    if rc != MOECC_OK:
-        raise ValueError("attention: inconsistent shapes or start")
+        rc = moecc_attention(p_aq, T, Hq, hd, p_ak, p_av, kv, S, Hkv, C, p_sl, p_ap, p_ao, nt)
+    if rc == MOECC_ERR_INDEX:
+        raise ValueError(f"slots must be in [0, {S}) and positions in [0, {C})")
+    _check_rc(rc, "attention")
 
 
 def router_topk(logits, int top_k, normalize, idx_out, weight_out, *, int threads):
@@ -469,3 +533,189 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, stora
     if rc == MOECC_ERR_INDEX:
         raise ValueError(f"idx out of range [0, {E})")
     _check_rc(rc, "moe_ffn")
+
+
+# ---- the forward step -----------------------------------------------------------------------
+
+def xq_bytes(int64_t K):
+    """Bytes of one row of K activations quantized for q8 / q4 / q4p weights (moecc.h)."""
+    if K < 0 or K % MOECC_QBLOCK:
+        raise ValueError(f"K must be a non-negative multiple of {MOECC_QBLOCK}, got {K}")
+    return int(moecc_xq_bytes(K))
+
+
+# moecc.h's MOECC_BLOCK_*, in order: where a profiled step's time goes
+BLOCKS = ("embed", "qkv", "rope_cache", "attend", "o_proj", "router", "experts", "lm_head")
+
+
+cdef moecc_weight _matrix(object w, str name, int64_t K, tuple lead, list keep) except *:
+    """A model.Weight (data, storage) as the C step reads it, checked as the other kernels check."""
+    cdef cnp.ndarray arr = _array(w.data, name, -1, len(lead) + 1)
+    cdef moecc_weight out
+    out.type = _weights(arr, name, w.storage, K, lead)
+    out.data = _ptr(arr)
+    keep.append(arr)
+    return out
+
+
+cdef const float *_floats(object a, str name, tuple shape, list keep) except NULL:
+    cdef cnp.ndarray arr = _array(a, name, F32, len(shape))
+    _shape(arr, name, shape)
+    keep.append(arr)
+    return <const float *>_ptr(arr)
+
+
+cdef void *_buffer(object a, str name, int typenum, tuple shape, list keep) except NULL:
+    cdef cnp.ndarray arr = _array(a, name, typenum, len(shape), True)
+    _shape(arr, name, shape)
+    keep.append(arr)
+    return _ptr(arr)
+
+
+cdef void *_scratch(object a, str name, int typenum, int64_t need, list keep) except NULL:
+    """A 1-D buffer of at least `need` elements."""
+    cdef cnp.ndarray arr = _array(a, name, typenum, 1, True)
+    if cnp.PyArray_SIZE(arr) < need:
+        raise ValueError(f"{name} has {cnp.PyArray_SIZE(arr)} elements, needs {need}")
+    keep.append(arr)
+    return _ptr(arr)
+
+
+cdef class Forward:
+    """The forward step of one loaded model (forward.c): the C view of its weights, KV cache
+    and activation buffers, checked here once, at load, and kept alive as long as it is.
+
+    layers: model.LayerWeights; embed_tokens, lm_head: model.Weight; norm [D]; cos, sin
+    [C, hd/2]; k_cache, v_cache [layers, slots, Hkv, C, hd] float32 or float16; buffers: a
+    model.Buffers of `rows` rows. The step is __call__."""
+    cdef moecc_model m
+    cdef moecc_activations a
+    cdef moecc_layer *layers
+    cdef list keep
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def __init__(self, *, list layers, embed_tokens, norm, lm_head, cos, sin, k_cache, v_cache,
+                 buffers, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t top_k,
+                 bint norm_topk_prob, float eps):
+        keep = self.keep = []
+        cdef int64_t L = len(layers), hd = head_dim, Hq = heads, Hkv = kv_heads
+        cdef int64_t D = _dim(_array(norm, "norm", F32, 1), 0)
+        cdef int64_t qw = Hq * hd, kvw = Hkv * hd
+        if L < 1 or hd < 2 or hd % 2 or Hkv < 1 or Hq % Hkv or Hq // Hkv > 16:
+            raise ValueError(f"unsupported geometry: {L} layers, {Hq} / {Hkv} heads of {hd}")
+        cdef int64_t V = _dim(_array(embed_tokens.data, "embed_tokens", -1, 2), 0)
+        self.m.embed_tokens = _matrix(embed_tokens, "embed_tokens", D, (V,), keep)
+        if not TYPES[embed_tokens.storage].row_lookup:
+            raise ValueError(f"embed_tokens: {embed_tokens.storage} rows cannot be looked up")
+        self.m.lm_head = _matrix(lm_head, "lm_head", D, (V,), keep)
+        self.m.norm = _floats(norm, "norm", (D,), keep)
+        # the cache: [layers, slots, Hkv, C, hd]
+        ak = _array(k_cache, "k_cache", -1, 5)
+        if cnp.PyArray_TYPE(ak) not in (F32, F16):
+            raise TypeError(f"k_cache must be float32 or float16, got {k_cache.dtype}")
+        cdef int64_t S = _dim(ak, 1), C = _dim(ak, 3)
+        self.m.k_cache = _buffer(k_cache, "k_cache", cnp.PyArray_TYPE(ak), (L, S, Hkv, C, hd), keep)
+        self.m.v_cache = _buffer(v_cache, "v_cache", cnp.PyArray_TYPE(ak), (L, S, Hkv, C, hd), keep)
+        self.m.kv = MOECC_F16 if cnp.PyArray_TYPE(ak) == F16 else MOECC_F32
+        self.m.cos = _floats(cos, "cos", (C, hd // 2), keep)
+        self.m.sin = _floats(sin, "sin", (C, hd // 2), keep)
+        self.layers = <moecc_layer *>calloc(L, sizeof(moecc_layer))
+        if self.layers == NULL:
+            raise MemoryError("Forward: out of memory for the layer table")
+        cdef int64_t E_max = 1, I_max = 1, E, I
+        cdef moecc_layer *w
+        for i, lw in enumerate(layers):
+            w = &self.layers[i]
+            p = f"layer {i} "
+            E, I = _dim(_array(lw.gate_proj.data, p + "gate_proj", -1, 3), 0), _dim(lw.gate_proj.data, 1)
+            w.input_layernorm = _floats(lw.input_layernorm, p + "input_layernorm", (D,), keep)
+            w.q_proj = _matrix(lw.q_proj, p + "q_proj", D, (qw,), keep)
+            w.k_proj = _matrix(lw.k_proj, p + "k_proj", D, (kvw,), keep)
+            w.v_proj = _matrix(lw.v_proj, p + "v_proj", D, (kvw,), keep)
+            w.o_proj = _matrix(lw.o_proj, p + "o_proj", qw, (D,), keep)
+            w.q_norm = _floats(lw.q_norm, p + "q_norm", (hd,), keep)
+            w.k_norm = _floats(lw.k_norm, p + "k_norm", (hd,), keep)
+            w.post_attention_layernorm = _floats(lw.post_attention_layernorm,
+                                                 p + "post_attention_layernorm", (D,), keep)
+            w.router = NULL
+            if lw.router is not None:
+                w.router = _floats(lw.router, p + "router", (E, D), keep)
+            if lw.router is not None and not 0 < top_k <= E:
+                raise ValueError(f"{p}: top_k {top_k} must be in 1..{E}")
+            if lw.router is None and E != 1:
+                raise ValueError(f"{p}: a dense MLP is one stacked matrix, got {E}")
+            w.gate_proj = _matrix(lw.gate_proj, p + "gate_proj", D, (E, I), keep)
+            w.up_proj = _matrix(lw.up_proj, p + "up_proj", D, (E, I), keep)
+            w.down_proj = _matrix(lw.down_proj, p + "down_proj", I, (E, D), keep)
+            if w.up_proj.type != w.gate_proj.type:
+                raise ValueError(f"{p}: gate_proj and up_proj must share a storage type")
+            w.experts, w.inter = E, I
+            E_max, I_max = max(E_max, E), max(I_max, I)
+        self.m.layer = self.layers
+        self.m.layers, self.m.D, self.m.Hq, self.m.Hkv, self.m.hd, self.m.V = L, D, Hq, Hkv, hd, V
+        self.m.top_k, self.m.norm_topk_prob, self.m.eps = top_k, norm_topk_prob, eps
+        self.m.slots, self.m.C = S, C
+        # the activations
+        b = buffers
+        cdef int64_t R = _dim(_array(b.x, "x", F32, 2), 0), k = max(top_k, 1)
+        self.a.rows = R
+        self.a.x = <float *>_buffer(b.x, "x", F32, (R, D), keep)
+        self.a.h = <float *>_buffer(b.h, "h", F32, (R, D), keep)
+        self.a.q = <float *>_buffer(b.q, "q", F32, (R, qw), keep)
+        self.a.k = <float *>_buffer(b.k, "k", F32, (R, kvw), keep)
+        self.a.v = <float *>_buffer(b.v, "v", F32, (R, kvw), keep)
+        self.a.attn = <float *>_buffer(b.attn, "attn", F32, (R, qw), keep)
+        self.a.out = <float *>_buffer(b.out, "out", F32, (R, D), keep)
+        self.a.router_logits = <float *>_buffer(b.router_logits, "router_logits", F32, (R, E_max), keep)
+        self.a.expert_ids = <int32_t *>_buffer(b.expert_ids, "expert_ids", I32, (R, k), keep)
+        self.a.expert_weights = <float *>_buffer(b.expert_weights, "expert_weights", F32, (R, k), keep)
+        if not (np.all(b.dense_ids == 0) and np.all(b.dense_weights == 1)):
+            raise ValueError("dense_ids must be 0 and dense_weights 1")
+        self.a.dense_ids = <const int32_t *>_buffer(b.dense_ids, "dense_ids", I32, (R,), keep)
+        self.a.dense_weights = <const float *>_buffer(b.dense_weights, "dense_weights", F32, (R,), keep)
+        self.a.xq = _scratch(b.xq, "xq", U8, R * moecc_xq_bytes(max(D, qw)), keep)
+        self.a.moe_scratch = <float *>_scratch(b.moe_scratch, "moe_scratch", F32,
+                                               moecc_moe_scratch_floats(R, k, D, I_max), keep)
+
+    def __call__(self, tokens, slots, positions, logit_rows, logits, *, int threads, seconds=None):
+        """Run rows t < T: token tokens[t] of the sequence in cache slot slots[t] at position
+        positions[t] (int32 [T] each); write the logits of rows logit_rows (int32 [n]) to logits
+        (float32 [n, V]). With seconds (float64 [len(BLOCKS)]), add each block's time to it."""
+        cdef cnp.ndarray at = _array(tokens, "tokens", I32, 1)
+        cdef cnp.ndarray asl = _array(slots, "slots", I32, 1)
+        cdef cnp.ndarray ap = _array(positions, "positions", I32, 1)
+        cdef cnp.ndarray ar = _array(logit_rows, "logit_rows", I32, 1)
+        cdef cnp.ndarray al = _array(logits, "logits", F32, 2, True)
+        cdef int64_t T = _dim(at, 0), n = _dim(ar, 0)
+        _shape(asl, "slots", (T,))
+        _shape(ap, "positions", (T,))
+        _shape(al, "logits", (n, self.m.V))
+        if not 1 <= T <= self.a.rows or n > self.a.rows:
+            raise ValueError(f"a step takes 1 to {self.a.rows} rows and as many logit rows, "
+                             f"got {T} and {n}")
+        cdef double *p_sec = NULL
+        cdef cnp.ndarray asec
+        if seconds is not None:
+            asec = _array(seconds, "seconds", cnp.NPY_FLOAT64, 1, True)
+            _shape(asec, "seconds", (len(BLOCKS),))
+            p_sec = <double *>_ptr(asec)
+        cdef int nt = _threads(threads), rc
+        cdef const int32_t *p_t = <const int32_t *>_ptr(at)
+        cdef const int32_t *p_s = <const int32_t *>_ptr(asl)
+        cdef const int32_t *p_p = <const int32_t *>_ptr(ap)
+        cdef const int32_t *p_r = <const int32_t *>_ptr(ar)
+        cdef float *p_l = <float *>_ptr(al)
+        with nogil:
+            rc = moecc_forward(&self.m, &self.a, p_t, p_s, p_p, T, p_r, n, p_l, p_sec, nt)
+        if rc == MOECC_ERR_INDEX:
+            for name, values, bound in (("tokens", tokens, self.m.V), ("slots", slots, self.m.slots),
+                                        ("positions", positions, self.m.C), ("logit_rows", logit_rows, T)):
+                bad = np.flatnonzero((values < 0) | (values >= bound))
+                if bad.size:
+                    raise ValueError(f"{name}[{bad[0]}] = {values[bad[0]]} is outside [0, {bound})")
+        _check_rc(rc, "forward")

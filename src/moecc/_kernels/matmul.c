@@ -26,9 +26,21 @@ void moecc_gemm_rows(const moecc_isa *isa, moecc_storage f, int64_t T, int64_t K
     }
 }
 
+void moecc_quantize_team(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq) {
+    const moecc_isa *isa = moecc_active_isa();
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; t++) isa->quantize_x(f, K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
+}
+
+void moecc_gemm_share(moecc_storage f, int64_t T, int64_t K, const void *xa, int64_t ldx,
+                      const void *w, int64_t N, float *out, int64_t ldo) {
+    int64_t n0, n1;
+    moecc_split(N, 16, omp_get_num_threads(), omp_get_thread_num(), &n0, &n1);
+    moecc_gemm_rows(moecc_active_isa(), f, T, K, xa, ldx, w, n0, n1, out, ldo);
+}
+
 int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_storage f, int64_t N,
                  float *out, int threads) {
-    const moecc_isa *isa = moecc_active_isa();
     if (K == 0 || T == 0) {
         memset(out, 0, (size_t)(T * N) * sizeof(float));
         return MOECC_OK;
@@ -44,17 +56,8 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_stor
     const int64_t ldx = xb ? xb : K * (int64_t)sizeof(float);
 #pragma omp parallel num_threads(threads) if (T * N * K >= MOECC_PAR_MIN)
     {
-        const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-        if (xb) { /* each thread quantizes a share of the rows */
-            int64_t t0, t1;
-            moecc_split(T, 1, nth, ith, &t0, &t1);
-            for (int64_t t = t0; t < t1; t++)
-                isa->quantize_x(f, K, x + t * K, (char *)buf + t * xb);
-#pragma omp barrier
-        }
-        int64_t n0, n1;
-        moecc_split(N, 16, nth, ith, &n0, &n1);
-        moecc_gemm_rows(isa, f, T, K, xa, ldx, w, n0, n1, out, N);
+        if (xb) moecc_quantize_team(f, x, T, K, buf);
+        moecc_gemm_share(f, T, K, xa, ldx, w, N, out, N);
     }
     free(heap);
     return MOECC_OK;

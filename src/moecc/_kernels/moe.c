@@ -5,7 +5,8 @@
  *
  * The T*k (token, slot) pairs are sorted by expert so each expert's tokens form one segment, and
  * each segment is one small GEMM: every expert's weights are read once per call, not per token.
- * One parallel region, three phases:
+ * Run by every thread of a team (moecc_moe_ffn_team, inside the forward step's region) or in a
+ * region of its own (moecc_moe_ffn), in three phases:
  *   1. (prefill) gather each segment's rows of x, contiguous, into scratch
  *   2. h[p] = silu(gate[e] @ x) * (up[e] @ x): each thread takes its share of the I rows of every
  *      expert, so in decode all threads stream weights all the time
@@ -126,14 +127,11 @@ static void down_rows(const moecc_isa *isa, moecc_storage f, int64_t I, const ch
     }
 }
 
-int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
-                  moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t I,
-                  const int32_t *idx, const float *weights, int64_t k, float *scratch, float *out,
-                  int threads) {
+void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
+                        moecc_storage fgu, const void *down, moecc_storage fd, int64_t I,
+                        const int32_t *idx, const float *weights, int64_t k, float *scratch,
+                        float *out) {
     const int64_t P = T * k;
-    for (int64_t p = 0; p < P; p++)
-        if (idx[p] < 0 || idx[p] >= E) return MOECC_ERR_INDEX;
-
     const int64_t xqD = moecc_act_bytes(fgu, D), xqI = moecc_act_bytes(fd, I); /* 0: float rows */
     const int64_t xg_floats = xqD ? xq_floats(T > 1 ? P : 1, D) : T > 1 ? pad16(P * D) : 0;
     int32_t *order = (int32_t *)scratch, *tmp = order + pad16(P);
@@ -146,69 +144,79 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
     const int64_t ldx = !gathered ? 0 : xqD ? xqD : D * (int64_t)sizeof(float);
     const void *hs = xqI ? (const void *)hq : (const void *)h;
     const int64_t ldh = xqI ? xqI : I * (int64_t)sizeof(float);
-    sort_by_expert(P, idx, order, tmp);
     const moecc_isa *isa = moecc_active_isa();
-    if (xqD && !gathered) isa->quantize_x(fgu, D, x, xg);
+#pragma omp single
+    {
+        sort_by_expert(P, idx, order, tmp);
+        if (xqD && !gathered) isa->quantize_x(fgu, D, x, xg);
+    }
 
     const int64_t wbD = moecc_row_bytes(fgu, D), wbI = moecc_row_bytes(fd, I);
     const char *G = (const char *)gate, *U = (const char *)up, *Wd = (const char *)down;
-
-#pragma omp parallel num_threads(threads) if (P * D * I >= MOECC_PAR_MIN)
-    {
-        const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-        if (gathered) {
+    const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
+    if (gathered) {
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < P; p++) {
-                const float *xt = x + (order[p] / k) * D;
-                if (xqD)
-                    isa->quantize_x(fgu, D, xt, xg + p * xqD);
-                else
-                    memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
-            }
-        }
-        if (!gathered && P % nth == 0) { /* decode, by expert */
-#pragma omp for schedule(static)
-            for (int64_t p = 0; p < P; p++) {
-                const int64_t e = idx[p];
-                gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1,
-                             0, I, h + p * I, I);
-                if (xqI) isa->quantize_x(fd, I, h + p * I, hq + p * xqI);
-                const int32_t pair = (int32_t)p;
-                memset(partial + p * D, 0, (size_t)D * sizeof(float));
-                down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh,
-                          1, 0, D, &pair, weights, 1, partial, D);
-            }
-            int64_t d0, d1;
-            moecc_split(D, 16, nth, ith, &d0, &d1);
-            for (int64_t d = d0; d < d1; d++) {
-                float sum = 0.0f;
-                for (int64_t p = 0; p < P; p++) sum += partial[p * D + d];
-                out[d] = sum;
-            }
-        } else { /* by rows of every expert: phases 2 and 3 */
-            int64_t i0, i1, d0, d1;
-            moecc_split(I, 16, nth, ith, &i0, &i1);
-            moecc_split(D, 16, nth, ith, &d0, &d1);
-            for (int64_t p = 0, q; p < P; p = q) {
-                q = segment_end(order, idx, p, P);
-                const int64_t e = idx[order[p]];
-                gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD,
-                             (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
-            }
-            for (int64_t t = 0; t < T; t++)
-                memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
-#pragma omp barrier
-            if (xqI) {
-#pragma omp for schedule(static)
-                for (int64_t p = 0; p < P; p++) isa->quantize_x(fd, I, h + p * I, hq + p * xqI);
-            }
-            for (int64_t p = 0, q; p < P; p = q) {
-                q = segment_end(order, idx, p, P);
-                const int64_t e = idx[order[p]];
-                down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh,
-                          ldh, q - p, d0, d1, order + p, weights, k, out, D);
-            }
+        for (int64_t p = 0; p < P; p++) {
+            const float *xt = x + (order[p] / k) * D;
+            if (xqD)
+                isa->quantize_x(fgu, D, xt, xg + p * xqD);
+            else
+                memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
         }
     }
+    if (!gathered && P % nth == 0) { /* decode, by expert */
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < P; p++) {
+            const int64_t e = idx[p];
+            gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1, 0, I,
+                         h + p * I, I);
+            if (xqI) isa->quantize_x(fd, I, h + p * I, hq + p * xqI);
+            const int32_t pair = (int32_t)p;
+            memset(partial + p * D, 0, (size_t)D * sizeof(float));
+            down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh, 1, 0, D,
+                      &pair, weights, 1, partial, D);
+        }
+        int64_t d0, d1;
+        moecc_split(D, 16, nth, ith, &d0, &d1);
+        for (int64_t d = d0; d < d1; d++) {
+            float sum = 0.0f;
+            for (int64_t p = 0; p < P; p++) sum += partial[p * D + d];
+            out[d] = sum;
+        }
+    } else { /* by rows of every expert: phases 2 and 3 */
+        int64_t i0, i1, d0, d1;
+        moecc_split(I, 16, nth, ith, &i0, &i1);
+        moecc_split(D, 16, nth, ith, &d0, &d1);
+        for (int64_t p = 0, q; p < P; p = q) {
+            q = segment_end(order, idx, p, P);
+            const int64_t e = idx[order[p]];
+            gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD,
+                         (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
+        }
+        for (int64_t t = 0; t < T; t++)
+            memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
+#pragma omp barrier
+        if (xqI) {
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < P; p++) isa->quantize_x(fd, I, h + p * I, hq + p * xqI);
+        }
+        for (int64_t p = 0, q; p < P; p = q) {
+            q = segment_end(order, idx, p, P);
+            const int64_t e = idx[order[p]];
+            down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh, q - p,
+                      d0, d1, order + p, weights, k, out, D);
+        }
+    }
+#pragma omp barrier
+}
+
+int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
+                  moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t I,
+                  const int32_t *idx, const float *weights, int64_t k, float *scratch, float *out,
+                  int threads) {
+    for (int64_t p = 0; p < T * k; p++)
+        if (idx[p] < 0 || idx[p] >= E) return MOECC_ERR_INDEX;
+#pragma omp parallel num_threads(threads) if (T * k * D * I >= MOECC_PAR_MIN)
+    moecc_moe_ffn_team(x, T, D, gate, up, fgu, down, fd, I, idx, weights, k, scratch, out);
     return MOECC_OK;
 }

@@ -19,6 +19,7 @@
 #ifndef MOECC_H
 #define MOECC_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -29,6 +30,12 @@
 static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
 static inline int omp_get_max_threads(void) { return 1; }
+#include <time.h>
+static inline double omp_get_wtime(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 #endif
 
 /* x86 SIMD paths are compiled in on gcc/clang for x86; -DMOECC_X86=0 builds the portable path only
@@ -136,6 +143,24 @@ static inline float moecc_f16_to_f32(uint16_t h) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+/* float32 -> IEEE half, rounded to nearest even as NumPy's astype(float16) and F16C do:
+ * overflow to inf, subnormals exact, NaN stays NaN */
+static inline uint16_t moecc_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t a = x & 0x7FFFFFFFu;
+    if (a > 0x7F800000u) return sign | 0x7E00u | (uint16_t)((a >> 13) & 0x3FFu); /* NaN */
+    if (a >= 0x477FF000u) return sign | 0x7C00u; /* >= 65520 rounds past the largest half */
+    if (a < 0x38800000u) {                         /* below 2^-14: a subnormal (or 2^-14) */
+        float v;
+        memcpy(&v, &a, sizeof v);
+        return sign | (uint16_t)nearbyintf(v * 0x1p24f); /* exact scaling, then round */
+    }
+    const uint32_t r = a + 0xFFFu + ((a >> 13) & 1u); /* round the 13 dropped bits to even */
+    return sign | (uint16_t)((r - ((uint32_t)(127 - 15) << 23)) >> 13);
 }
 
 /* the fp16 scale of group g of a q8 / q4 row of K values (rows are unaligned: memcpy) */
@@ -327,31 +352,59 @@ static inline int64_t moecc_token_block(int64_t ldx) {
 
 /* ---- kernels ------------------------------------------------------------------------------ */
 
+/* Each kernel comes in two forms: moecc_X(..., threads) opens a parallel region of `threads`
+ * (one thread below MOECC_PAR_MIN of work) and validates the indices it is given; moecc_X_team
+ * is called by every thread of an enclosing region (the forward step's, forward.c), shares the
+ * work out with orphaned worksharing constructs, trusts its inputs and ends in a barrier unless
+ * it says otherwise. */
+
 /* matmul.c: out[T, N] = x[T, K] @ W[N, K]^T; MOECC_OK, or MOECC_ERR_NOMEM (prefill, q8 / q4) */
 int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_storage f, int64_t N,
                  float *out, int threads);
 /* the T rows of x[T, K] quantized as the matmul of weights f does, moecc_xq_bytes(K) apart */
 void moecc_quantize_rows(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq);
-/* rows [n0, n1) of the above with the given table, on the calling thread, from activation rows
+void moecc_quantize_team(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq);
+/* rows [n0, n1) of a matmul with the given table, on the calling thread, from activation rows
  * xa, ldx bytes apart: x itself for f32 / bf16 / f16, rows made by moecc_quantize_x for q8 / q4 */
 void moecc_gemm_rows(const moecc_isa *isa, moecc_storage f, int64_t T, int64_t K, const void *xa,
                      int64_t ldx, const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo);
+/* the calling thread's share of the N rows (no barrier) */
+void moecc_gemm_share(moecc_storage f, int64_t T, int64_t K, const void *xa, int64_t ldx,
+                      const void *w, int64_t N, float *out, int64_t ldo);
 
-/* ops.c */
+/* ops.c: embedding (MOECC_ERR_INDEX for an id outside [0, V)), RMSNorm (out may be x), RoPE
+ * (rotate-half, in place on x[T, H, hd]; MOECC_ERR_INDEX for a position outside [0, P)), the
+ * MoE router (softmax over E, top k, renormalised if `normalize`) */
 int moecc_embedding(const void *table, moecc_storage f, int64_t V, int64_t D, const int32_t *ids,
                     int64_t T, float *out, int threads);
+void moecc_embedding_team(const void *table, moecc_storage f, int64_t D, const int32_t *ids,
+                          int64_t T, float *out);
 void moecc_rmsnorm(const float *x, int64_t R, int64_t D, const float *weight, float eps, float *out,
                    int threads);
+void moecc_rmsnorm_team(const float *x, int64_t R, int64_t D, const float *weight, float eps,
+                        float *out);
+void moecc_rmsnorm_row(const float *x, int64_t D, const float *weight, float eps, float *out);
 int moecc_rope(float *x, int64_t T, int64_t H, int64_t hd, const int32_t *positions,
                const float *cos, const float *sin, int64_t P, int threads);
+void moecc_rope_team(float *x, int64_t T, int64_t H, int64_t hd, const int32_t *positions,
+                     const float *cos, const float *sin);
+/* one head of hd values rotated by the tables' row of its position (c, s: hd/2 values) */
+void moecc_rope_row(float *x, int64_t hd, const float *c, const float *s);
 int moecc_router_topk(const float *logits, int64_t T, int64_t E, int64_t top_k, int normalize,
                       int32_t *idx_out, float *weight_out, int threads);
+void moecc_router_topk_team(const float *logits, int64_t T, int64_t E, int64_t top_k,
+                            int normalize, int32_t *idx_out, float *weight_out);
 
-/* attention.c: causal GQA over one layer's cache; q[T, Hq, hd], caches [Hkv, C, hd] of type
- * kv (MOECC_F32 or MOECC_F16; MOECC_ERR_STORAGE otherwise) */
+/* attention.c: causal GQA; q[T, Hq, hd]; the caches of one layer [S, Hkv, C, hd] of type kv
+ * (MOECC_F32 or MOECC_F16; MOECC_ERR_STORAGE otherwise); row t attends over slot slots[t], keys
+ * 0 .. positions[t]; at most 16 query heads per kv head (MOECC_ERR_SHAPE); MOECC_ERR_INDEX for
+ * a slot or position out of range */
 int moecc_attention(const float *q, int64_t T, int64_t Hq, int64_t hd, const void *k_cache,
-                    const void *v_cache, moecc_storage kv, int64_t Hkv, int64_t C, int64_t start,
-                    float *out, int threads);
+                    const void *v_cache, moecc_storage kv, int64_t S, int64_t Hkv, int64_t C,
+                    const int32_t *slots, const int32_t *positions, float *out, int threads);
+void moecc_attention_team(const float *q, int64_t T, int64_t Hq, int64_t hd, const void *k_cache,
+                          const void *v_cache, moecc_storage kv, int64_t Hkv, int64_t C,
+                          const int32_t *slots, const int32_t *positions, float *out);
 
 /* moe.c: out[T, D] = sum_j weights[t, j] * SwiGLU expert idx[t, j] applied to x[t];
  * gate, up [E, inter, D] stored as fgu, down [E, D, inter] as fd (not named I here: <complex.h>
@@ -362,5 +415,83 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
                   moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t inter,
                   const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
                   float *out, int threads);
+void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
+                        moecc_storage fgu, const void *down, moecc_storage fd, int64_t inter,
+                        const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
+                        float *out);
+
+/* ---- the forward step (forward.c) ----------------------------------------------------------- */
+
+/* a weight matrix (or a stack of expert matrices, one after another) as stored */
+typedef struct {
+    const void *data;
+    moecc_storage type;
+} moecc_weight;
+
+/* One decoder layer, its fields named as model.py's LayerWeights (the checkpoint's tensors) */
+typedef struct {
+    const float *input_layernorm;          /* [D] */
+    moecc_weight q_proj, k_proj, v_proj;   /* [Hq*hd, D], [Hkv*hd, D], [Hkv*hd, D] */
+    moecc_weight o_proj;                   /* [D, Hq*hd] */
+    const float *q_norm, *k_norm;          /* [hd] */
+    const float *post_attention_layernorm; /* [D] */
+    const float *router;                   /* [E, D]; NULL in a dense layer */
+    moecc_weight gate_proj, up_proj;       /* [E, I, D] (a dense layer: one "expert", [1, I, D]) */
+    moecc_weight down_proj;                /* [E, D, I] */
+    int64_t experts, inter;                /* E and I of this layer (dense: 1, intermediate_size) */
+} moecc_layer;
+
+typedef struct {
+    int64_t layers, D, Hq, Hkv, hd, V, top_k; /* top_k: experts per token of a sparse layer */
+    int norm_topk_prob;
+    float eps;                      /* of every RMSNorm */
+    moecc_weight embed_tokens;      /* [V, D], a type whose rows can be looked up */
+    const moecc_layer *layer;       /* [layers] */
+    const float *norm;              /* [D] */
+    moecc_weight lm_head;           /* [V, D] */
+    const float *cos, *sin;         /* [C, hd/2]: the rotary tables */
+    void *k_cache, *v_cache;        /* [layers, slots, Hkv, C, hd] of type kv (f32 or f16) */
+    moecc_storage kv;
+    int64_t slots, C;
+} moecc_model;
+
+/* The activations of a step of up to `rows` tokens: the caller's, reused by every step. */
+typedef struct {
+    int64_t rows;
+    float *x, *h;                  /* [rows, D]: the residual stream; a block's normed input */
+    float *q, *k, *v, *attn;       /* [rows, Hq*hd], [rows, Hkv*hd] (twice), [rows, Hq*hd] */
+    float *out;                    /* [rows, D]: a block's output before the residual add */
+    float *router_logits;          /* [rows, E] */
+    int32_t *expert_ids;           /* [rows, top_k] */
+    float *expert_weights;         /* [rows, top_k] */
+    const int32_t *dense_ids;      /* [rows]: all 0 (a dense MLP is expert 0 ...) */
+    const float *dense_weights;    /* [rows]: all 1 (... with weight 1) */
+    void *xq;                      /* rows x moecc_xq_bytes(max(D, Hq*hd)) bytes */
+    float *moe_scratch;            /* moecc_moe_scratch_floats(rows, top_k, D, max I) floats */
+} moecc_activations;
+
+/* the blocks a profiled step charges its time to */
+enum {
+    MOECC_BLOCK_EMBED,      /* the embedding lookup */
+    MOECC_BLOCK_QKV,        /* input_layernorm, q / k / v projections */
+    MOECC_BLOCK_ROPE_CACHE, /* q / k norms, RoPE, the KV cache append */
+    MOECC_BLOCK_ATTEND,     /* attention over the cache */
+    MOECC_BLOCK_O_PROJ,     /* o_proj and the residual add */
+    MOECC_BLOCK_ROUTER,     /* post_attention_layernorm, router, top-k */
+    MOECC_BLOCK_EXPERTS,    /* the experts (or dense MLP) and the residual add */
+    MOECC_BLOCK_LM_HEAD,    /* the final norm and the lm_head */
+    MOECC_BLOCKS
+};
+
+/* One step (see forward.c): rows t < T (T <= a->rows) are token tokens[t] of the sequence in
+ * cache slot slots[t] at position positions[t]; logits[i] ([n_logits, V]) are those of row
+ * logit_rows[i]. With `seconds` ([MOECC_BLOCKS]), each block's time is added to it.
+ * MOECC_ERR_INDEX for a token, slot, position or logit row out of range, MOECC_ERR_SHAPE for
+ * more rows than a holds. Weights and activations are trusted (the binding checked them once,
+ * when the model was loaded). */
+int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_t *tokens,
+                  const int32_t *slots, const int32_t *positions, int64_t T,
+                  const int32_t *logit_rows, int64_t n_logits, float *logits, double *seconds,
+                  int threads);
 
 #endif /* MOECC_H */
