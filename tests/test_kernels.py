@@ -5,6 +5,7 @@ Tolerances: float32 accumulation, so errors are bounded relative to the magnitud
 summed (sum |x_k w_k|), not to the result, which can cancel to ~0:
     |got - ref| <= RTOL * magnitude + ATOL.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -206,6 +207,39 @@ def test_attention_peaked_scores(isa, threads):
     out = np.empty_like(q)
     K.attention(q, kc, vc, 147, out, threads=threads)
     assert_close(out, attention_ref(q, kc, vc, 147), np.ones(out.shape), rtol=1e-5)
+
+
+# The real models' geometry: Qwen3-30B-A3B has 32 query heads over 4 kv heads, Qwen3-235B-A22B
+# 64 over 4, head_dim 128. The kernel takes a kv head's query heads 4 at a time, so these groups
+# of 8 and 16 run as 2 and 4 chunks (and a group of 6 as a chunk of 4 and one of 2), cases the
+# ratios above (1, 2, 4) never reach. Decode at the start, early, and far past several 64-key
+# blocks; prefill of 37 tokens from position 5 and of 6 tokens across a block edge.
+ATTN_GEOMETRY = [(32, 4), (64, 4), (12, 2)]
+ATTN_STEPS = [(1, 0), (1, 20), (1, 300), (37, 5), (6, 250)]
+
+
+@functools.lru_cache(maxsize=None)
+def _attention_case(Hq, Hkv, T, start, kv_dtype):
+    """(q, k cache, v cache, reference), made once for every ISA and thread count."""
+    rng = np.random.default_rng(Hq * 1000 + T * 7 + start)
+    C = start + T + 3
+    q = randn(rng, T, Hq, 128)
+    kc = randn(rng, Hkv, C, 128).astype(kv_dtype)
+    vc = randn(rng, Hkv, C, 128).astype(kv_dtype)
+    for a in (q, kc, vc):
+        a.flags.writeable = False
+    return q, kc, vc, attention_ref(q, kc, vc, start)
+
+
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("Hq,Hkv", ATTN_GEOMETRY, ids=["30b-gqa8", "235b-gqa16", "gqa6"])
+@pytest.mark.parametrize("T,start", ATTN_STEPS,
+                         ids=["decode0", "decode20", "decode300", "prefill37", "prefill6at250"])
+def test_attention_model_geometry(isa, threads, Hq, Hkv, T, start, kv_dtype):
+    q, kc, vc, ref = _attention_case(Hq, Hkv, T, start, kv_dtype)
+    out = np.full(q.shape, np.nan, np.float32)
+    K.attention(q, kc, vc, start, out, threads=threads)
+    assert_close(out, ref, np.ones(out.shape), rtol=1e-5)
 
 
 # ---- router ----------------------------------------------------------------------------------
