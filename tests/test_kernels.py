@@ -405,8 +405,11 @@ def moe_close(got, ref, wdtype):
     land one step of its block away (as in test_quant_kernels)."""
     if wdtype in ("q8", "q4", "q4p"):
         err = np.abs(got.astype(np.float64) - ref)
-        assert np.linalg.norm(err) <= 2e-3 * np.linalg.norm(ref), np.linalg.norm(err)
-        assert err.max() <= 1e-2 * np.abs(ref).max(), err.max()
+        assert np.linalg.norm(err) <= 2e-3 * np.linalg.norm(ref), (
+            f"||got - ref|| = {np.linalg.norm(err):.3g} > 2e-3 * ||ref|| = {np.linalg.norm(ref):.3g}")
+        assert err.max() <= 1e-2 * np.abs(ref).max(), (
+            f"max |got - ref| = {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}, "
+            f"> 1e-2 * max |ref| = {np.abs(ref).max():.3g}")
     else:
         assert_close(got, ref, np.full(ref.shape, np.abs(ref).max()), rtol=2e-5)
 
