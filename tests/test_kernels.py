@@ -5,6 +5,7 @@ Tolerances: float32 accumulation, so errors are bounded relative to the magnitud
 summed (sum |x_k w_k|), not to the result, which can cancel to ~0:
     |got - ref| <= RTOL * magnitude + ATOL.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -208,6 +209,39 @@ def test_attention_peaked_scores(isa, threads):
     assert_close(out, attention_ref(q, kc, vc, 147), np.ones(out.shape), rtol=1e-5)
 
 
+# The real models' geometry: Qwen3-30B-A3B has 32 query heads over 4 kv heads, Qwen3-235B-A22B
+# 64 over 4, head_dim 128. The kernel takes a kv head's query heads 4 at a time, so these groups
+# of 8 and 16 run as 2 and 4 chunks (and a group of 6 as a chunk of 4 and one of 2), cases the
+# ratios above (1, 2, 4) never reach. Decode at the start, early, and far past several 64-key
+# blocks; prefill of 37 tokens from position 5 and of 6 tokens across a block edge.
+ATTN_GEOMETRY = [(32, 4), (64, 4), (12, 2)]
+ATTN_STEPS = [(1, 0), (1, 20), (1, 300), (37, 5), (6, 250)]
+
+
+@functools.lru_cache(maxsize=None)
+def _attention_case(Hq, Hkv, T, start, kv_dtype):
+    """(q, k cache, v cache, reference), made once for every ISA and thread count."""
+    rng = np.random.default_rng(Hq * 1000 + T * 7 + start)
+    C = start + T + 3
+    q = randn(rng, T, Hq, 128)
+    kc = randn(rng, Hkv, C, 128).astype(kv_dtype)
+    vc = randn(rng, Hkv, C, 128).astype(kv_dtype)
+    for a in (q, kc, vc):
+        a.flags.writeable = False
+    return q, kc, vc, attention_ref(q, kc, vc, start)
+
+
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("Hq,Hkv", ATTN_GEOMETRY, ids=["30b-gqa8", "235b-gqa16", "gqa6"])
+@pytest.mark.parametrize("T,start", ATTN_STEPS,
+                         ids=["decode0", "decode20", "decode300", "prefill37", "prefill6at250"])
+def test_attention_model_geometry(isa, threads, Hq, Hkv, T, start, kv_dtype):
+    q, kc, vc, ref = _attention_case(Hq, Hkv, T, start, kv_dtype)
+    out = np.full(q.shape, np.nan, np.float32)
+    K.attention(q, kc, vc, np.arange(start, start + T, dtype=np.int32), out, threads=threads)
+    assert_close(out, ref, np.ones(out.shape), rtol=1e-5)
+
+
 # ---- router ----------------------------------------------------------------------------------
 
 
@@ -296,6 +330,111 @@ def test_moe_ffn_routing_edge_cases(isa, threads, wdtype):
     idx = np.array([[1, 3, 3], [1, 2, 4], [4, 1, 2], [1, 3, 2], [2, 4, 1]], np.int32)
     run_moe(np.random.default_rng(5), threads, wdtype, 5, 6, 3, 20, 11, idx=idx)
     run_moe(np.random.default_rng(6), threads, wdtype, 1, 6, 3, 20, 11, idx=idx[:1])
+
+
+# Each work split of moe.c, at Qwen3-30B-A3B-like proportions scaled down (k = 8 of 16 or 32
+# experts, D = 256, I = 96) and one odd case (k = 6 of 20, D = 192, I = 320, groups of 64).
+# Decode (T = 1) goes by expert when the thread count divides the T*k pairs, by rows of every
+# expert otherwise; prefill always by rows (I and D cut in slices of 16 per thread: on 8 threads
+# some of I's 6 slices are empty). Threads 1, 2, 3, 8 (more than the cores: fine for OpenMP):
+#   decode k = 8: by expert on 1, 2, 8, by rows on 3;  k = 6: by expert on 1, 2, 3, by rows on 8.
+MOE_THREADS = (1, 2, 3, 8)
+MOE_SPLIT_CASES = [  # T, E, k, D, I
+    (1, 32, 8, 256, 96),
+    (7, 16, 8, 256, 96),
+    (1, 20, 6, 192, 320),
+    (3, 20, 6, 192, 320),
+]
+
+
+def xq_values(x):
+    """x as q8 / q4 / q4p kernels see it: quantized per block of 32, as float64 (exact)."""
+    q, d = quant.quantize_activations(x)
+    T, Kd = x.shape
+    return (q.reshape(T, -1, 32).astype(np.float64) * d[..., None]).reshape(T, Kd)
+
+
+def moe_ref_quantized(x, gate, up, down, idx, wts):
+    """moe_ref on dequantized weights, with the activations quantized where the kernel does:
+    x before gate / up, h before down."""
+    out = np.zeros(x.shape)
+    xq = xq_values(x)
+    for t in range(x.shape[0]):
+        for j in range(idx.shape[1]):
+            e = idx[t, j]
+            g, u = gate[e] @ xq[t], up[e] @ xq[t]
+            hq = xq_values((g / (1 + np.exp(-g)) * u).astype(np.float32)[None])[0]
+            out[t] += wts[t, j] * (down[e] @ hq)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _moe_case(wdtype, T, E, k, D, I):
+    """(kernel arguments, storage type, reference), made once for every ISA."""
+    rng = np.random.default_rng(T * 1000 + E * 10 + k + D + I)
+    x = randn(rng, T, D)
+    shapes = {"gate": (E, I, D), "up": (E, I, D), "down": (E, D, I)}
+    scales = {"gate": D**-0.5, "up": D**-0.5, "down": I**-0.5}
+    quantized = wdtype in ("q8", "q4", "q4p")
+    if quantized:
+        stored, exact = {}, {}
+        for name, shape in shapes.items():
+            w = (rng.standard_normal(shape) * scales[name]).astype(np.float32)
+            stored[name] = quant.quantize(w, wdtype)
+            exact[name] = quant.dequantize(stored[name], wdtype, shape[-1]).astype(np.float64)
+        ref_fn = moe_ref_quantized
+    else:
+        pairs = {n: weights(rng, s, wdtype, scale=scales[n]) for n, s in shapes.items()}
+        stored = {n: p[0] for n, p in pairs.items()}
+        exact = {n: p[1] for n, p in pairs.items()}
+        ref_fn = moe_ref
+    idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
+    wts = rng.random((T, k)).astype(np.float32)
+    ref = ref_fn(x.astype(np.float64), exact["gate"], exact["up"], exact["down"], idx,
+                 wts.astype(np.float64))
+    args = (x, stored["gate"], stored["up"], stored["down"], idx, wts)
+    for a in args:
+        a.flags.writeable = False
+    return args, (wdtype if quantized else None), ref
+
+
+def moe_close(got, ref, wdtype):
+    """got against a reference (or another thread count's output) within the kernel's error:
+    float32 rounding for float weights; for quantized ones a value of h on a rounding edge may
+    land one step of its block away (as in test_quant_kernels)."""
+    if wdtype in ("q8", "q4", "q4p"):
+        err = np.abs(got.astype(np.float64) - ref)
+        assert np.linalg.norm(err) <= 2e-3 * np.linalg.norm(ref), (
+            f"||got - ref|| = {np.linalg.norm(err):.3g} > 2e-3 * ||ref|| = {np.linalg.norm(ref):.3g}")
+        assert err.max() <= 1e-2 * np.abs(ref).max(), (
+            f"max |got - ref| = {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}, "
+            f"> 1e-2 * max |ref| = {np.abs(ref).max():.3g}")
+    else:
+        assert_close(got, ref, np.full(ref.shape, np.abs(ref).max()), rtol=2e-5)
+
+
+@pytest.mark.parametrize("wdtype", WDTYPES + ["q8", "q4", "q4p"])
+@pytest.mark.parametrize("T,E,k,D,I", MOE_SPLIT_CASES,
+                         ids=["decode-k8", "prefill-k8", "decode-k6-odd", "prefill-k6-odd"])
+def test_moe_ffn_thread_splits(isa, wdtype, T, E, k, D, I):
+    args, kind, ref = _moe_case(wdtype, T, E, k, D, I)
+    scratch = np.empty(K.moe_scratch_floats(T, k, D, I), np.float32)
+    outs = {}
+    for n in MOE_THREADS:
+        out = np.full((T, D), np.nan, np.float32)
+        K.moe_ffn(*args, scratch, out, threads=n, storage=kind)
+        moe_close(out, ref, wdtype)
+        outs[n] = out
+    # the splits differ in the order of the sums over pairs only (h is the same: every slice of
+    # I is whole tiles), so the thread counts agree to float32 rounding whatever the weights
+    for n in MOE_THREADS[1:]:
+        assert_close(outs[n], outs[1].astype(np.float64), np.full(ref.shape, np.abs(ref).max()),
+                     rtol=2e-5)
+    # by expert, each pair's output is one thread's and the pairs are summed in pair order: the
+    # same bits whatever the thread count (moe.c)
+    by_expert = [n for n in MOE_THREADS if T == 1 and k % n == 0]
+    for n in by_expert[1:]:
+        np.testing.assert_array_equal(outs[n], outs[1], err_msg=f"threads {n} vs 1, by expert")
 
 
 # ---- errors ----------------------------------------------------------------------------------

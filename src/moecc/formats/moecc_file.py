@@ -60,6 +60,13 @@ TENSOR_ALIGNMENT = 64  # one cache line / one AVX-512 register
 _PREAMBLE = struct.Struct("<8sIIQQ")
 
 
+def _integer(value) -> int:
+    """A JSON integer of the header, as it was written (not a float, string or boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
 def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
@@ -278,11 +285,13 @@ class ModelFile:
             raise FormatError(f"{self.path}: a {what} entry is malformed; the file is damaged")
         name = raw["name"]
         try:
-            offset, size, crc = int(raw["offset"]), int(raw["size"]), int(raw.get("crc32", 0))
-            dtype = str(raw["dtype"]) if tensor else ""
-            shape = tuple(int(s) for s in raw["shape"]) if tensor else ()
-            group_size = int(raw.get("group_size", 0)) if tensor else 0  # version 1 only
-        except (KeyError, TypeError, ValueError, OverflowError):
+            offset, size, crc = _integer(raw["offset"]), _integer(raw["size"]), _integer(raw.get("crc32", 0))
+            dtype = raw["dtype"] if tensor else ""
+            shape = tuple(_integer(s) for s in raw["shape"]) if tensor else ()
+            group_size = _integer(raw.get("group_size", 0)) if tensor else 0  # version 1 only
+            if not isinstance(dtype, str):
+                raise TypeError(dtype)
+        except (KeyError, TypeError, ValueError):
             raise FormatError(f"{self.path}: {what} {name} has a malformed entry; the file is damaged") from None
         if tensor:
             if dtype not in storage.TYPES:
