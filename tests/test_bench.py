@@ -3,6 +3,7 @@ writer on a tiny geometry, the per-layer / thread-scaling arithmetic, the comman
 from __future__ import annotations
 
 import argparse
+import io
 
 import numpy as np
 import pytest
@@ -237,3 +238,17 @@ def test_disturbed_turns_are_left_out_of_slopes_and_speedups():
     summary = summarize(rounds, cases, ["q4"])
     assert summary["per_layer"]["threads 1"]["engines"]["moecc"]["decode_ms_per_layer"] == pytest.approx(0.5)
     assert summary["thread_scaling"]["syn8"]["engines"]["moecc"]["2"]["decode"] == pytest.approx(1.5)
+
+
+def test_profile_accounts_for_every_block(synthetic_file):
+    from moecc.profile import BLOCKS, print_profile, profile_decode
+    _, path = synthetic_file
+    p = profile_decode(path, threads=1, steps=4)
+    assert set(p["blocks_s"]) == set(BLOCKS) and all(s > 0 for s in p["blocks_s"].values())
+    assert p["step_outside_blocks_s"] >= 0 and p["loop_outside_step_s"] > 0
+    within = sum(p["blocks_s"].values()) + p["step_outside_blocks_s"] + p["loop_outside_step_s"]
+    assert abs(within - p["step_s"]) <= 1e-6 * p["step_s"] * 100  # the rows add up to the step
+    assert p["bytes"]["experts"] > 0 and p["bytes"]["lm_head"] > 0
+    out = io.StringIO()
+    print_profile(p, out)
+    assert "outside the kernels" in out.getvalue()

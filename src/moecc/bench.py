@@ -158,8 +158,8 @@ def worker(path: str, threads: int, pp: int, tg: int, reps: int, seed: int) -> d
     load_s = time.perf_counter() - started
     # touch every page of the weights (as llama-bench's warm-up run does), then warm the code
     started = time.perf_counter()
-    for name in model.file.tensors:
-        model.file.tensor(name).reshape(-1).view(np.uint8)[::4096].sum()
+    for w in model.source.weights.values():
+        w.data.reshape(-1).view(np.uint8)[::4096].sum()
     rng = np.random.default_rng(seed)
     V = model.config.vocab_size
     model.eos_token_ids = frozenset()  # decode exactly tg tokens whatever comes out
@@ -448,6 +448,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="read bandwidth in GB/s, instead of measuring it each round")
     ap.add_argument("--wait-idle", type=float, default=300, metavar="SECONDS",
                     help="before each turn, wait up to this long for other processes to go quiet; default 300")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of timing against llama.cpp, print where moecc's decode step goes, "
+                         "block by block, ms per step (--tg steps; see moecc.profile)")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -467,6 +470,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             ap.error("--synthetic times moecc only (llama.cpp needs the bf16 checkpoint it skips); "
                      "drop --peer-quant")
         args.no_peer = True
+    if args.profile:
+        args.no_peer = True  # the profile is moecc's alone
     if args.moecc_file and args.layers and len(args.layers) > 1:
         ap.error("--moecc-file names one file; it cannot go with several --layers")
     if args.rounds < 1:
@@ -511,6 +516,14 @@ def _main(argv: list[str] | None) -> int:
         os.makedirs(args.work, exist_ok=True)
     peers = args.peers
     subjects = prepare_subjects(args)
+    if args.profile:
+        from .profile import print_profile, profile_decode
+        for s in subjects:
+            for threads in args.threads:
+                wait_until_idle(args.wait_idle)
+                print(f"\n{s.label}:")
+                print_profile(profile_decode(s.path, threads, args.tg))
+        return 0
     from .formats.huggingface import Checkpoint
     checkpoint_files = [p for s in subjects if s.hf for p in Checkpoint(s.hf).input_paths()]
     for s in subjects:
