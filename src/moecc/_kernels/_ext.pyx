@@ -336,7 +336,8 @@ def matmul(x, w, out, *, int threads, storage=None):
 
 def embedding(table, ids, out, *, int threads, storage=None):
     """out[t] = table[ids[t]] as float32; table [V, D] float32 or uint16 (bf16), or uint8
-    [V, row_bytes(storage, D)] with storage "q8" / "q4" (rows dequantized); D is out's."""
+    [V, row_bytes(storage, D)] with storage "q8" / "q4" (rows dequantized; q4p panels cannot be
+    looked up by row); D is out's."""
     cdef cnp.ndarray at = _array(table, "table", -1, 2)
     cdef cnp.ndarray ai = _array(ids, "ids", I32, 1)
     cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
