@@ -1,5 +1,6 @@
-"""moecc-bench's pieces that need no big file and no llama.cpp: the quantized synthetic model
-writer on a tiny geometry, the per-layer / thread-scaling arithmetic, the command line."""
+"""moecc-bench's pieces that need no big file and no llama.cpp: the synthetic checkpoint's
+tensor names, the quantized synthetic model writer on a tiny geometry, the per-layer /
+thread-scaling arithmetic, the command line."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,11 @@ from moecc.bench_report import (
     summarize,
     thread_scaling,
 )
+from moecc.config import Qwen3MoeConfig, tensor_specs
 from moecc.convert import StoragePlan, convert
-from moecc.synthetic import make_checkpoint, quantized_scale, write_quantized_model
+from moecc.synthetic import synthetic_files
+from moecc.synthetic.checkpoint import hf_tensors, make_checkpoint
+from moecc.synthetic.quantized import quantized_scale, write_quantized_model
 
 # Qwen3-30B-A3B's structure, shrunk: every quantized row still divides into groups of 32
 TINY = {"vocab_size": 512, "hidden_size": 64, "head_dim": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -38,6 +42,19 @@ def tiny_checkpoint(tmp_path_factory):
     hf = str(tmp_path_factory.mktemp("hf") / "tiny")
     make_checkpoint(hf, layers=LAYERS, progress=False, **TINY)
     return hf
+
+
+def test_checkpoint_has_the_published_names_and_shapes():
+    """The full model's checkpoint: the inventory, experts one by one as Qwen publishes them."""
+    raw, _ = synthetic_files(48)
+    tensors = {t.name: (t.shape, t.fill) for t in hf_tensors(raw)}
+    specs = tensor_specs(Qwen3MoeConfig.from_dict(raw))
+    assert len(tensors) == len(specs) + 48 * 3 * (128 - 1)
+    assert tensors["model.layers.47.mlp.experts.127.down_proj.weight"] == ((2048, 768), "normal")
+    assert tensors["model.layers.0.mlp.experts.0.gate_proj.weight"] == ((768, 2048), "normal")
+    assert tensors["model.layers.3.self_attn.k_norm.weight"] == ((128,), "ones")
+    assert tensors["lm_head.weight"] == ((151936, 2048), "normal")
+    assert not any(s.name in tensors for s in specs if s.role == "experts")  # never stacked
 
 
 def _table(mf: moecc_file.ModelFile) -> dict:

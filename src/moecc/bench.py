@@ -6,12 +6,12 @@
     moecc-bench --synthetic qwen3-30b-a3b --layers 48 --quant q4 ...  the full model, moecc only
 
 Steps: make (or reuse) a synthetic checkpoint with Qwen3-30B-A3B's geometry for each of
-`--layers N[,N...]` (moecc.synthetic) or take `--hf DIR`; convert it with moecc-convert
+`--layers N[,N...]` (moecc.synthetic.checkpoint) or take `--hf DIR`; convert it with moecc-convert
 (`--quant`); then, for each round, time moecc in a fresh subprocess and llama.cpp through the
 peer harness (../shared/peer/llamacpp_bench.py) for each `--peer-quant`, on every model at every
 `--threads` count, alternating from round to round which engine (and which model) goes first.
 `--synthetic` skips the checkpoint: it writes the q4 / q8 .moecc file straight from random
-quantized data (moecc.synthetic.write_quantized_model), so the 48-layer model needs no 61 GB
+quantized data (moecc.synthetic.quantized), so the 48-layer model needs no 61 GB
 bf16 source; llama.cpp, which needs that source, is not run.  Before each engine runs, the other
 engine's files are dropped from the page cache and the machine's read bandwidth is measured (it
 swings by 2x from minute to minute here).  Both engines see random token ids:
@@ -53,7 +53,8 @@ from .bench_report import (
     summarize,
 )
 from .convert import StoragePlan
-from .synthetic import QUANTIZED, SYNTHETIC_MODEL
+from .synthetic import SYNTHETIC_MODEL
+from .synthetic.quantized import QUANTIZED
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # src/moecc/bench.py
 BANDWIDTH_PY = os.path.join(REPO, "benchmarks", "bandwidth.py")
@@ -281,7 +282,7 @@ def measure_bandwidth(threads: int) -> dict:
 
 def prepare_checkpoint(work: str, layers: int) -> str:
     """The synthetic checkpoint work/synN, made unless it is there already."""
-    from .synthetic import make_checkpoint
+    from .synthetic.checkpoint import make_checkpoint
     hf = os.path.join(work, f"syn{layers}")
     index = os.path.join(hf, "model.safetensors.index.json")
     if os.path.exists(index):
@@ -337,7 +338,7 @@ def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
 def prepare_synthetic_file(args, layers: int) -> tuple[str, float | None]:
     """A .moecc file written straight from random quantized data (reused when one of the same
     model, layers and type is there), and the seconds writing it took."""
-    from .synthetic import write_quantized_model
+    from .synthetic.quantized import write_quantized_model
     out = args.moecc_file or os.path.join(args.work, f"{args.synthetic}-syn{layers}-{args.quant}.moecc")
     wanted = {"quant": args.quant, "synthetic": {"model": args.synthetic, "layers": layers, "seed": SYNTHETIC_SEED}}
     if os.path.exists(out) and not args.reconvert and _reusable(out, args.quant, wanted):
