@@ -37,6 +37,7 @@ C_SOURCES = [
     "ops.c",
     "attention.c",
     "moe.c",
+    "bandwidth.c",
 ]
 BASE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
 OPENMP_FLAG = "-fopenmp"

@@ -363,4 +363,12 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
                   const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
                   float *out, int threads);
 
+/* bandwidth.c: the machine's read bandwidth, read as decode reads weights (each thread its own
+ * contiguous slice). Allocates `bytes` (> 0, a multiple of MOECC_BW_STEP), first touched by the
+ * threads that read it, reads it once to warm up, then `passes` (>= 1) times, timed:
+ * bytes_per_s[p] = bytes / seconds of pass p. MOECC_OK, or MOECC_ERR_NOMEM. */
+#define MOECC_BW_STEP 512 /* 4 streams x 2 lines of 64 bytes per loop iteration */
+int moecc_read_bandwidth(int64_t bytes, int passes, int threads, double *bytes_per_s);
+int moecc_read_bandwidth_bits(void); /* its load width on the active ISA: 512, 256 or 64 */
+
 #endif /* MOECC_H */
