@@ -7,7 +7,7 @@ with every kernel call wrapped by a timer.  Calls are labelled by kernel and, fo
 weight they read (q/k/v/o projection, router, lm_head), so the table says which matrix costs
 what; "python" is the step time not spent inside any kernel (the interpreter, NumPy slicing,
 the KV-cache copies, sampling).  For a matmul-bound kernel the GB/s column is its weight bytes
-over its time; compare it with benchmarks/bandwidth.py.
+over its time; compare it with `python -m moecc.bandwidth`.
 """
 from __future__ import annotations
 

@@ -1,15 +1,18 @@
 """moecc-bench's pieces that need no big file and no llama.cpp: the synthetic checkpoint's
 tensor names, the quantized synthetic model writer on a tiny geometry, the per-layer /
-thread-scaling arithmetic, the command line."""
+thread-scaling arithmetic, the command line (which runs from an install, no checkout around it)."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import moecc
-from moecc import bench, quant
+from moecc import bandwidth, bench, quant
 from moecc.formats import moecc_file
 from moecc.bench_report import (
     Case,
@@ -231,6 +234,43 @@ def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args([*argv, "--bandwidth", "40"])
     assert message in capsys.readouterr().err
+
+
+def test_without_the_llama_cpp_harness_the_command_says_so_and_runs_moecc_alone(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(bench, "PEER_SCRIPT", str(tmp_path / "llamacpp_bench.py"))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--layers", "8"])
+    err = capsys.readouterr().err
+    assert "llama.cpp comparison" in err and "source checkout" in err and "--no-peer" in err
+    assert bench.parse_args(["--layers", "8", "--no-peer"]).peers == []  # no --bandwidth needed
+    assert bench.parse_args(["--synthetic", "qwen3-30b-a3b", "--layers", "48", "--quant", "q4"]).peers == []
+
+
+def test_a_turn_probes_the_bandwidth_with_the_packages_kernel(monkeypatch):
+    measure = bandwidth.measure
+    monkeypatch.setattr(bandwidth, "measure", lambda threads: measure(threads, nbytes=64 << 20, passes=1))
+    monkeypatch.setattr(bench, "run_moecc", lambda *args, **kwargs: {"tg_tok_s": 10.0})
+    subject = bench.Subject("syn1", 1, "syn1.moecc", None, None, {"moecc": {"total": 10**9}})
+    args = argparse.Namespace(bandwidth=None, pp=0, tg=1, reps=1)
+    result = bench.run_turn("moecc", subject, 1, args, seed=0)
+    assert result["bandwidth_gb_s"] > 0 and result["decode_gb_s"] == pytest.approx(10.0)
+
+
+def test_the_command_runs_from_anywhere_with_the_package_alone(tmp_path):
+    """Outside any checkout, with no PYTHONPATH: the installed package is all it needs, and a
+    missing llama.cpp harness is one clear error."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MOECC_PEER_BENCH")}
+    run = [sys.executable, "-m", "moecc.bench"]
+    r = subprocess.run([*run, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "benchmarks/" not in r.stdout, r.stderr
+    code = ("from moecc import bench; "
+            "a = bench.parse_args(['--synthetic', 'qwen3-30b-a3b', '--layers', '48', '--quant', 'q4']); "
+            "print(a.bandwidth, a.peers)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["None", "[]"], r.stderr
+    env["MOECC_PEER_BENCH"] = str(tmp_path / "missing.py")
+    r = subprocess.run([*run, "--layers", "8"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "--no-peer" in r.stderr and str(tmp_path / "missing.py") in r.stderr
 
 
 def test_a_rebuild_of_the_kernels_during_the_run_is_flagged(capsys):
