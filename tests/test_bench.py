@@ -109,6 +109,14 @@ def test_a_file_is_reused_only_while_the_converter_would_write_it(synthetic_file
     assert bench.prepare_moecc_file(args, tiny_checkpoint)[1] is not None
 
 
+def test_the_worker_times_a_model(synthetic_file):
+    """What a moecc turn runs in its own process, here in this one on the tiny file."""
+    _, path = synthetic_file
+    out = bench.worker(path, threads=1, pp=8, tg=2, reps=1, seed=0)
+    assert out["pp_tok_s"] > 0 and out["tg_tok_s"] > 0 and len(out["tg_runs"]) == 1
+    assert out["load_s"] >= 0 and out["kernels"] == bench.kernel_build()
+
+
 def test_quantized_scale_gives_the_std():
     rng = np.random.default_rng(0)
     q4 = (rng.integers(0, 16, 100_000) - 8) * quantized_scale("q4")

@@ -162,8 +162,8 @@ def worker(path: str, threads: int, pp: int, tg: int, reps: int, seed: int) -> d
     load_s = time.perf_counter() - started
     # touch every page of the weights (as llama-bench's warm-up run does), then warm the code
     started = time.perf_counter()
-    for name in model.file.tensors:
-        model.file.tensor(name).reshape(-1).view(np.uint8)[::4096].sum()
+    for weight in model.source.weights.values():
+        weight.data.reshape(-1).view(np.uint8)[::4096].sum()
     rng = np.random.default_rng(seed)
     V = model.config.vocab_size
     model.eos_token_ids = frozenset()  # decode exactly tg tokens whatever comes out
