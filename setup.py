@@ -38,6 +38,7 @@ C_SOURCES = [
     "attention.c",
     "moe.c",
     "forward.c",
+    "bandwidth.c",
 ]
 BASE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
 OPENMP_FLAG = "-fopenmp"

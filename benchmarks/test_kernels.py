@@ -5,7 +5,7 @@
 
 Decode shapes (one token) are memory-bound: each benchmark records the weight bytes it reads,
 the achieved GB/s and its fraction of this machine's read bandwidth, measured once in the same
-run by `bandwidth.py` (a vector-load C loop over 2 GiB, not a NumPy copy), in `extra_info`
+run by `moecc.bandwidth` (a vector-load C loop over 2 GiB, not a NumPy copy), in `extra_info`
 (shown with --benchmark-json, or -s for the printed line).  So that these are memory figures and
 not cache figures (the L3 is 32 MB), each call reads the next of several copies of the weight
 (512 MB in all) or, for the experts, the next 8 of the 128 experts: what a real decode step
@@ -16,16 +16,12 @@ an otherwise idle machine.
 """
 import os
 
-import sys
-
 import numpy as np
 import pytest
 
 K = pytest.importorskip("moecc._kernels")
 from moecc import quant  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
-from bandwidth import read_bandwidth  # noqa: E402
+from moecc.bandwidth import measure  # noqa: E402
 
 THREADS = int(os.environ.get("MOECC_BENCH_THREADS", os.cpu_count() or 1))
 D, HQ, HKV, HD, E, TOPK, I, V = 2048, 32, 4, 128, 128, 8, 768, 151936
@@ -64,7 +60,7 @@ def copies(one, total_bytes=512 << 20):
 @pytest.fixture(scope="session")
 def machine_bandwidth():
     """The machine's read bandwidth (GB/s) with THREADS threads, measured once per run."""
-    return read_bandwidth(threads=THREADS)["gb_s"]
+    return measure(threads=THREADS)["gb_s"]
 
 
 def report(benchmark, nbytes, bandwidth):

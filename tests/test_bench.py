@@ -1,15 +1,19 @@
-"""moecc-bench's pieces that need no big file and no llama.cpp: the quantized synthetic model
-writer on a tiny geometry, the per-layer / thread-scaling arithmetic, the command line."""
+"""moecc-bench's pieces that need no big file and no llama.cpp: the synthetic checkpoint's
+tensor names, the quantized synthetic model writer on a tiny geometry, the per-layer /
+thread-scaling arithmetic, the command line (which runs from an install, no checkout around it)."""
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import moecc
-from moecc import bench, quant
+from moecc import bandwidth, bench, quant
 from moecc.formats import moecc_file
 from moecc.bench_report import (
     Case,
@@ -18,8 +22,11 @@ from moecc.bench_report import (
     summarize,
     thread_scaling,
 )
+from moecc.config import Qwen3MoeConfig, tensor_specs
 from moecc.convert import StoragePlan, convert
-from moecc.synthetic import make_checkpoint, quantized_scale, write_quantized_model
+from moecc.synthetic import synthetic_files
+from moecc.synthetic.checkpoint import hf_tensors, make_checkpoint
+from moecc.synthetic.quantized import quantized_scale, write_quantized_model
 
 # Qwen3-30B-A3B's structure, shrunk: every quantized row still divides into groups of 32
 TINY = {"vocab_size": 512, "hidden_size": 64, "head_dim": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -39,6 +46,19 @@ def tiny_checkpoint(tmp_path_factory):
     hf = str(tmp_path_factory.mktemp("hf") / "tiny")
     make_checkpoint(hf, layers=LAYERS, progress=False, **TINY)
     return hf
+
+
+def test_checkpoint_has_the_published_names_and_shapes():
+    """The full model's checkpoint: the inventory, experts one by one as Qwen publishes them."""
+    raw, _ = synthetic_files(48)
+    tensors = {t.name: (t.shape, t.fill) for t in hf_tensors(raw)}
+    specs = tensor_specs(Qwen3MoeConfig.from_dict(raw))
+    assert len(tensors) == len(specs) + 48 * 3 * (128 - 1)
+    assert tensors["model.layers.47.mlp.experts.127.down_proj.weight"] == ((2048, 768), "normal")
+    assert tensors["model.layers.0.mlp.experts.0.gate_proj.weight"] == ((768, 2048), "normal")
+    assert tensors["model.layers.3.self_attn.k_norm.weight"] == ((128,), "ones")
+    assert tensors["lm_head.weight"] == ((151936, 2048), "normal")
+    assert not any(s.name in tensors for s in specs if s.role == "experts")  # never stacked
 
 
 def _table(mf: moecc_file.ModelFile) -> dict:
@@ -88,6 +108,14 @@ def test_a_file_is_reused_only_while_the_converter_would_write_it(synthetic_file
     assert bench.prepare_moecc_file(args, tiny_checkpoint) == (converted, None)
     args.quant = "q8" if qtype == "q4" else "q4"  # the same file name, another type: converted again
     assert bench.prepare_moecc_file(args, tiny_checkpoint)[1] is not None
+
+
+def test_the_worker_times_a_model(synthetic_file):
+    """What a moecc turn runs in its own process, here in this one on the tiny file."""
+    _, path = synthetic_file
+    out = bench.worker(path, threads=1, pp=8, tg=2, reps=1, seed=0)
+    assert out["pp_tok_s"] > 0 and out["tg_tok_s"] > 0 and len(out["tg_runs"]) == 1
+    assert out["load_s"] >= 0 and out["kernels"] == bench.kernel_build()
 
 
 def test_quantized_scale_gives_the_std():
@@ -215,6 +243,43 @@ def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args([*argv, "--bandwidth", "40"])
     assert message in capsys.readouterr().err
+
+
+def test_without_the_llama_cpp_harness_the_command_says_so_and_runs_moecc_alone(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(bench, "PEER_SCRIPT", str(tmp_path / "llamacpp_bench.py"))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--layers", "8"])
+    err = capsys.readouterr().err
+    assert "llama.cpp comparison" in err and "source checkout" in err and "--no-peer" in err
+    assert bench.parse_args(["--layers", "8", "--no-peer"]).peers == []  # no --bandwidth needed
+    assert bench.parse_args(["--synthetic", "qwen3-30b-a3b", "--layers", "48", "--quant", "q4"]).peers == []
+
+
+def test_a_turn_probes_the_bandwidth_with_the_packages_kernel(monkeypatch):
+    measure = bandwidth.measure
+    monkeypatch.setattr(bandwidth, "measure", lambda threads: measure(threads, nbytes=64 << 20, passes=1))
+    monkeypatch.setattr(bench, "run_moecc", lambda *args, **kwargs: {"tg_tok_s": 10.0})
+    subject = bench.Subject("syn1", 1, "syn1.moecc", None, None, {"moecc": {"total": 10**9}})
+    args = argparse.Namespace(bandwidth=None, pp=0, tg=1, reps=1)
+    result = bench.run_turn("moecc", subject, 1, args, seed=0)
+    assert result["bandwidth_gb_s"] > 0 and result["decode_gb_s"] == pytest.approx(10.0)
+
+
+def test_the_command_runs_from_anywhere_with_the_package_alone(tmp_path):
+    """Outside any checkout, with no PYTHONPATH: the installed package is all it needs, and a
+    missing llama.cpp harness is one clear error."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MOECC_PEER_BENCH")}
+    run = [sys.executable, "-m", "moecc.bench"]
+    r = subprocess.run([*run, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "benchmarks/" not in r.stdout, r.stderr
+    code = ("from moecc import bench; "
+            "a = bench.parse_args(['--synthetic', 'qwen3-30b-a3b', '--layers', '48', '--quant', 'q4']); "
+            "print(a.bandwidth, a.peers)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["None", "[]"], r.stderr
+    env["MOECC_PEER_BENCH"] = str(tmp_path / "missing.py")
+    r = subprocess.run([*run, "--layers", "8"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "--no-peer" in r.stderr and str(tmp_path / "missing.py") in r.stderr
 
 
 def test_a_rebuild_of_the_kernels_during_the_run_is_flagged(capsys):

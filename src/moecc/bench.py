@@ -6,12 +6,12 @@
     moecc-bench --synthetic qwen3-30b-a3b --layers 48 --quant q4 ...  the full model, moecc only
 
 Steps: make (or reuse) a synthetic checkpoint with Qwen3-30B-A3B's geometry for each of
-`--layers N[,N...]` (moecc.synthetic) or take `--hf DIR`; convert it with moecc-convert
+`--layers N[,N...]` (moecc.synthetic.checkpoint) or take `--hf DIR`; convert it with moecc-convert
 (`--quant`); then, for each round, time moecc in a fresh subprocess and llama.cpp through the
 peer harness (../shared/peer/llamacpp_bench.py) for each `--peer-quant`, on every model at every
 `--threads` count, alternating from round to round which engine (and which model) goes first.
 `--synthetic` skips the checkpoint: it writes the q4 / q8 .moecc file straight from random
-quantized data (moecc.synthetic.write_quantized_model), so the 48-layer model needs no 61 GB
+quantized data (moecc.synthetic.quantized), so the 48-layer model needs no 61 GB
 bf16 source; llama.cpp, which needs that source, is not run.  Before each engine runs, the other
 engine's files are dropped from the page cache and the machine's read bandwidth is measured (it
 swings by 2x from minute to minute here).  Both engines see random token ids:
@@ -28,9 +28,10 @@ process, which counts the mapped weight pages it touched).  With several layer c
 of one layer (the slope of ms/token over layers) for each engine and their ratio; with several
 thread counts, each engine's speedups (moecc.bench_report).
 
-This is a developer tool: the read-bandwidth probe (benchmarks/bandwidth.py, a C loop compiled
-at run time) and the llama.cpp harness are found from a source checkout; without them pass
-`--bandwidth GBS` and `--no-peer`.
+The read-bandwidth probe is part of the package (moecc.bandwidth, a kernel of the extension), so
+an installed moecc-bench runs `--no-peer` and `--synthetic` measurements on its own.  Only the
+llama.cpp comparison needs a source checkout: its harness is ../shared/peer/llamacpp_bench.py
+beside one (or $MOECC_PEER_BENCH).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from . import bandwidth
 from .bench_report import (
     CONTENDED,
     Case,
@@ -53,12 +55,14 @@ from .bench_report import (
     summarize,
 )
 from .convert import StoragePlan
-from .synthetic import QUANTIZED, SYNTHETIC_MODEL
+from .synthetic import SYNTHETIC_MODEL
+from .synthetic.quantized import QUANTIZED
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # src/moecc/bench.py
-BANDWIDTH_PY = os.path.join(REPO, "benchmarks", "bandwidth.py")
+# the llama.cpp harness, the one piece outside the package: beside a source checkout (this file is
+# CHECKOUT/src/moecc/bench.py there), or wherever $MOECC_PEER_BENCH says
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PEER_SCRIPT = os.environ.get("MOECC_PEER_BENCH",
-                             os.path.join(os.path.dirname(REPO), "shared", "peer", "llamacpp_bench.py"))
+                             os.path.join(os.path.dirname(CHECKOUT), "shared", "peer", "llamacpp_bench.py"))
 MOECC_QUANTS = ("bf16", "f32", "q8", "q4")
 PEER_QUANTS = ("q4", "q8")
 SYNTHETIC_SEED = 0
@@ -158,8 +162,8 @@ def worker(path: str, threads: int, pp: int, tg: int, reps: int, seed: int) -> d
     load_s = time.perf_counter() - started
     # touch every page of the weights (as llama-bench's warm-up run does), then warm the code
     started = time.perf_counter()
-    for w in model.source.weights.values():
-        w.data.reshape(-1).view(np.uint8)[::4096].sum()
+    for weight in model.source.weights.values():
+        weight.data.reshape(-1).view(np.uint8)[::4096].sum()
     rng = np.random.default_rng(seed)
     V = model.config.vocab_size
     model.eos_token_ids = frozenset()  # decode exactly tg tokens whatever comes out
@@ -271,17 +275,9 @@ def evict(paths: list[str]) -> None:
             os.close(fd)
 
 
-def measure_bandwidth(threads: int) -> dict:
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("moecc_bench_bandwidth", BANDWIDTH_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.read_bandwidth(threads=threads, gib=2.0, passes=5)
-
-
 def prepare_checkpoint(work: str, layers: int) -> str:
     """The synthetic checkpoint work/synN, made unless it is there already."""
-    from .synthetic import make_checkpoint
+    from .synthetic.checkpoint import make_checkpoint
     hf = os.path.join(work, f"syn{layers}")
     index = os.path.join(hf, "model.safetensors.index.json")
     if os.path.exists(index):
@@ -337,7 +333,7 @@ def prepare_moecc_file(args, hf: str) -> tuple[str, float | None]:
 def prepare_synthetic_file(args, layers: int) -> tuple[str, float | None]:
     """A .moecc file written straight from random quantized data (reused when one of the same
     model, layers and type is there), and the seconds writing it took."""
-    from .synthetic import write_quantized_model
+    from .synthetic.quantized import write_quantized_model
     out = args.moecc_file or os.path.join(args.work, f"{args.synthetic}-syn{layers}-{args.quant}.moecc")
     wanted = {"quant": args.quant, "synthetic": {"model": args.synthetic, "layers": layers, "seed": SYNTHETIC_SEED}}
     if os.path.exists(out) and not args.reconvert and _reusable(out, args.quant, wanted):
@@ -483,9 +479,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if any(q not in PEER_QUANTS for q in args.peers):
         ap.error(f"--peer-quant takes {', '.join(PEER_QUANTS)}")
     if args.peers and not os.path.exists(PEER_SCRIPT):
-        ap.error(f"the llama.cpp harness {PEER_SCRIPT} is missing; set MOECC_PEER_BENCH or pass --no-peer")
-    if args.bandwidth is None and not os.path.exists(BANDWIDTH_PY):
-        ap.error(f"{BANDWIDTH_PY} is missing (not a source checkout?); pass --bandwidth GBS")
+        ap.error(f"the llama.cpp comparison needs its harness, llamacpp_bench.py, which comes with a "
+                 f"source checkout (../shared/peer/ beside it), not with the installed package, and is "
+                 f"not at {PEER_SCRIPT}: set MOECC_PEER_BENCH to its path, or pass --no-peer (or "
+                 f"--synthetic) to time moecc alone")
     return args
 
 
@@ -493,7 +490,7 @@ def run_turn(engine: str, subject: Subject, threads: int, args, seed: int) -> di
     """One engine's turn on one model: the bandwidth probe, then the engine; with what other
     processes used of the CPUs meanwhile, and the decode bandwidth achieved."""
     with OtherLoad() as other:
-        bw = args.bandwidth if args.bandwidth is not None else measure_bandwidth(threads)["gb_s"]
+        bw = args.bandwidth if args.bandwidth is not None else bandwidth.measure(threads)["gb_s"]
         result = (run_moecc(subject.path, threads, args.pp, args.tg, args.reps, seed=seed) if engine == "moecc"
                   else run_peer(subject.hf, engine, threads, args.pp, args.tg, args.reps))
     result["other_cpu"] = round(other.fraction, 3)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__, quant, storage
 from .formats import moecc_file
-from .formats.huggingface import Checkpoint, CheckpointError
+from .formats.huggingface import Checkpoint, CheckpointError, expert_names
 from .config import ConfigError, TensorSpec, tensor_specs
 
 STORAGE_TYPES = ("f32", "bf16", "q8", "q4")  # what a user picks for a class of tensors
@@ -80,15 +80,15 @@ def _source_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarr
 def _expert_parts(ckpt: Checkpoint, spec: TensorSpec) -> Iterator[tuple[np.ndarray, str]]:
     prefix, projection = spec.name.rsplit(".", 1)  # "model.layers.L.mlp.experts", "gate_proj"
     num_experts, rows, cols = spec.shape
-    if ckpt.has(f"{prefix}.0.{projection}.weight"):
-        for e in range(num_experts):
-            name = f"{prefix}.{e}.{projection}.weight"
+    per_expert = expert_names(spec)
+    if ckpt.has(per_expert[0]):
+        for name in per_expert:
             yield ckpt.tensor(name, (rows, cols)), ckpt.source_dtype(name)
             ckpt.release(name)
         return
     fused_name = prefix + (".down_proj" if projection == "down_proj" else ".gate_up_proj")
     if not ckpt.has(fused_name):
-        raise CheckpointError(f"the checkpoint has neither {prefix}.0.{projection}.weight (per-expert "
+        raise CheckpointError(f"the checkpoint has neither {per_expert[0]} (per-expert "
                               f"layout) nor {fused_name} (fused layout)")
     if projection == "down_proj":
         fused, half = ckpt.tensor(fused_name, (num_experts, rows, cols)), slice(None)

@@ -7,6 +7,8 @@ gives a row's size, moecc.quant is the NumPy oracle). Activations are float32 (q
 block of 32 inside the kernels for q8 / q4 / q4p).
 The instruction set is chosen once from cpuid (best of avx512vnni > avx512 > avx2 > generic);
 MOECC_ISA=generic|avx2|avx512|avx512vnni forces one at import, set_isa() at run time.
+read_bandwidth() is the machine's, not a model's: the memory read bandwidth that bounds decode
+(moecc.bandwidth).
 """
 import os as _os
 
@@ -14,6 +16,8 @@ from ._ext import (
     BLOCKS,
     Forward,
     attention,
+    bandwidth_load_bits,
+    bandwidth_step,
     build_info,
     embedding,
     get_isa,
@@ -21,6 +25,7 @@ from ._ext import (
     moe_ffn,
     moe_scratch_floats,
     quantize_activations,
+    read_bandwidth,
     rmsnorm,
     rope,
     router_topk,
@@ -34,6 +39,8 @@ __all__ = [
     "BLOCKS",
     "Forward",
     "attention",
+    "bandwidth_load_bits",
+    "bandwidth_step",
     "build_info",
     "embedding",
     "get_isa",
@@ -41,6 +48,7 @@ __all__ = [
     "moe_ffn",
     "moe_scratch_floats",
     "quantize_activations",
+    "read_bandwidth",
     "rmsnorm",
     "rope",
     "router_topk",

@@ -720,3 +720,40 @@ cdef class Forward:
                 if bad.size:
                     raise ValueError(f"{name}[{bad[0]}] = {values[bad[0]]} is outside [0, {bound})")
         _check_rc(rc, "forward")
+
+# ---- the machine ----------------------------------------------------------------------------
+
+cdef extern from "moecc.h" nogil:
+    enum:
+        MOECC_BW_STEP
+    int moecc_read_bandwidth(int64_t bytes, int passes, int threads, double *bytes_per_s)
+    int moecc_read_bandwidth_bits()
+
+
+def read_bandwidth(int64_t nbytes, *, int passes, int threads):
+    """Read bandwidth of this machine in bytes/s: a fresh buffer of `nbytes` (> 0, a multiple of
+    bandwidth_step()), read once to warm up, then `passes` times by `threads` threads, each its
+    own contiguous slice (bandwidth.c) -> float64 [passes], one figure per pass."""
+    if nbytes <= 0 or nbytes % MOECC_BW_STEP:
+        raise ValueError(f"nbytes must be a positive multiple of {MOECC_BW_STEP}, got {nbytes}")
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    cdef int nt = _threads(threads), rc
+    cdef cnp.ndarray rates = np.empty(passes, np.float64)
+    cdef double *p_rates = <double *>_ptr(rates)
+    with nogil:
+        rc = moecc_read_bandwidth(nbytes, passes, nt, p_rates)
+    if rc == MOECC_ERR_NOMEM:
+        raise MemoryError(f"read_bandwidth: could not allocate {nbytes} bytes")
+    _check_rc(rc, "read_bandwidth")
+    return rates
+
+
+def bandwidth_step():
+    """The unit of read_bandwidth's buffer size, in bytes."""
+    return MOECC_BW_STEP
+
+
+def bandwidth_load_bits():
+    """The width in bits of read_bandwidth's loads on the active ISA: 512, 256 or 64."""
+    return moecc_read_bandwidth_bits()

@@ -494,4 +494,12 @@ int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_
                   const int32_t *logit_rows, int64_t n_logits, float *logits, double *seconds,
                   int threads);
 
+/* bandwidth.c: the machine's read bandwidth, read as decode reads weights (each thread its own
+ * contiguous slice). Allocates `bytes` (> 0, a multiple of MOECC_BW_STEP), first touched by the
+ * threads that read it, reads it once to warm up, then `passes` (>= 1) times, timed:
+ * bytes_per_s[p] = bytes / seconds of pass p. MOECC_OK, or MOECC_ERR_NOMEM. */
+#define MOECC_BW_STEP 512 /* 4 streams x 2 lines of 64 bytes per loop iteration */
+int moecc_read_bandwidth(int64_t bytes, int passes, int threads, double *bytes_per_s);
+int moecc_read_bandwidth_bits(void); /* its load width on the active ISA: 512, 256 or 64 */
+
 #endif /* MOECC_H */

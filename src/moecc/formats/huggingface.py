@@ -1,5 +1,8 @@
 """Reading a Hugging Face checkpoint folder: config.json, safetensors shards, tokenizer files.
 
+Tensor names are the inventory's (config.tensor_specs), but for a sparse layer's experts, which
+a published checkpoint keeps one by one: `expert_names` is that one mapping.
+
 Tensors are handed out as zero-copy views of the memory-mapped shards, so reading a 61 GB
 checkpoint costs no more memory than the tensor being converted.  The safetensors container is
 parsed here directly (an 8-byte header length, a JSON header, raw data) because NumPy has no
@@ -14,13 +17,21 @@ import struct
 
 import numpy as np
 
-from ..config import ConfigError, Qwen3MoeConfig
+from ..config import ConfigError, Qwen3MoeConfig, TensorSpec
 
 # safetensors dtype -> numpy dtype of the view (bf16 as raw uint16 bits)
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 # the files a .moecc embeds verbatim, when the checkpoint has them
 EMBEDDED_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
                   "config.json")
+
+
+def expert_names(spec: TensorSpec) -> list[str]:
+    """The published Hugging Face names of a stacked experts tensor's experts, one per expert:
+    `model.layers.L.mlp.experts.gate_proj` [E, rows, cols] -> `model.layers.L.mlp.experts.E.gate_proj.weight`
+    for E = 0, 1, ..., each of shape [rows, cols] (spec.shape[1:])."""
+    prefix, projection = spec.name.rsplit(".", 1)  # "model.layers.L.mlp.experts", "gate_proj"
+    return [f"{prefix}.{e}.{projection}.weight" for e in range(spec.shape[0])]
 
 
 class CheckpointError(ValueError):
