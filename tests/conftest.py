@@ -10,7 +10,7 @@ import pytest
 from moecc import _kernels as K
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-CASES = ("main", "odd")
+CASES = ("main", "odd", "gqa", "gqa16")
 
 
 class Reference:

@@ -4,15 +4,17 @@
 How to run (from the repository root):
 
     pip install torch==2.13.0 transformers tokenizers safetensors
-    python tools/make_fixtures.py            # both cases
-    python tools/make_fixtures.py odd        # one case only
+    python tools/make_fixtures.py            # every case
+    python tools/make_fixtures.py gqa        # one case only (the others are left as they are)
+    python tools/make_fixtures.py --out /tmp/fx main   # write elsewhere (e.g. to diff a rerun)
 
 (The exact pin torch==2.13.0 picks the CPU wheel; an unpinned torch pulls a
 multi-GB CUDA build.)  Only this script needs torch + transformers; the tests
 read the committed outputs with numpy / safetensors / tokenizers / jinja2.
 
 Everything is deterministic (fixed seeds, corpus embedded below), so a rerun with
-the same torch / transformers / tokenizers versions rewrites identical files.
+the same torch / transformers / tokenizers versions rewrites identical files (except
+the last digits of reference.json's numpy_self_check_max_rel_err, numpy's own rounding).
 
 Outputs
 -------
@@ -36,6 +38,14 @@ odd   widths not divisible by 32, GQA 4:1, decoder_sparse_step 2,
       (mlp.experts.gate_up_proj [E, 2I, H] = gate rows then up rows,
       mlp.experts.down_proj [E, H, I]), config.json in the transformers-5
       spelling (rope_parameters, dtype, num_local_experts).
+gqa   the real models' attention geometry: 32 query heads / 4 KV heads (8 query
+      heads per KV head, as Qwen3-30B-A3B), head_dim 128, every layer MoE with
+      64 experts, top-8, norm_topk_prob true; main's published layout. Small
+      hidden size (64) so the case stays a few MB; one prompt longer than the
+      engine's 256-token prefill chunk.
+gqa16 16 query heads per KV head (64 / 4, as Qwen3-235B-A22B), head_dim 128,
+      hidden 32, 2 MoE layers of 16 experts, top-4; published layout; prompts
+      of at most ~150 tokens to stay ~3 MB.
 
 Reference = float32 computation from the bf16-stored weights (the in-memory
 model's parameters are rounded to bf16 and computed in float32, eager
@@ -252,7 +262,7 @@ def write_tokenizer_files(tok: Tokenizer, hf_dir: Path, chat_template: str) -> d
     tj["model"]["end_of_word_suffix"] = ""
     (hf_dir / "tokenizer.json").write_text(json.dumps(tj, indent=2, ensure_ascii=False) + "\n")
     reloaded = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
-    for text in list(PROMPTS["main"]) + list(PROMPTS["odd"]) + ["<|im_start|>user\nhi<|im_end|>\n<think>\n\n</think>"]:
+    for text in [p for case in CASES for p in PROMPTS[case]] + ["<|im_start|>user\nhi<|im_end|>\n<think>\n\n</think>"]:
         e = reloaded.encode(text, add_special_tokens=False)
         assert e.ids == tok.encode(text, add_special_tokens=False).ids
         assert reloaded.decode(e.ids, skip_special_tokens=False) == text
@@ -332,13 +342,30 @@ PROMPTS = {
         "Grouped-query attention: four query heads share one key head (GQA 4:1), 中文 ✓ 🙂.",
         LONG_TEXT[:400],
     ],
+    "gqa": [
+        "In",
+        "Eight query heads share one key head and one value head (GQA 8:1).",
+        "Grouped-query attention, 32 heads / 4 KV heads: 한국어 ñ 🚀 3.14159.",
+        LONG_TEXT[505:1200],  # 272 tokens: past the engine's 256-token prefill chunk
+    ],
+    "gqa16": [
+        "We",
+        "Sixteen query heads per key head, as in the largest model.",
+        "Qwen3-235B-A22B: 64 heads / 4 KV heads of 128 — ελληνικά ✓ 🙂.",
+        LONG_TEXT[698:1100],
+    ],
 }
-GREEDY_PROMPTS = [1, 2]
+CASES = tuple(PROMPTS)
+GREEDY_PROMPTS = [1, 2]  # indices into PROMPTS[case]
 # tied case: small embeddings so that the residual stream is not dominated by the input token's own
 # embedding (else the tied lm_head mostly repeats the last token), and a final norm around 8 so the
 # logits still spread widely
-INIT_EMBED_SCALE = {"main": 1.0, "odd": 0.05}
-INIT_FINAL_NORM_SCALE = {"main": 1.0, "odd": 8.0}  # indices into PROMPTS[case]
+INIT_EMBED_SCALE = {"main": 1.0, "odd": 0.05, "gqa": 1.0, "gqa16": 1.0}
+INIT_FINAL_NORM_SCALE = {"main": 1.0, "odd": 8.0, "gqa": 1.0, "gqa16": 1.0}
+BASE_SEED = {"main": 1000, "odd": 2000, "gqa": 3000, "gqa16": 4000}
+# "published": Qwen3-30B-A3B's files (per-expert keys, sharded + index, Qwen config spelling);
+# "fused": one model.safetensors with fused experts, transformers-5 config spelling
+LAYOUT = {"main": "published", "odd": "fused", "gqa": "published", "gqa16": "published"}
 
 TOOL = {
     "type": "function",
@@ -507,7 +534,36 @@ def case_configs(vocab_size: int, ids: dict) -> dict:
         rope_theta=10000.0,
         max_position_embeddings=2048,
     )
-    return {"main": main, "odd": odd}
+    # the attention of the real models: head_dim 128, 8 (gqa) or 16 (gqa16) query heads per KV head;
+    # every layer MoE with many experts (Qwen3-30B-A3B: 128 experts, top-8); hidden kept small
+    gqa = dict(
+        common,
+        hidden_size=64,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        num_hidden_layers=2,
+        mlp_only_layers=[],
+        decoder_sparse_step=1,
+        intermediate_size=128,  # no dense layer: unused, as in Qwen3-30B-A3B
+        num_experts=64,
+        num_experts_per_tok=8,
+        moe_intermediate_size=32,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+        rope_theta=1e6,
+        max_position_embeddings=4096,
+    )
+    gqa16 = dict(
+        gqa,
+        hidden_size=32,
+        num_attention_heads=64,
+        num_key_value_heads=4,
+        num_experts=16,
+        num_experts_per_tok=4,
+    )
+    return {"main": main, "odd": odd, "gqa": gqa, "gqa16": gqa16}
 
 
 def make_hf_config(c: dict) -> Qwen3MoeConfig:
@@ -741,7 +797,14 @@ def greedy_generate(model, ids: list[int], n: int, pad_id: int):
         top_p=None,
     )
     inp = torch.tensor([ids], dtype=torch.long)
-    out = model.generate(inp, attention_mask=torch.ones_like(inp), generation_config=gc_)
+    # generate() fills the None fields of gc_ from model.generation_config (eos_token_id comes from
+    # config.json there), so clear it there too, else a greedy EOS token would stop generation
+    saved_eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
+    try:
+        out = model.generate(inp, attention_mask=torch.ones_like(inp), generation_config=gc_)
+    finally:
+        model.generation_config.eos_token_id = saved_eos
     gen = out[0, len(ids):].tolist()
     assert len(gen) == n, (len(gen), n)
     return gen
@@ -875,10 +938,10 @@ def check_written_checkpoint(hf_dir: Path, model, c: dict, prompt_ids, case: str
 
 def write_checkpoint(case: str, model, c: dict, hf_dir: Path):
     bf = copy.deepcopy(model).to(torch.bfloat16)
-    if case == "main":
+    if LAYOUT[case] == "published":
         bf.save_pretrained(str(hf_dir), max_shard_size="2MB")
         idx_path = hf_dir / "model.safetensors.index.json"
-        assert idx_path.exists(), "main case must be sharded"
+        assert idx_path.exists(), f"{case} case must be sharded"
         idx = json.loads(idx_path.read_text())
         # keep the real format exactly: {"metadata": {"total_size": N}, "weight_map": {...}}
         total = 0
@@ -908,7 +971,7 @@ def write_checkpoint(case: str, model, c: dict, hf_dir: Path):
             with safe_open(str(st), "pt") as f:
                 assert "lm_head.weight" not in f.keys()
     saved_cfg = json.loads((hf_dir / "config.json").read_text())
-    if case == "main":
+    if LAYOUT[case] == "published":
         cfg_json = config_json_qwen_spelling(saved_cfg, c)
     else:
         cfg_json = config_json_v5_spelling(saved_cfg, c)
@@ -998,8 +1061,9 @@ def numpy_forward(hf_dir: Path, ids: list[int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def build_case(case: str, c: dict, tok: Tokenizer, template: str, thinking_template: str | None):
-    out_dir = FIXTURES / case
+def build_case(case: str, c: dict, tok: Tokenizer, template: str, thinking_template: str | None,
+               root: Path = FIXTURES):
+    out_dir = root / case
     hf_dir = out_dir / "hf"
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -1010,7 +1074,7 @@ def build_case(case: str, c: dict, tok: Tokenizer, template: str, thinking_templ
 
     router_scale, head_scale = 2.0, 4.0
     embed_scale, final_norm_scale = INIT_EMBED_SCALE[case], INIT_FINAL_NORM_SCALE[case]
-    base_seed = {"main": 1000, "odd": 2000}[case]
+    base_seed = BASE_SEED[case]
     hf_cfg = make_hf_config(c)
     chosen_seed, tried, sharpen_log = None, [], []
     for seed in range(base_seed, base_seed + 50):
@@ -1045,6 +1109,12 @@ def build_case(case: str, c: dict, tok: Tokenizer, template: str, thinking_templ
 
     cfg_json = write_checkpoint(case, model, c, hf_dir)
     ids_info = write_tokenizer_files(tok, hf_dir, template)
+    # one tokenizer for every case: the files must equal those of the cases already there
+    for other in sorted(root.glob("*/hf/tokenizer.json")):
+        if other.parent != hf_dir:
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                assert (other.parent / name).read_bytes() == (hf_dir / name).read_bytes(), \
+                    f"{case}: {name} differs from {other.parent / name} (another tokenizers version?)"
     stored_keys = check_written_checkpoint(hf_dir, model, c, prompt_ids, case)
 
     # transformers' tokenizer agrees with the raw tokenizers one
@@ -1134,19 +1204,21 @@ README = """\
 Generated by `tools/make_fixtures.py` (do not edit by hand). Regenerate with
 
     pip install torch==2.13.0 transformers tokenizers safetensors
-    python tools/make_fixtures.py
+    python tools/make_fixtures.py          # every case
+    python tools/make_fixtures.py gqa      # one case; the others are left as they are
 
 Ground truth is HF transformers' `Qwen3MoeForCausalLM` (transformers {tf}, torch {torch},
-tokenizers {tk}): float32 computation from the bf16-stored weights, eager attention.
+tokenizers {tk}): float32 computation from the bf16-stored weights, eager attention.{version_notes}
 Random weights (fixed seed) scaled so that routing and greedy decoding are decisive:
 every router gap p_k - p_(k+1) > 1e-3 and every greedy top1 - top2 logit gap > 1e-3
 (the minima are in each `reference.json`; where a random router left a near-tie it was nudged
 by a small deterministic optimization, logged under `router_sharpening`). The script also
 re-checks the written files with an independent numpy forward pass (`numpy_self_check_max_rel_err`).
 
-Both cases share one tokenizer: a {v}-token byte-level BPE with Qwen2's pre-tokenizer
-regex, NFC normalizer, and Qwen3's 26 added tokens (`<|endoftext|>` = {eot}, `<|im_start|>`,
-`<|im_end|>` = {ime}, ..., `<think>`, `</think>`) placed after the BPE vocabulary;
+All cases share one tokenizer (identical `tokenizer.json` and `tokenizer_config.json`): a
+{v}-token byte-level BPE with Qwen2's pre-tokenizer regex, NFC normalizer, and Qwen3's 26
+added tokens (`<|endoftext|>` = {eot}, `<|im_start|>`, `<|im_end|>` = {ime}, ..., `<think>`,
+`</think>`) placed after the BPE vocabulary;
 `tokenizer_config.json` carries the real Qwen3 chat template (`tests/data/qwen3_chat_template.jinja`).
 
 - `main/`: Qwen3-30B-A3B's published layout. Per-expert keys
@@ -1164,18 +1236,57 @@ regex, NFC normalizer, and Qwen3's 26 added tokens (`<|endoftext|>` = {eot}, `<|
   (`mlp.experts.gate_up_proj` [E, 2I, H]: gate rows then up rows; `mlp.experts.down_proj`
   [E, H, I]); config.json in the transformers-5 spelling (`rope_parameters`, `dtype`,
   `num_local_experts`).
+- `gqa/`: the attention geometry of the real models: 32 query heads / 4 KV heads (8 query
+  heads per KV head, as Qwen3-30B-A3B), head_dim 128 (q width 4096), with a small hidden size
+  (64) so the case stays a few MB. 2 layers, both MoE (`mlp_only_layers: []`,
+  `decoder_sparse_step: 1`): 64 experts, top-8, moe_intermediate 32, norm_topk_prob true;
+  untied lm_head, rms_norm_eps 1e-6, rope_theta 1e6. main's published layout (per-expert keys,
+  bf16, sharded + `model.safetensors.index.json`, Qwen config spelling). Its longest prompt
+  (272 tokens) crosses the engine's 256-token prefill chunk.
+- `gqa16/`: 16 query heads per KV head (64 query heads / 4 KV heads, as Qwen3-235B-A22B),
+  head_dim 128 (q width 8192), hidden 32, 2 MoE layers of 16 experts, top-4,
+  moe_intermediate 32, norm_topk_prob true, otherwise as `gqa/` (published layout). Prompts of
+  at most 155 tokens, to keep the case ~3 MB.
 
 Each case: `hf/` (checkpoint + tokenizer files + generation_config.json),
 `reference.npz` (`ids_i` int32, `logits_i` float32 [T, V] for all positions,
 `experts_i_L<l>` int32 [T, k] chosen experts, `greedy_prompt_j` / `greedy_tokens_j` int32,
-24 greedy tokens without EOS stopping) and `reference.json` (versions, configs, prompt
-texts and ids, gaps, and `chat_template_cases`: `apply_chat_template(..., tokenize=False)`
-inputs and outputs, their token ids, and the rendering with the Qwen3-2507 Thinking template
+24 greedy tokens without EOS stopping: they may hold `<|im_end|>`, as `gqa`'s second case
+does) and `reference.json` (versions, configs, prompt texts and ids, gaps, and
+`chat_template_cases`: `apply_chat_template(..., tokenize=False)` inputs and outputs, their
+token ids, and the rendering with the Qwen3-2507 Thinking template
 `tests/data/qwen3_2507_thinking_chat_template.jinja` as `output_2507_thinking`).
 """
 
 
+def versions_text(root: Path) -> tuple[str, str, str, str]:
+    """The library versions of the README's headline (those of `main`, else of the first case
+    present) and a note naming every case that was generated with other versions: a case made
+    later by `make_fixtures.py <case>` does not relabel the ones it left alone."""
+    versions = {}
+    for case in CASES:
+        path = root / case / "reference.json"
+        if path.exists():
+            v = json.loads(path.read_text())["versions"]
+            versions[case] = (v["transformers"], v["torch"], v["tokenizers"])
+    head = versions.get("main") or next(iter(versions.values()))
+    notes = "".join(
+        f"\n`{case}/` was generated with other versions: transformers {v[0]}, torch {v[1]}, tokenizers {v[2]}."
+        for case, v in versions.items() if v != head
+    )
+    return (*head, notes)
+
+
 def main():
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("cases", nargs="*",
+                        help=f"cases to (re)make, default all: {', '.join(CASES)}")
+    parser.add_argument("--out", type=Path, default=FIXTURES, help="output folder (default tests/fixtures)")
+    args = parser.parse_args()
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     torch.use_deterministic_algorithms(True)
     template = TEMPLATE_PATH.read_text()
@@ -1189,23 +1300,30 @@ def main():
         "eos_token_id": [tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")],
     }
     cfgs = case_configs(VOCAB_SIZE, ids)
-    FIXTURES.mkdir(parents=True, exist_ok=True)
+    root = args.out
+    root.mkdir(parents=True, exist_ok=True)
     refs = {}
-    for case in sys.argv[1:] or ("main", "odd"):
-        refs[case] = build_case(case, cfgs[case], tok, template, thinking_template)
+    for case in args.cases or CASES:
+        refs[case] = build_case(case, cfgs[case], tok, template, thinking_template, root)
 
-    (FIXTURES / "README.md").write_text(
+    tf_v, torch_v, tk_v, notes = versions_text(root)
+    (root / "README.md").write_text(
         README.format(
-            tf=transformers.__version__,
-            torch=torch.__version__,
-            tk=tokenizers.__version__,
+            tf=tf_v,
+            torch=torch_v,
+            tk=tk_v,
+            version_notes=notes,
             v=VOCAB_SIZE,
             eot=tok.token_to_id("<|endoftext|>"),
             ime=tok.token_to_id("<|im_end|>"),
         )
     )
-    total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
-    print(f"total size of tests/fixtures: {total / 1e6:.2f} MB")
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    print(f"total size of {root}: {total / 1e6:.2f} MB")
+    for case in CASES:
+        if (root / case).is_dir():
+            size = sum(f.stat().st_size for f in (root / case).rglob("*") if f.is_file())
+            print(f"  {case}: {size / 1e6:.2f} MB")
     for case, ref in refs.items():
         print(case, "prompt lengths", [len(p["ids"]) for p in ref["prompts"]])
 
