@@ -74,3 +74,29 @@ def relative_error(engine: np.ndarray, reference: np.ndarray) -> float:
     to a constant shift of the logits, which softmax ignores."""
     centred = reference - reference.mean(axis=-1, keepdims=True)
     return float(np.linalg.norm(engine - reference) / np.linalg.norm(centred))
+
+
+def weights_only_checkpoint(case: str, kind: str, folder) -> None:
+    """Fixture `case` (per-expert layout) written to `folder` with every tensor moecc-convert --quant `kind` quantizes
+    replaced by dequantize(quantize(w)), as f32, per expert, in one file: converted as f32, it
+    runs the float engine on the quantization of the weights alone."""
+    from moecc import quant
+    from moecc.config import tensor_specs
+    from moecc.convert import StoragePlan
+    from moecc.formats.huggingface import Checkpoint, expert_names, save_safetensors
+    import shutil
+    plan = StoragePlan(kind)
+    source = Checkpoint(os.path.join(FIXTURES, case, "hf"))
+    shutil.copytree(source.folder, folder, ignore=shutil.ignore_patterns("*.safetensors*"), dirs_exist_ok=True)
+    storage_of = {}
+    for spec in tensor_specs(source.config):
+        names = expert_names(spec) if spec.role == "experts" else [spec.name]  # per-expert layout
+        storage_of.update(dict.fromkeys(names, plan.storage(spec)))
+    tensors = {}
+    for name in source.weight_map:
+        values = quant.source_to_f32(source.tensor(name), source.source_dtype(name))
+        stored = storage_of[name]
+        if stored in ("q8", "q4", "q4p"):
+            values = quant.dequantize(quant.quantize(values, stored), stored, values.shape[-1])
+        tensors[name] = ("F32", np.ascontiguousarray(values))
+    save_safetensors(os.path.join(folder, "model.safetensors"), tensors)

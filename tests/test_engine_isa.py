@@ -3,31 +3,27 @@
 Each fixture case is run with each available ISA forced (conftest's `isa` fixture) and a float32
 KV cache: logits of every prompt within 1e-4 of transformers' and greedy generation equal token
 for token.  `gqa` / `gqa16` have the real models' attention (head_dim 128, 8 and 16 query heads
-per KV head, i.e. 2 and 4 groups of MOECC_WSUM_ROWS = 4 heads per KV head in the attention
-kernel), `gqa` has 64 experts, top-8, and a prompt longer than the 256-token prefill chunk.
+per KV head, all scored together against each key block by the attention kernel), `gqa` has
+64 experts, top-8, and a prompt longer than the 256-token prefill chunk.
 
 On `gqa`, q8 and q4 files are held on each ISA to the bound of test_quant_accuracy.py, with the
 float32 engine on the same ISA as the reference: the error is at most twice that of the float32
 engine run on weights quantized and dequantized in NumPy (the weights' own rounding), and top-1
 agreement at most 5 points below the weights-only one."""
 import os
-import shutil
 
 import numpy as np
 import pytest
 
 import moecc
-from conftest import FIXTURES, Reference, relative_error
+from conftest import FIXTURES, Reference, relative_error, weights_only_checkpoint
 from moecc import _kernels as K
-from moecc import quant
-from moecc.checkpoint import Checkpoint, save_safetensors
-from moecc.config import tensor_specs
-from moecc.convert import StoragePlan, convert
+from moecc.convert import convert
 
 CASES = ("main", "odd", "gqa", "gqa16")
 TOLERANCE = 1e-4  # float32 KV cache: only float32 rounding separates the engine from transformers
 QUANT_CASE = "gqa"
-QUANTIZED = ("q8", "q4")  # at StoragePlan's default group size (32), as converted(case, quant) makes them
+QUANTIZED = ("q8", "q4")  # as converted(case, quant) makes them
 
 _references: dict[str, Reference] = {}
 
@@ -87,15 +83,6 @@ def test_greedy_generation_matches_transformers_on_every_isa(case, isa, converte
         assert steps[-1].finish_reason == "length"
 
 
-def _stacked_name(name: str) -> str:
-    """model.layers.L.mlp.experts.E.gate_proj.weight -> model.layers.L.mlp.experts.gate_proj"""
-    parts = name.split(".")
-    if "experts" not in parts:
-        return name
-    i = parts.index("experts")
-    return ".".join(parts[:i + 1] + [parts[i + 2]])
-
-
 @pytest.fixture(scope="session")
 def weights_only(tmp_path_factory):
     """weights_only(case, dtype) -> a .moecc f32 file of that fixture with every tensor the plan
@@ -104,21 +91,8 @@ def weights_only(tmp_path_factory):
 
     def get(case: str, dtype: str) -> str:
         if (case, dtype) not in made:
-            plan = StoragePlan(dtype)
             folder = tmp_path_factory.mktemp(f"{case}-{dtype}-dequantized")
-            source = Checkpoint(os.path.join(FIXTURES, case, "hf"))
-            shutil.copytree(source.folder, folder, ignore=shutil.ignore_patterns("*.safetensors*"),
-                            dirs_exist_ok=True)
-            roles = {s.name: s for s in tensor_specs(source.config)}
-            tensors = {}
-            for name in source.weight_map:
-                values = quant.source_to_f32(source.tensor(name), source.source_dtype(name))
-                stored, group_size = plan.storage(roles[_stacked_name(name)])
-                if stored in quant.STORED_QUANTIZED:
-                    values = quant.dequantize(quant.quantize(values, stored, group_size), stored,
-                                              values.shape[-1], group_size)
-                tensors[name] = ("F32", np.ascontiguousarray(values))
-            save_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+            weights_only_checkpoint(case, dtype, folder)
             out = str(tmp_path_factory.mktemp("models") / f"{case}-{dtype}-weights-only.moecc")
             convert(str(folder), out, "f32", progress=False)
             made[case, dtype] = out

@@ -7,44 +7,15 @@ be somewhat worse, but not more than twice: a wrong scale, grouping or activatio
 breaks the bound."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 
 import moecc
-from conftest import FIXTURES, Reference, relative_error
-from moecc import quant
-from moecc.formats.huggingface import Checkpoint, save_safetensors
-from moecc.config import tensor_specs
+from conftest import FIXTURES, Reference, relative_error, weights_only_checkpoint
 from moecc.convert import StoragePlan, convert
 
 SETTINGS = ["q8", "q4"]
-
-
-def _stacked_name(name: str) -> str:
-    """model.layers.L.mlp.experts.E.gate_proj.weight -> model.layers.L.mlp.experts.gate_proj"""
-    parts = name.split(".")
-    if "experts" not in parts:
-        return name
-    i = parts.index("experts")
-    return ".".join(parts[:i + 1] + [parts[i + 2]])
-
-
-def _weights_only_checkpoint(folder, plan: StoragePlan):
-    """The `main` fixture with every tensor the plan quantizes replaced by dequantize(quantize(w)),
-    stored as f32, per-expert, in one file."""
-    source = Checkpoint(os.path.join(FIXTURES, "main", "hf"))
-    shutil.copytree(source.folder, folder, ignore=shutil.ignore_patterns("*.safetensors*"))
-    roles = {s.name: s for s in tensor_specs(source.config)}
-    tensors = {}
-    for name in source.weight_map:
-        values = quant.source_to_f32(source.tensor(name), source.source_dtype(name))
-        kind = plan.storage(roles[_stacked_name(name)])
-        if kind in ("q8", "q4", "q4p"):
-            values = quant.dequantize(quant.quantize(values, kind), kind, values.shape[-1])
-        tensors[name] = ("F32", np.ascontiguousarray(values))
-    save_safetensors(os.path.join(folder, "model.safetensors"), tensors)
 
 
 def _errors(model, reference):
@@ -63,7 +34,7 @@ def test_quantized_error_within_twice_the_weights_alone(tmp_path, dtype):
     plan = StoragePlan(dtype)
     quantized = tmp_path / "q.moecc"
     convert(reference.hf_dir, str(quantized), plan, progress=False)
-    _weights_only_checkpoint(tmp_path / "dequantized", plan)
+    weights_only_checkpoint("main", dtype, tmp_path / "dequantized")
     weights_only = tmp_path / "w.moecc"
     convert(str(tmp_path / "dequantized"), str(weights_only), "f32", progress=False)
 
