@@ -76,6 +76,18 @@ def relative_error(engine: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(engine - reference) / np.linalg.norm(centred))
 
 
+def logit_errors(model, baselines) -> tuple[float, float]:
+    """(the worst relative_error over the prompts, top-1 agreement over all positions) of the
+    model's logits against `baselines`: (ids, logits) pairs, e.g. Reference.prompts()."""
+    errors, agree, total = [], 0, 0
+    for ids, expected in baselines:
+        got = model.logits(ids.tolist())
+        errors.append(relative_error(got, expected))
+        agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
+        total += len(ids)
+    return max(errors), agree / total
+
+
 def weights_only_checkpoint(case: str, kind: str, folder) -> None:
     """Fixture `case` (per-expert layout) written to `folder` with every tensor moecc-convert --quant `kind` quantizes
     replaced by dequantize(quantize(w)), as f32, per expert, in one file: converted as f32, it

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import moecc
-from conftest import FIXTURES, Reference, relative_error, weights_only_checkpoint
+from conftest import FIXTURES, Reference, logit_errors, relative_error, weights_only_checkpoint
 from moecc import _kernels as K
 from moecc.convert import convert
 
@@ -100,23 +100,13 @@ def weights_only(tmp_path_factory):
     return get
 
 
-def _errors(model, baselines):
-    errors, agree, total = [], 0, 0
-    for ids, base in baselines:
-        got = model.logits(ids.tolist())
-        errors.append(relative_error(got, base))
-        agree += int((got.argmax(-1) == base.argmax(-1)).sum())
-        total += len(ids)
-    return max(errors), agree / total
-
-
 @pytest.mark.parametrize("dtype", QUANTIZED)
 def test_quantized_within_twice_the_weights_alone_on_every_isa(dtype, isa, converted, weights_only):
     ref = _reference(QUANT_CASE)
     f32 = _load(converted(QUANT_CASE, "f32"))
     baselines = [(ids, f32.logits(ids.tolist())) for ids, _ in ref.prompts()]
-    err_q, top1_q = _errors(_load(converted(QUANT_CASE, dtype)), baselines)
-    err_w, top1_w = _errors(_load(weights_only(QUANT_CASE, dtype)), baselines)
+    err_q, top1_q = logit_errors(_load(converted(QUANT_CASE, dtype)), baselines)
+    err_w, top1_w = logit_errors(_load(weights_only(QUANT_CASE, dtype)), baselines)
     assert K.get_isa() == isa
     what = (f"{QUANT_CASE} {dtype} on {isa}: engine error {err_q:.4f} (top-1 {top1_q:.3f}), "
             f"weights alone {err_w:.4f} (top-1 {top1_w:.3f})")

@@ -12,20 +12,10 @@ import numpy as np
 import pytest
 
 import moecc
-from conftest import FIXTURES, Reference, relative_error, weights_only_checkpoint
+from conftest import FIXTURES, Reference, logit_errors, weights_only_checkpoint
 from moecc.convert import StoragePlan, convert
 
 SETTINGS = ["q8", "q4"]
-
-
-def _errors(model, reference):
-    errors, agree, total = [], 0, 0
-    for ids, expected in reference.prompts():
-        got = model.logits(ids.tolist())
-        errors.append(relative_error(got, expected))
-        agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
-        total += len(ids)
-    return max(errors), agree / total
 
 
 @pytest.mark.parametrize("dtype", SETTINGS)
@@ -38,8 +28,8 @@ def test_quantized_error_within_twice_the_weights_alone(tmp_path, dtype):
     weights_only = tmp_path / "w.moecc"
     convert(str(tmp_path / "dequantized"), str(weights_only), "f32", progress=False)
 
-    err_q, top1_q = _errors(moecc.load(quantized, threads=2), reference)
-    err_w, top1_w = _errors(moecc.load(weights_only, threads=2), reference)
+    err_q, top1_q = logit_errors(moecc.load(quantized, threads=2), reference.prompts())
+    err_w, top1_w = logit_errors(moecc.load(weights_only, threads=2), reference.prompts())
     print(json.dumps({"dtype": dtype, "engine_rel_err": err_q, "engine_top1": top1_q,
                       "weights_only_rel_err": err_w, "weights_only_top1": top1_w}))
     assert err_w > 1e-4  # the quantization is real (the f32 engine alone is ~1e-6 off)
