@@ -49,7 +49,7 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_stor
             int64_t t0, t1;
             moecc_split(T, 1, nth, ith, &t0, &t1);
             for (int64_t t = t0; t < t1; t++)
-                isa->quantize_x(f, K, x + t * K, (char *)buf + t * xb);
+                isa->quantize_x(K, x + t * K, (char *)buf + t * xb);
 #pragma omp barrier
         }
         int64_t n0, n1;
@@ -60,8 +60,8 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_stor
     return MOECC_OK;
 }
 
-void moecc_quantize_rows(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq) {
+void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq) {
     const moecc_isa *isa = moecc_active_isa();
     for (int64_t t = 0; t < T; t++)
-        isa->quantize_x(f, K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
+        isa->quantize_x(K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
 }
