@@ -63,6 +63,22 @@ def test_newer_version(tmp_path, converted):
         moecc.load(_damaged(tmp_path, converted("odd", "bf16"), bump))
 
 
+def _version_1(d):
+    struct.pack_into("<I", d, 8, 1)
+    return d
+
+
+def test_version_1_q8_q4_refused(tmp_path, converted):
+    # format 1 stored a q8 / q4 row's values first and its scales at the end
+    with pytest.raises(FormatError, match=r"format-1 file with q8 tensors.*ggml's Q8_0 / Q4_0 blocks"):
+        moecc.load(_damaged(tmp_path, converted("main", "q8"), _version_1))
+
+
+def test_version_1_without_q8_q4_read(tmp_path, converted):
+    with moecc.load(_damaged(tmp_path, converted("odd", "bf16"), _version_1)):
+        pass
+
+
 @pytest.mark.parametrize("keep", [0.999, 0.5, 0.01])
 def test_truncated(tmp_path, converted, keep):
     source = converted("odd", "bf16")

@@ -3,26 +3,31 @@
 This is the oracle the C kernels are tested against (the table of types is moecc.storage).
 bf16 is kept as its raw uint16 bits.
 
-q8 and q4 store a weight matrix [N, K] row by row; each row of K values is cut into K/32 blocks
-of 32 consecutive values, and holds, in this order:
+q8 and q4 are ggml's Q8_0 and Q4_0, byte for byte (ggml-common.h block_q8_0 / block_q4_0; C:
+moecc_block_q8 / moecc_block_q4 in moecc.h), so GGUF tensors of those types are moecc tensors
+as they are.  A row of K values is K/32 blocks of 32 consecutive values, back to back; a block
+is its scale and then its values:
 
-    q8:  int8   q[K]           q = round(w / d), d = max|w| / 127 over the block
-         fp16   d[K/32]        one scale per block
-    q4:  uint8  packed[K/2]    block b occupies bytes 16b .. 16b+15; byte j of a block holds
-                               value j in its low nibble and value j + 16 in its high nibble,
-                               each as q + 8 in 0..15
-         fp16   d[K/32]        q = clamp(round(w / d), -8, 7), d = m / -8 where m is the value
-                               of largest magnitude in the block (so m itself maps to -8 exactly)
+    q8 (34 bytes):  fp16 d, int8 q[32]     w = d * q;  d = max|w| / 127, q = roundf(w / d)
+    q4 (18 bytes):  fp16 d, uint8 qs[16]   byte j holds value j in its low nibble and value
+                                           j + 16 in its high nibble, each as q + 8 in 0..15;
+                                           w = d * q;  d = m / -8 with m the value of largest
+                                           magnitude in the block (so m maps to -8 exactly),
+                                           q + 8 = min(15, trunc(w / d + 8.5))
 
-so w ~= d * q (4.5 bits per weight for q4, 8.5 for q8).  A stacked tensor [E, N, K] is E such
-matrices, one after another.
+(4.5 bits per weight for q4, 8.5 for q8).  `quantize` makes the bytes ggml's reference
+quantizers (ggml-quants.c quantize_row_q8_0_ref / quantize_row_q4_0_ref) make from the same
+float32 values: w / d is w times the float32 reciprocal of the float32 d, roundf rounds halves
+away from zero, and q4 adds 8.5 in float32 before truncating (a build of ggml that fuses that
+multiply and add into one FMA can differ in a value that lands within a rounding of a step's
+edge).  A stacked tensor [E, N, K] is E such matrices, one after another.
 
 q4p is q4 laid out for the kernels in panels of PANEL_ROWS = 16 rows (N % 16 == 0):
 panel p holds rows 16p .. 16p+15 as K/32 block columns of 288 bytes each; block column b is
 
-    uint8  chunk[4][16][4]     chunk c, row r: bytes 16b+4c .. 16b+4c+3 of row r's q4 packed
-                               values (values 4c..4c+3 of block b in the low nibbles,
-                               16+4c..16+4c+3 in the high nibbles)
+    uint8  chunk[4][16][4]     chunk c, row r: bytes 4c .. 4c+3 of qs of row r's q4 block b
+                               (values 4c..4c+3 in the low nibbles, 16+4c..16+4c+3 in the high
+                               nibbles)
     fp16   d[16]               row r's scale of block b
 
 so one 64-byte load holds four values of the same block for 16 rows, and the int8 dot products
@@ -38,6 +43,7 @@ import numpy as np
 from . import storage
 
 GROUP = storage.QBLOCK  # values per fp16 scale of q8 / q4 / q4p
+BLOCK_BYTES = {name: storage.TYPES[name].block_bytes for name in ("q8", "q4")}  # fp16 d, then the values
 PANEL_ROWS = storage.TYPES["q4p"].panel_rows
 
 
@@ -49,30 +55,37 @@ def can_panel(shape: tuple) -> bool:
 def to_panels(rows: np.ndarray, K: int) -> np.ndarray:
     """q4 rows uint8 [..., N, row_bytes] -> the same matrices as q4p (same shape)."""
     *lead, N, nbytes = rows.shape
-    nb = K // GROUP
-    packed = rows[..., :K // 2].reshape(*lead, N // PANEL_ROWS, PANEL_ROWS, nb, 4, 4)
-    scales = rows[..., K // 2:].reshape(*lead, N // PANEL_ROWS, PANEL_ROWS, nb, 2)
-    a = len(lead)  # [panel, row, block, chunk, byte] -> [panel, block, chunk, row, byte]
-    packed = packed.transpose(*range(a), a, a + 2, a + 3, a + 1, a + 4).reshape(*lead, N // PANEL_ROWS, nb, 256)
-    scales = scales.transpose(*range(a), a, a + 2, a + 1, a + 3).reshape(*lead, N // PANEL_ROWS, nb, 32)
-    return np.concatenate([packed, scales], axis=-1).reshape(*lead, N, nbytes)
+    P, nb, a = N // PANEL_ROWS, K // GROUP, len(lead)
+    blocks = rows.reshape(*lead, P, PANEL_ROWS, nb, BLOCK_BYTES["q4"])
+    # [panel, row, block, chunk, byte] -> [panel, block, chunk, row, byte]
+    qs = blocks[..., 2:].reshape(*lead, P, PANEL_ROWS, nb, 4, 4)
+    qs = qs.transpose(*range(a), a, a + 2, a + 3, a + 1, a + 4).reshape(*lead, P, nb, 256)
+    d = blocks[..., :2].transpose(*range(a), a, a + 2, a + 1, a + 3).reshape(*lead, P, nb, 32)
+    return np.concatenate([qs, d], axis=-1).reshape(*lead, N, nbytes)
 
 
 def from_panels(stored: np.ndarray, K: int) -> np.ndarray:
     """q4p uint8 [..., N, row_bytes] -> the q4 rows it holds."""
     *lead, N, nbytes = stored.shape
-    nb = K // GROUP
-    blocks = stored.reshape(*lead, N // PANEL_ROWS, nb, 288)
-    a = len(lead)
-    packed = blocks[..., :256].reshape(*lead, N // PANEL_ROWS, nb, 4, PANEL_ROWS, 4)
-    packed = packed.transpose(*range(a), a, a + 3, a + 1, a + 2, a + 4).reshape(*lead, N, K // 2)
-    scales = blocks[..., 256:].reshape(*lead, N // PANEL_ROWS, nb, PANEL_ROWS, 2)
-    scales = scales.transpose(*range(a), a, a + 2, a + 1, a + 3).reshape(*lead, N, 2 * nb)
-    return np.concatenate([packed, scales], axis=-1)
+    P, nb, a = N // PANEL_ROWS, K // GROUP, len(lead)
+    columns = stored.reshape(*lead, P, nb, 288)
+    # [panel, block, chunk, row, byte] -> [panel, row, block, chunk, byte]
+    qs = columns[..., :256].reshape(*lead, P, nb, 4, PANEL_ROWS, 4)
+    qs = qs.transpose(*range(a), a, a + 3, a + 1, a + 2, a + 4).reshape(*lead, P, PANEL_ROWS, nb, 16)
+    d = columns[..., 256:].reshape(*lead, P, nb, PANEL_ROWS, 2).transpose(*range(a), a, a + 2, a + 1, a + 3)
+    return np.concatenate([d, qs], axis=-1).reshape(*lead, N, nbytes)
+
+
+def _roundf(v: np.ndarray) -> np.ndarray:
+    """C's roundf: to the nearest integer, halves away from zero (exact: float64 holds |v| + 0.5
+    of every float32 v exactly)."""
+    v = v.astype(np.float64)
+    return np.copysign(np.floor(np.abs(v) + 0.5), v)
 
 
 def quantize(values: np.ndarray, name: str) -> np.ndarray:
-    """float32 [..., K] -> uint8 [..., row_bytes]: the rows as a q8 / q4 / q4p tensor stores them."""
+    """float32 [..., K] -> uint8 [..., row_bytes]: the rows as a q8 / q4 / q4p tensor stores them
+    (q8 / q4: the bytes of ggml's reference quantizers, see the module's docstring)."""
     values = np.asarray(values, dtype=np.float32)
     *lead, K = values.shape
     problem = storage.get(name).shape_problem(values.shape)
@@ -80,29 +93,44 @@ def quantize(values: np.ndarray, name: str) -> np.ndarray:
         raise storage.StorageError(problem)
     if name == "q4p":
         return to_panels(quantize(values, "q4"), K)
-    groups = values.reshape(*lead, K // GROUP, GROUP)
-    if name == "q8":
-        scale = np.abs(groups).max(axis=-1) / np.float32(127)
-        inv = np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0)
-        q = np.clip(np.round(groups * inv[..., None]), -127, 127).astype(np.int8)
-        packed = q.reshape(*lead, K).view(np.uint8)
-    elif name == "q4":
-        index = np.abs(groups).argmax(axis=-1)[..., None]
-        scale = np.take_along_axis(groups, index, axis=-1)[..., 0] / np.float32(-8)
-        inv = np.divide(1, scale, out=np.zeros_like(scale), where=scale != 0)
-        q = (np.clip(np.round(groups * inv[..., None]), -8, 7) + 8).astype(np.uint8)
-        half = GROUP // 2
-        packed = (q[..., :half] | (q[..., half:] << 4)).reshape(*lead, K // 2)
-    else:
-        raise storage.StorageError(f"{name} is not a quantized storage type")
-    return assemble(name, packed, scale.astype(np.float16))
+    blocks = values.reshape(*lead, K // GROUP, GROUP)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # d overflows fp16 as ggml's does
+        if name == "q8":
+            d = np.abs(blocks).max(axis=-1) / np.float32(127)
+            inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+            q = _roundf(blocks * inv[..., None]).astype(np.int8)
+            packed = q.reshape(*lead, K).view(np.uint8)
+        elif name == "q4":
+            index = np.abs(blocks).argmax(axis=-1)[..., None]  # the first of largest magnitude
+            m = np.take_along_axis(blocks, index, axis=-1)[..., 0]
+            m = np.where(np.abs(m) > 0, m, np.float32(0))  # all zero: +0, so d = -0 as in ggml
+            d = m / np.float32(-8)
+            inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+            u = np.trunc(blocks * inv[..., None] + np.float32(8.5))  # float32 multiply, then add
+            u = np.minimum(u, 15).astype(np.uint8)
+            half = GROUP // 2
+            packed = (u[..., :half] | (u[..., half:] << 4)).reshape(*lead, K // 2)
+        else:
+            raise storage.StorageError(f"{name} is not a quantized storage type")
+        return assemble(name, packed, d.astype(np.float16))
 
 
 def assemble(name: str, values: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """q8 / q4 rows uint8 [..., row_bytes] from their parts: `values` uint8 [..., K] (q8: the
-    int8 q's bits) or [..., K/2] (q4: each block's 16 bytes of nibbles, blocks in order), and
-    `scales` float16 [..., K/32], one per block."""
-    return np.concatenate([values, scales.view(np.uint8).reshape(*scales.shape[:-1], -1)], axis=-1)
+    int8 q's bits, in the values' order) or [..., K/2] (q4: each block's 16 bytes of nibbles,
+    blocks in order), and `scales` float16 [..., K/32], one per block."""
+    *lead, nb = scales.shape
+    d = np.ascontiguousarray(scales, dtype=np.float16).view(np.uint8).reshape(*lead, nb, 2)
+    qs = values.reshape(*lead, nb, BLOCK_BYTES[name] - 2)
+    return np.concatenate([d, qs], axis=-1).reshape(*lead, nb * BLOCK_BYTES[name])
+
+
+def disassemble(stored: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """q8 / q4 rows uint8 [..., row_bytes] -> (scales float16 [..., K/32], values uint8
+    [..., K/32, 32 or 16]): what assemble made them from, block by block."""
+    *lead, nbytes = stored.shape
+    blocks = stored.reshape(*lead, nbytes // BLOCK_BYTES[name], BLOCK_BYTES[name])
+    return np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0], blocks[..., 2:]
 
 
 def dequantize(stored: np.ndarray, name: str, K: int) -> np.ndarray:
@@ -114,16 +142,14 @@ def dequantize(stored: np.ndarray, name: str, K: int) -> np.ndarray:
                                    f"bytes, not {nbytes}")
     if name == "q4p":
         return dequantize(from_panels(stored, K), "q4", K)
-    groups = K // GROUP
-    scales = np.ascontiguousarray(stored[..., nbytes - 2 * groups:]).view(np.float16).astype(np.float32)
-    if name == "q8":
-        q = stored[..., :K].view(np.int8).astype(np.float32)
-    elif name == "q4":
-        packed = stored[..., :K // 2].reshape(*lead, groups, GROUP // 2)
-        q = np.concatenate([packed & 15, packed >> 4], axis=-1).astype(np.float32) - 8
-    else:
+    if name not in BLOCK_BYTES:
         raise storage.StorageError(f"{name} is not a quantized storage type")
-    return (q.reshape(*lead, groups, GROUP) * scales[..., None]).reshape(*lead, K)
+    d, qs = disassemble(stored, name)
+    if name == "q8":
+        q = qs.view(np.int8).astype(np.float32)
+    else:
+        q = np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.float32) - 8
+    return (q * d.astype(np.float32)[..., None]).reshape(*lead, K)
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ cdef extern from "moecc.h" nogil:
     int moecc_storage_check(moecc_storage s, int64_t N, int64_t K)
     int64_t moecc_row_bytes(moecc_storage s, int64_t K)
     int64_t moecc_xq_bytes(int64_t K)
-    void moecc_quantize_rows(moecc_storage s, const float *x, int64_t T, int64_t K, void *xq)
+    void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq)
 
     void moecc_dispatch_init()
     int moecc_isa_count()
@@ -290,25 +290,21 @@ def row_bytes(str storage, int64_t K):
     return int(moecc_row_bytes(s, K))
 
 
-def quantize_activations(x, *, str storage="q8"):
+def quantize_activations(x):
     """The kernels' activation quantization (what q8 / q4 / q4p weights are multiplied with), on
     the ISA in use: x float32 [T, K], K % 32 == 0 -> (q int8 [T, K], scales float32 [T, K/32]),
-    x ~ scale * q per block of 32 (reference: moecc.quant.quantize_activations). q is in the
-    order the kernels for weights of `storage` read it: the order of the values, except for q4
-    (moecc.h, quantized activations)."""
+    x ~ scale * q per block of 32, q in the order of the values (reference:
+    moecc.quant.quantize_activations)."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1)
     if K % MOECC_QBLOCK:
         raise ValueError(f"the row length must be a multiple of {MOECC_QBLOCK}, got {K}")
-    cdef moecc_storage s = _storage(storage)
-    if not moecc_storage_types[<int>s].quantized_activations:
-        raise ValueError(f"{storage} weights meet float32 activations; nothing to quantize")
     cdef int64_t xb = moecc_xq_bytes(K)
     cdef cnp.ndarray buf = np.empty(T * xb, np.uint8)
     cdef const float *p_x = <const float *>_ptr(ax)
     cdef char *p_b = <char *>_ptr(buf)
     with nogil:
-        moecc_quantize_rows(s, p_x, T, K, p_b)
+        moecc_quantize_rows(p_x, T, K, p_b)
     rows = buf.reshape(T, xb)
     q = rows[:, :K].view(np.int8).copy()
     d = rows[:, K:K + 4 * (K // MOECC_QBLOCK)].copy().view(np.float32)

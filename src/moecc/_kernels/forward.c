@@ -41,7 +41,7 @@ static const void *activations(const moecc_activations *a, moecc_storage f, cons
         *ldx = K * (int64_t)sizeof(float);
         return x;
     }
-    moecc_quantize_team(f, x, T, K, a->xq);
+    moecc_quantize_team(x, T, K, a->xq);
     *ldx = moecc_xq_bytes(K);
     return a->xq;
 }
@@ -68,12 +68,14 @@ static void attention_block(const moecc_model *m, const moecc_activations *a,
     const int64_t D = m->D, hd = m->hd, Hq = m->Hq, Hkv = m->Hkv;
     const int64_t qw = Hq * hd, kvw = Hkv * hd;
     moecc_rmsnorm_team(a->x, T, D, w->input_layernorm, m->eps, a->h);
-    /* q, k and v from one quantization of the normed input when they share a type */
+    /* q, k and v from one quantization of the normed input (every quantized type reads the
+     * same activation rows), unless float and quantized types are mixed */
     int64_t ldx;
     const void *xa = activations(a, w->q_proj.type, a->h, T, D, &ldx);
     project(&w->q_proj, T, D, xa, ldx, qw, a->q, qw);
-    if (w->k_proj.type != w->q_proj.type || w->v_proj.type != w->q_proj.type) {
-#pragma omp barrier /* a->xq is rewritten for k's type */
+    const int64_t q_reads = moecc_act_bytes(w->q_proj.type, D);
+    if (moecc_act_bytes(w->k_proj.type, D) != q_reads || moecc_act_bytes(w->v_proj.type, D) != q_reads) {
+#pragma omp barrier /* q's activation rows are read until here */
         linear(a, &w->k_proj, a->h, T, D, kvw, a->k);
         linear(a, &w->v_proj, a->h, T, D, kvw, a->v);
     } else {

@@ -26,10 +26,10 @@ void moecc_gemm_rows(const moecc_isa *isa, moecc_storage f, int64_t T, int64_t K
     }
 }
 
-void moecc_quantize_team(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq) {
+void moecc_quantize_team(const float *x, int64_t T, int64_t K, void *xq) {
     const moecc_isa *isa = moecc_active_isa();
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; t++) isa->quantize_x(f, K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
+    for (int64_t t = 0; t < T; t++) isa->quantize_x(K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
 }
 
 void moecc_gemm_share(moecc_storage f, int64_t T, int64_t K, const void *xa, int64_t ldx,
@@ -56,15 +56,15 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_stor
     const int64_t ldx = xb ? xb : K * (int64_t)sizeof(float);
 #pragma omp parallel num_threads(threads) if (T * N * K >= MOECC_PAR_MIN)
     {
-        if (xb) moecc_quantize_team(f, x, T, K, buf);
+        if (xb) moecc_quantize_team(x, T, K, buf);
         moecc_gemm_share(f, T, K, xa, ldx, w, N, out, N);
     }
     free(heap);
     return MOECC_OK;
 }
 
-void moecc_quantize_rows(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq) {
+void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq) {
     const moecc_isa *isa = moecc_active_isa();
     for (int64_t t = 0; t < T; t++)
-        isa->quantize_x(f, K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
+        isa->quantize_x(K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
 }

@@ -148,7 +148,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
 #pragma omp single
     {
         sort_by_expert(P, idx, order, tmp);
-        if (xqD && !gathered) isa->quantize_x(fgu, D, x, xg);
+        if (xqD && !gathered) isa->quantize_x(D, x, xg);
     }
 
     const int64_t wbD = moecc_row_bytes(fgu, D), wbI = moecc_row_bytes(fd, I);
@@ -159,7 +159,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
         for (int64_t p = 0; p < P; p++) {
             const float *xt = x + (order[p] / k) * D;
             if (xqD)
-                isa->quantize_x(fgu, D, xt, xg + p * xqD);
+                isa->quantize_x(D, xt, xg + p * xqD);
             else
                 memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
         }
@@ -170,7 +170,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
             const int64_t e = idx[p];
             gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1, 0, I,
                          h + p * I, I);
-            if (xqI) isa->quantize_x(fd, I, h + p * I, hq + p * xqI);
+            if (xqI) isa->quantize_x(I, h + p * I, hq + p * xqI);
             const int32_t pair = (int32_t)p;
             memset(partial + p * D, 0, (size_t)D * sizeof(float));
             down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh, 1, 0, D,
@@ -198,7 +198,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
 #pragma omp barrier
         if (xqI) {
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < P; p++) isa->quantize_x(fd, I, h + p * I, hq + p * xqI);
+            for (int64_t p = 0; p < P; p++) isa->quantize_x(I, h + p * I, hq + p * xqI);
         }
         for (int64_t p = 0, q; p < P; p = q) {
             q = segment_end(order, idx, p, P);

@@ -14,7 +14,7 @@
  * qdot_*.c for q8 / q4, qpanel_*.c for q4p) and the row layouts in storage.c; the loops of
  * matmul.c and moe.c never look at the type. They only ask how many bytes an activation row for
  * it takes (moecc_act_bytes: 0 = the float32 rows as they are; q8 / q4 / q4p read activations
- * quantized once per call by the ISA's quantize_x, in the order the storage type wants).
+ * quantized once per call by the ISA's quantize_x).
  */
 #ifndef MOECC_H
 #define MOECC_H
@@ -68,8 +68,8 @@ typedef enum {
     MOECC_F32 = 0,  /* float32 */
     MOECC_BF16 = 1, /* bfloat16 bit pattern (top 16 bits of a float32), stored as uint16 */
     MOECC_F16 = 2,  /* IEEE half, stored as uint16 (the KV cache's keys and values) */
-    MOECC_Q8 = 3,   /* 8-bit, one fp16 scale per block of 32: w = d * q */
-    MOECC_Q4 = 4,   /* 4-bit, one fp16 scale per block of 32: w = d * (nibble - 8) */
+    MOECC_Q8 = 3,   /* 8-bit blocks of 32 with an fp16 scale (ggml's Q8_0): w = d * q */
+    MOECC_Q4 = 4,   /* 4-bit blocks of 32 with an fp16 scale (ggml's Q4_0): w = d * (nibble - 8) */
     MOECC_Q4P = 5,  /* q4 in panels of 16 rows (below) */
     MOECC_STORAGE_COUNT
 } moecc_storage;
@@ -87,25 +87,39 @@ extern const moecc_storage_info moecc_storage_types[MOECC_STORAGE_COUNT];
 
 #define MOECC_QBLOCK 32 /* values per block of q8 / q4 / q4p, and of quantized activations */
 
-/* q8 / q4 rows: the values of every block first (q8: int8 q[K]; q4: K/2 packed bytes, byte j
- * of block b holding value j in its low nibble and value j + 16 in its high nibble, each as
- * q + 8 in 0..15), then the K/32 fp16 scales. */
+/* q8 and q4 are ggml's Q8_0 and Q4_0 blocks, byte for byte, so a GGUF file's tensors run as they
+ * lie: a row of K values is K/32 blocks back to back, each its fp16 scale d and then its 32
+ * values. Rows, and so blocks, start at any address (a row is 34 or 18 bytes times K/32, and
+ * views may be anywhere): read them with memcpy or byte offsets, never through a struct pointer.
+ * (NumPy oracle: moecc/quant.py; ggml's own definitions: ggml-common.h block_q8_0, block_q4_0.) */
+typedef struct {
+    uint16_t d;                /* fp16 scale */
+    int8_t qs[MOECC_QBLOCK];   /* w[j] = d * qs[j] */
+} moecc_block_q8;
+_Static_assert(sizeof(moecc_block_q8) == 34, "a q8 block is ggml's block_q8_0: 2 + 32 bytes");
+
+typedef struct {
+    uint16_t d;                    /* fp16 scale */
+    uint8_t qs[MOECC_QBLOCK / 2];  /* byte j: value j in the low nibble, value j + 16 in the high
+                                      one, each as q + 8 in 0..15; w = d * (nibble - 8) */
+} moecc_block_q4;
+_Static_assert(sizeof(moecc_block_q4) == 18, "a q4 block is ggml's block_q4_0: 2 + 16 bytes");
 
 /* q4p: a matrix [N, K] of q4, N % 16 == 0, as N/16 panels of MOECC_PANEL_ROWS rows,
  * back to back (panel p at byte 16 * p * row_bytes). A panel is K/32 block columns of
  * MOECC_PANEL_BLOCK_BYTES: for block b, four chunks c = 0..3 of 16 rows x 4 bytes (row r's q4
- * bytes 16b + 4c .. 16b + 4c + 3: values 4c..4c+3 of the block in the low nibbles, 16 + 4c ..
- * 16 + 4c + 3 in the high nibbles, each as q + 8), then the 16 rows' fp16 scales of block b.
+ * block b, qs[4c .. 4c + 3]: values 4c..4c+3 of the block in the low nibbles, 16 + 4c ..
+ * 16 + 4c + 3 in the high nibbles, each as q + 8), then the 16 rows' fp16 scales d of block b.
  * One 64-byte chunk thus holds the same 4 + 4 values of 16 rows: an int8 dot product instruction
  * adds them per row, in 16 lanes, and a block's 8 chunk-halves add up in the same lanes under
- * one vector of scales. Activations are in natural order. (NumPy oracle: moecc/quant.py
- * to_panels.) */
+ * one vector of scales. (NumPy oracle: moecc/quant.py to_panels.) */
 #define MOECC_PANEL_ROWS 16
 typedef struct {
     uint8_t qs[4][MOECC_PANEL_ROWS][4]; /* [chunk][row][byte] */
     uint16_t d[MOECC_PANEL_ROWS];       /* fp16 scale of each row's block */
 } moecc_block_q4p;
-_Static_assert(sizeof(moecc_block_q4p) == MOECC_PANEL_ROWS * 18, "a q4p block column is 16 q4 blocks");
+_Static_assert(sizeof(moecc_block_q4p) == MOECC_PANEL_ROWS * sizeof(moecc_block_q4),
+               "a q4p block column is 16 q4 blocks");
 #define MOECC_PANEL_BLOCK_BYTES ((int64_t)sizeof(moecc_block_q4p))
 
 /* MOECC_OK if a matrix [N, K] can be stored as s: MOECC_ERR_STORAGE for an unknown type,
@@ -163,29 +177,17 @@ static inline uint16_t moecc_f32_to_f16(float f) {
     return sign | (uint16_t)((r - ((uint32_t)(127 - 15) << 23)) >> 13);
 }
 
-/* the fp16 scale of group g of a q8 / q4 row of K values (rows are unaligned: memcpy) */
-static inline uint16_t moecc_q_scale_bits(moecc_storage t, const void *row, int64_t K, int64_t g) {
-    uint16_t h;
-    memcpy(&h, (const char *)row + (t == MOECC_Q8 ? K : K / 2) + 2 * g, sizeof h);
-    return h;
-}
-
 /* ---- quantized activations ---------------------------------------------------------------- */
 
-/* q8 / q4 weights meet activations quantized once per call (x ~ d * q per block of 32), so the
- * inner products are integer. One row of K float32 activations (K % 32 == 0) becomes:
- *     int8_t  q[K]          q = round(x / d) (to nearest even), |q| <= 127
+/* q8 / q4 / q4p weights meet activations quantized once per call (x ~ d * q per block of 32), so
+ * the inner products are integer. One row of K float32 activations (K % 32 == 0) becomes:
+ *     int8_t  q[K]          q = round(x / d) (to nearest even), |q| <= 127, in the values' order
  *     float   d[K/32]       d = max|x| / 127 over the block (0 for an all-zero block)
  *     int32_t sum[K/32]     the sum of the block's q (for kernels that bias weights to unsigned)
  * padded to a multiple of 64 bytes. NumPy oracle: moecc.quant.quantize_activations.
- *
- * The q are in the order of the values, except for q4 weights, whose activations are laid
- * out the way 64 packed bytes unpack: the row is cut into units of four blocks (128 values; the
- * last unit has the nb <= 4 blocks left), and within a unit the values that meet low nibbles
- * come first, then those that meet high nibbles, each in packed-byte order:
- *     b0[0:16] b1[0:16] b2[0:16] b3[0:16] b0[16:32] b1[16:32] b2[16:32] b3[16:32]
- * so a vector of low (high) nibbles meets one contiguous vector of activations. Blocks are only
- * moved in halves or whole, so d and sum stay per block, in block order. */
+ * The q stay apart from the scales, not in blocks like the weights': a tile loads a block's q as
+ * one vector and the scales and sums of 16 blocks as whole vectors, where scales at a block's
+ * stride would cost it 16 inserts a step, as the weights' do (qdot_x86.c). */
 static inline int64_t moecc_xq_bytes(int64_t K) {
     return (K + 8 * (K / MOECC_QBLOCK) + 63) & ~(int64_t)63;
 }
@@ -195,22 +197,8 @@ static inline const float *moecc_xq_scales(const void *xq, int64_t K) {
 static inline const int32_t *moecc_xq_sums(const void *xq, int64_t K) {
     return (const int32_t *)((const char *)xq + K + 4 * (K / MOECC_QBLOCK));
 }
-/* Where the q of block b go in an activation row for weights f: values 0..15 of the block at
- * byte *lo, values 16..31 at *hi. */
-static inline void moecc_xq_block_at(moecc_storage f, int64_t K, int64_t b, int64_t *lo,
-                                     int64_t *hi) {
-    if (f == MOECC_Q4) {
-        const int64_t unit = b / 4, i = b % 4, left = K / MOECC_QBLOCK - 4 * unit;
-        const int64_t nb = left < 4 ? left : 4, base = 128 * unit;
-        *lo = base + 16 * i;
-        *hi = base + 16 * nb + 16 * i;
-        return;
-    }
-    *lo = MOECC_QBLOCK * b;
-    *hi = *lo + 16;
-}
-/* quantize one row for weights f (storage.c: the reference; the ISA tables have a vector one) */
-void moecc_quantize_x(moecc_storage f, int64_t K, const float *x, void *xq);
+/* quantize one row (storage.c: the reference; the ISA tables have a vector one) */
+void moecc_quantize_x(int64_t K, const float *x, void *xq);
 
 /* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 / f16 (the float32 rows in
  * place), moecc_xq_bytes(K) for q8 / q4 / q4p. */
@@ -254,7 +242,7 @@ typedef struct {
     /* g[i] = silu(g[i]) * u[i] for i < n, silu(z) = z / (1 + exp(-z))  (SwiGLU) */
     void (*swiglu)(int64_t n, float *g, const float *u);
     /* moecc_quantize_x, bit for bit */
-    void (*quantize_x)(moecc_storage f, int64_t K, const float *x, void *xq);
+    void (*quantize_x)(int64_t K, const float *x, void *xq);
 } moecc_isa;
 
 /* exp(x) is computed as 2^i * p(r), x = i*ln2 + r, |r| <= ln2/2, p a degree-6 polynomial */
@@ -277,7 +265,7 @@ extern const moecc_isa moecc_isa_avx512;     /* dot_avx512.c: AVX-512 F/BW/VL/DQ
 extern const moecc_isa moecc_isa_avx512vnni; /* dot_avx512.c: the same + VNNI for q8 / q4 */
 #endif
 
-/* The q8 / q4 tiles (the ISA tables point at them): qdot_generic.c, qdot_avx2.c, qdot_avx512.c */
+/* The q8 / q4 tiles (the ISA tables point at them): qdot_generic.c, qdot_x86.c */
 void moecc_tile_q8_generic(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_generic(int64_t K, const void *w, int64_t ldw, int nr,
@@ -294,18 +282,18 @@ void moecc_tile_q4p_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #endif
 #if MOECC_X86
-void moecc_quantize_x_avx2(moecc_storage f, int64_t K, const float *x, void *xq);
-/* maddubs (AVX2) */
+void moecc_quantize_x_avx2(int64_t K, const float *x, void *xq);
+/* qdot_x86.c, one loop on 256-bit vectors for all three tables; maddubs (AVX2) */
 void moecc_tile_q8_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
-/* maddubs (AVX-512 BW/VL: 32 registers) */
+/* maddubs (AVX-512 BW/VL: 32 registers, four tokens a register block) */
 void moecc_tile_q8_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
-/* dpbusd (AVX-512 VNNI, 256-bit) */
+/* dpbusd (AVX-512 VNNI) */
 void moecc_tile_q8_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
@@ -361,11 +349,13 @@ static inline int64_t moecc_token_block(int64_t ldx) {
 /* matmul.c: out[T, N] = x[T, K] @ W[N, K]^T; MOECC_OK, or MOECC_ERR_NOMEM (prefill, q8 / q4) */
 int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_storage f, int64_t N,
                  float *out, int threads);
-/* the T rows of x[T, K] quantized as the matmul of weights f does, moecc_xq_bytes(K) apart */
-void moecc_quantize_rows(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq);
-void moecc_quantize_team(moecc_storage f, const float *x, int64_t T, int64_t K, void *xq);
+/* the T rows of x[T, K] quantized as the matmul of q8 / q4 / q4p weights does, moecc_xq_bytes(K)
+ * apart */
+void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq);
+void moecc_quantize_team(const float *x, int64_t T, int64_t K, void *xq);
 /* rows [n0, n1) of a matmul with the given table, on the calling thread, from activation rows
- * xa, ldx bytes apart: x itself for f32 / bf16 / f16, rows made by moecc_quantize_x for q8 / q4 */
+ * xa, ldx bytes apart: x itself for f32 / bf16 / f16, rows made by moecc_quantize_x for q8 / q4
+ * / q4p */
 void moecc_gemm_rows(const moecc_isa *isa, moecc_storage f, int64_t T, int64_t K, const void *xa,
                      int64_t ldx, const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo);
 /* the calling thread's share of the N rows (no barrier) */

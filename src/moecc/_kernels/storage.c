@@ -13,9 +13,9 @@ const moecc_storage_info moecc_storage_types[MOECC_STORAGE_COUNT] = {
     [MOECC_F32] = {"f32", 1, 4, 1, 1, 0},
     [MOECC_BF16] = {"bf16", 1, 2, 1, 1, 0},
     [MOECC_F16] = {"f16", 1, 2, 1, 1, 0},
-    [MOECC_Q8] = {"q8", MOECC_QBLOCK, MOECC_QBLOCK + 2, 1, 1, 1},
-    [MOECC_Q4] = {"q4", MOECC_QBLOCK, MOECC_QBLOCK / 2 + 2, 1, 1, 1},
-    [MOECC_Q4P] = {"q4p", MOECC_QBLOCK, MOECC_QBLOCK / 2 + 2, MOECC_PANEL_ROWS, 0, 1},
+    [MOECC_Q8] = {"q8", MOECC_QBLOCK, sizeof(moecc_block_q8), 1, 1, 1},
+    [MOECC_Q4] = {"q4", MOECC_QBLOCK, sizeof(moecc_block_q4), 1, 1, 1},
+    [MOECC_Q4P] = {"q4p", MOECC_QBLOCK, sizeof(moecc_block_q4), MOECC_PANEL_ROWS, 0, 1},
 };
 
 int moecc_storage_check(moecc_storage s, int64_t N, int64_t K) {
@@ -25,7 +25,7 @@ int moecc_storage_check(moecc_storage s, int64_t N, int64_t K) {
 }
 
 void moecc_row_to_f32(moecc_storage f, int64_t K, const void *row, float *out) {
-    const int64_t G = MOECC_QBLOCK;
+    const char *p = (const char *)row;
     switch (f) {
     case MOECC_F32:
         memcpy(out, row, (size_t)K * sizeof(float));
@@ -40,35 +40,34 @@ void moecc_row_to_f32(moecc_storage f, int64_t K, const void *row, float *out) {
         for (int64_t k = 0; k < K; k++) out[k] = moecc_f16_to_f32(h[k]);
         break;
     }
-    case MOECC_Q8: {
-        const int8_t *q = (const int8_t *)row;
-        for (int64_t g = 0; g < K / G; g++) {
-            const float d = moecc_f16_to_f32(moecc_q_scale_bits(f, row, K, g));
-            for (int64_t j = 0; j < G; j++) out[g * G + j] = d * (float)q[g * G + j];
+    case MOECC_Q8:
+        for (int64_t b = 0; b < K / MOECC_QBLOCK; b++) {
+            moecc_block_q8 blk;
+            memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+            const float d = moecc_f16_to_f32(blk.d);
+            for (int j = 0; j < MOECC_QBLOCK; j++) out[b * MOECC_QBLOCK + j] = d * (float)blk.qs[j];
         }
         break;
-    }
-    case MOECC_Q4: {
-        const uint8_t *p = (const uint8_t *)row;
-        for (int64_t g = 0; g < K / G; g++) {
-            const float d = moecc_f16_to_f32(moecc_q_scale_bits(f, row, K, g));
-            const uint8_t *pg = p + g * G / 2;
-            float *o = out + g * G;
-            for (int64_t j = 0; j < G / 2; j++) {
-                o[j] = d * (float)((pg[j] & 15) - 8);
-                o[j + G / 2] = d * (float)((pg[j] >> 4) - 8);
+    case MOECC_Q4:
+        for (int64_t b = 0; b < K / MOECC_QBLOCK; b++) {
+            moecc_block_q4 blk;
+            memcpy(&blk, p + b * (int64_t)sizeof blk, sizeof blk);
+            const float d = moecc_f16_to_f32(blk.d);
+            float *o = out + b * MOECC_QBLOCK;
+            for (int j = 0; j < MOECC_QBLOCK / 2; j++) {
+                o[j] = d * (float)((blk.qs[j] & 15) - 8);
+                o[j + MOECC_QBLOCK / 2] = d * (float)((blk.qs[j] >> 4) - 8);
             }
         }
         break;
-    }
     default:
         break;
     }
 }
 
 /* The same float32 operations as quant.quantize_activations, so the int8 values agree
- * exactly (rounding to nearest even in the default rounding mode); stored in f's order. */
-void moecc_quantize_x(moecc_storage f, int64_t K, const float *x, void *xq) {
+ * exactly (rounding to nearest even in the default rounding mode). */
+void moecc_quantize_x(int64_t K, const float *x, void *xq) {
     int8_t *q = (int8_t *)xq;
     float *d = (float *)((char *)xq + K);
     int32_t *sum = (int32_t *)((char *)xq + K + 4 * (K / MOECC_QBLOCK));
@@ -81,13 +80,11 @@ void moecc_quantize_x(moecc_storage f, int64_t K, const float *x, void *xq) {
         }
         const float scale = amax / 127.0f;
         const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-        int64_t at[2];
-        moecc_xq_block_at(f, K, b, &at[0], &at[1]);
         int32_t s = 0;
         for (int j = 0; j < MOECC_QBLOCK; j++) {
             float v = nearbyintf(xb[j] * inv);
             v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-            q[at[j / 16] + j % 16] = (int8_t)v;
+            q[b * MOECC_QBLOCK + j] = (int8_t)v;
             s += (int32_t)v;
         }
         d[b] = scale;

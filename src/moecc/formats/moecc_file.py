@@ -4,7 +4,7 @@ Layout (all integers little-endian)::
 
     offset  size  field
     0       8     magic  b"MOECC\\x00\\x00\\x01"
-    8       4     format version (uint32), currently 1
+    8       4     format version (uint32), currently 2
     12      4     reserved, 0
     16      8     header length H in bytes (uint64)
     24      8     data offset D (uint64): where the data section starts, a multiple of 4096
@@ -26,8 +26,10 @@ each tensor is row-major, last dimension contiguous, and `shape` is always the l
 [..., rows, K].  The byte layouts are specified in `moecc.quant`.  A reader refuses a dtype it
 does not know by naming it.
 
-Versions: 1 had q8 / q4 with a `group_size` field (32 to 256); 2 has blocks of 32 only, and
-reads a version-1 file that holds no q8 / q4 tensor (its f32, bf16 and q4p bytes are the same).
+Versions: 1 had q8 / q4 rows of all values then all scales, with a `group_size` field (32 to
+256); 2 stores q8 / q4 as ggml's Q8_0 / Q4_0 blocks (32 values, each block's fp16 scale before
+its values), and reads a version-1 file that holds no q8 / q4 tensor (its f32, bf16 and q4p bytes
+are the same).
 
 Stacked experts are 3-D tensors [experts, rows, cols]: each expert's matrix is contiguous, so a
 kernel reads one expert in one sweep.  `files` are the tokenizer and generation files of the
@@ -299,8 +301,8 @@ class ModelFile:
                                   f"does not know ({', '.join(storage.TYPES)}); upgrade moecc")
             if self.version == 1 and dtype in ("q8", "q4"):
                 raise FormatError(f"{self.path} is a format-1 file with {dtype} tensors, whose layout "
-                                  "changed in format 2 (blocks of 32 with their scale); re-convert the "
-                                  "model with this moecc")
+                                  "changed in format 2 (ggml's Q8_0 / Q4_0 blocks: 32 values after "
+                                  "their fp16 scale); re-convert the model with this moecc")
             if group_size not in (0, storage.QBLOCK):
                 raise FormatError(f"{self.path}: tensor {name} has group size {group_size}; moecc "
                                   f"stores blocks of {storage.QBLOCK} only (re-convert the model)")

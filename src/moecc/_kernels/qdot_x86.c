@@ -1,0 +1,373 @@
+/* qdot_x86.c -- q8 / q4 weights against quantized activations with x86 integer SIMD, for the
+ * tables avx2, avx512 and avx512vnni. The oracle is qdot_generic.c.
+ *
+ * One copy of the loops, on 256-bit vectors, serves the three tables: the loops are compiled
+ * for AVX2 and inlined (always_inline) into each table's entry points, which pass the int8 dot
+ * product, the fp16 conversion and the register block. A function of a narrower target inlines
+ * into a wider one, so the AVX-512 entry points get 32 registers (four tokens a register block)
+ * and, for avx512vnni, dpbusd. 256-bit vectors because of the block layout (moecc.h: q8 / q4
+ * rows are ggml's Q8_0 / Q4_0 blocks, each block's fp16 scale before its values): one block is
+ * one vector, its values one plain load; packing two or four blocks into a 512-bit vector takes
+ * a permute per row and vector. Measured on Zen 4 (one core, L1-resident rows), the best 512-bit
+ * version took 20% longer for q8 decode; for q4 it was up to 15% quicker in decode and no quicker
+ * in prefill: not worth a second copy of the loops.
+ *
+ * The int8 products take one unsigned and one signed operand:
+ *   - q4: the nibble u = q + 8 is the unsigned operand, u . a = q . a + 8 sum(a);
+ *   - q8 with dpbusd: u = q + 128 (q xor 0x80), u . a = q . a + 128 sum(a);
+ *   - q8 with maddubs: |q| . (a with the sign of q) (q + 128 would overflow maddubs' int16).
+ * One vector of 8 int32 partial sums per block (q4: the block's low nibbles, values 0..15, in
+ * the first 128-bit lane and its high nibbles, 16..31, in the second, so the 32 activations meet
+ * them as they lie) is converted to float and accumulated with the block's scale
+ * s = dx * dw, the bias * sum(a) terms coming off once per step:
+ *
+ *     acc += float(isum) * s               row . x = hsum(acc) - bias * sum_blocks s * sum(a)
+ *
+ * Weights go by steps of 16 blocks: a row's 16 fp16 scales are 16-bit inserts at constant lanes
+ * (a gather instruction costs Zen 4 as much as streaming a q4 step from DRAM), made a step ahead
+ * and converted at once; the products s per (row, token) are two multiplies, parked on the stack,
+ * where each block's vector of sums broadcasts its scale. A row is read in whole blocks only, so
+ * never past its end.
+ * Decode streams four rows side by side and sweep-prefetches the rows ~8 KB on, so that DRAM
+ * sees one sequential stream. */
+#include <stddef.h>
+
+#include "moecc.h"
+
+#if MOECC_X86
+#include <immintrin.h>
+
+#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TARGET_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define TARGET_VNNI \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define INLINE static inline __attribute__((always_inline))
+
+#define STEP 16       /* blocks per step: two vectors of scales */
+#define HALF 8        /* blocks per vector of scales */
+#define MAX_NT 4      /* tokens of a register block (2 with AVX2's 16 registers) */
+#define MAX_ACC 16    /* NR * NT * U never exceeds this */
+#define PF_BYTES 8192 /* a tile of rows prefetches the first whole tile this far on */
+#define QS 2          /* offset of the values in a q8 / q4 block (after the fp16 scale) */
+_Static_assert(offsetof(moecc_block_q8, qs) == QS && offsetof(moecc_block_q4, qs) == QS,
+               "q8 / q4 blocks: d, then the values");
+
+/* bytes of a block of wt */
+INLINE int block_bytes(const int wt) {
+    return wt == MOECC_Q8 ? (int)sizeof(moecc_block_q8) : (int)sizeof(moecc_block_q4);
+}
+
+/* ---- the int8 dot products (the tables' entry points pass theirs) ------------------------ */
+
+/* int32 x 8 partial sums of u . a: u the unsigned weight operand, sq the signed q (q8 with
+ * maddubs only), a the activations */
+typedef __m256i (*idot_fn)(__m256i u, __m256i sq, __m256i a);
+
+INLINE TARGET_AVX2 __m256i ones16(void) { return _mm256_set1_epi16(1); }
+
+/* nibbles: |int16 pair sums| <= 2 * 15 * 127 */
+INLINE TARGET_AVX2 __m256i idot_maddubs(__m256i u, __m256i sq, __m256i a) {
+    (void)sq;
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), ones16());
+}
+
+/* |q| . (a with the sign of q): |pair sums| <= 2 * 128 * 127 */
+INLINE TARGET_AVX2 __m256i idot_maddubs_signed(__m256i u, __m256i sq, __m256i a) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(a, sq)), ones16());
+}
+
+INLINE TARGET_VNNI __m256i idot_dpbusd(__m256i u, __m256i sq, __m256i a) {
+    (void)sq;
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, a);
+}
+
+/* 16 fp16 values -> float, lo = the first 8, hi = the last 8: one 16-wide conversion where the
+ * table has it (on Zen 4, two 8-wide ones slow q8 decode by a fifth) */
+typedef void (*cvt16_fn)(__m256i h, __m256 *lo, __m256 *hi);
+
+INLINE TARGET_AVX2 void cvt16_f16c(__m256i h, __m256 *lo, __m256 *hi) {
+    *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+INLINE TARGET_512 void cvt16_avx512(__m256i h, __m256 *lo, __m256 *hi) {
+    const __m512 f = _mm512_cvtph_ps(h);
+    *lo = _mm512_castps512_ps256(f);
+    *hi = _mm512_extractf32x8_ps(f, 1);
+}
+
+/* ---- scales ------------------------------------------------------------------------------ */
+
+INLINE TARGET_AVX2 float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* lanes j < n set (n <= 8, may be <= 0) */
+INLINE TARGET_AVX2 __m256i live_lanes(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* the fp16 scale of block j of the blocks (bb bytes each) at p */
+INLINE TARGET_AVX2 short block_d(const int bb, const char *p, int j) {
+    short d;
+    memcpy(&d, p + bb * j, sizeof d);
+    return d;
+}
+
+/* the fp16 scales of the n <= 8 blocks at p, 16-bit inserts at constant lanes; past n, lane j
+ * repeats the last one (never read past a row; the caller zeroes those lanes) */
+INLINE TARGET_AVX2 __m128i half_d(const int bb, const char *p, int n) {
+#define D(j) block_d(bb, p, (j) < n ? (j) : n - 1)
+    return _mm_setr_epi16(D(0), D(1), D(2), D(3), D(4), D(5), D(6), D(7));
+#undef D
+}
+
+/* the fp16 scales of the nb <= 16 blocks at p (the second half 0 if nb <= 8) */
+INLINE TARGET_AVX2 __m256i step_d(const int bb, const char *p, int nb) {
+    const __m128i lo = half_d(bb, p, nb < HALF ? nb : HALF);
+    const __m128i hi = nb > HALF ? half_d(bb, p + bb * HALF, nb - HALF) : _mm_setzero_si128();
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+
+/* ---- the blocks of a step ---------------------------------------------------------------- */
+
+#define ACC(r, t, u) acc[((u) * NR + (r)) * NT + (t)]
+
+/* The block at blk of a row as the unsigned weight operand wu of the int8 products, and (q8)
+ * its signed values wq: q8 q + 128 (q8_xor) or |q|; q4 the nibbles, values 0..15 (low) in the
+ * first 128-bit lane, 16..31 (high) in the second, so they meet the block's 32 activations as
+ * they lie. */
+INLINE TARGET_AVX2 void row_block(const int wt, const int q8_xor, const char *blk, __m256i *wu,
+                                  __m256i *wq) {
+    if (wt == MOECC_Q8) {
+        *wq = _mm256_loadu_si256((const __m256i *)(blk + QS));
+        *wu = q8_xor ? _mm256_xor_si256(*wq, _mm256_set1_epi8((char)0x80))
+                     : _mm256_abs_epi8(*wq); /* -128 -> 128 unsigned: exact */
+        return;
+    }
+    const __m128i q = _mm_loadu_si128((const __m128i *)(blk + QS));
+    *wu = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(15));
+    *wq = *wu; /* unused: the activations are the signed operand */
+}
+
+/* acc += the blocks [0, nb) of the step at block b0, one vector of sums each; a full step
+ * spreads them over the U accumulators of a (row, token) (the loops over u are the compile-time
+ * ones) */
+INLINE TARGET_AVX2 void step_blocks(const int wt, const int q8_xor, idot_fn idot, const int NR,
+                                    const int NT, const int U, int nb, int64_t b0, const char *w,
+                                    int64_t ldw, const char *x, int64_t ldx,
+                                    const float (*s)[STEP], __m256 *acc) {
+    const int bb = block_bytes(wt);
+    for (int j0 = 0; j0 < nb; j0 += U)
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + u;
+            const int64_t b = b0 + j;
+            __m256i wu[MOECC_TILE_ROWS], wq[MOECC_TILE_ROWS];
+            for (int r = 0; r < NR; r++)
+                row_block(wt, q8_xor, w + r * ldw + bb * b, &wu[r], &wq[r]);
+            for (int t = 0; t < NT; t++) {
+                const __m256i a = _mm256_loadu_si256((const __m256i *)(x + t * ldx + 32 * b));
+                for (int r = 0; r < NR; r++) {
+                    const __m256 f = _mm256_cvtepi32_ps(idot(wu[r], wq[r], a));
+                    ACC(r, t, u) = _mm256_fmadd_ps(f, _mm256_broadcast_ss(&s[r * NT + t][j]),
+                                                   ACC(r, t, u));
+                }
+            }
+        }
+}
+
+/* blocks in the step at block b0 of a row of nblocks */
+INLINE int step_blocks_at(int64_t nblocks, int64_t b0) {
+    return nblocks - b0 < STEP ? (int)(nblocks - b0) : STEP;
+}
+
+/* s[r*NT + t][j] = dx * dw of block j of the step at b0 (nb blocks; the others 0; d[r]: row r's
+ * fp16 scales, step_d), and the bias correction acc(r, t, 0) -= bias * s * sum(a) */
+INLINE TARGET_AVX2 void step_scales(const int wt, const int q8_xor, cvt16_fn cvt16, const int NR,
+                                    const int NT, int nb, int64_t K, int64_t b0, const __m256i *d,
+                                    const char *x, int64_t ldx, float (*s)[STEP], __m256 *acc) {
+    const int bias = wt == MOECC_Q4 ? 8 : q8_xor ? 128 : 0;
+    __m256 dw[MOECC_TILE_ROWS][2];
+    for (int r = 0; r < NR; r++) cvt16(d[r], &dw[r][0], &dw[r][1]);
+    for (int hf = 0; hf < (nb > HALF ? 2 : 1); hf++) {
+        const int j0 = HALF * hf;
+        const __m256i live = live_lanes(nb - j0);
+        if (nb < STEP) /* a scale may be inf: 0 * inf would spoil the sums */
+            for (int r = 0; r < NR; r++)
+                dw[r][hf] = _mm256_and_ps(dw[r][hf], _mm256_castsi256_ps(live));
+        for (int t = 0; t < NT; t++) {
+            const char *xt = x + t * ldx;
+            const float *dxp = moecc_xq_scales(xt, K) + b0 + j0;
+            const int *sump = (const int *)moecc_xq_sums(xt, K) + b0 + j0;
+            const __m256 dx = nb == STEP ? _mm256_loadu_ps(dxp) : _mm256_maskload_ps(dxp, live);
+            const __m256i sum = nb == STEP ? _mm256_loadu_si256((const __m256i *)sump)
+                                           : _mm256_maskload_epi32(sump, live);
+            const __m256 corr = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(-bias));
+            for (int r = 0; r < NR; r++) {
+                const __m256 sv = _mm256_mul_ps(dx, dw[r][hf]);
+                _mm256_store_ps(s[r * NT + t] + j0, sv);
+                if (bias) ACC(r, t, 0) = _mm256_fmadd_ps(sv, corr, ACC(r, t, 0));
+            }
+        }
+    }
+}
+
+/* Register block: NR rows x NT tokens, U accumulators per (row, token); every size a
+ * compile-time constant once inlined. out[t*ldo + r] = W[r] . X[t]. */
+INLINE TARGET_AVX2 void block(const int wt, const int q8_xor, idot_fn idot, cvt16_fn cvt16,
+                              const int NR, const int NT, const int U, int64_t K, const char *w,
+                              int64_t ldw, const char *x, int64_t ldx, float *out, int64_t ldo) {
+    const int64_t nblocks = K / MOECC_QBLOCK;
+    __m256 acc[MAX_ACC];
+    for (int i = 0; i < NR * NT * U; i++) acc[i] = _mm256_setzero_ps();
+    _Alignas(32) float s[MOECC_TILE_ROWS * MAX_NT][STEP]; /* s[r*NT + t][j] */
+    /* sweep-prefetch the NR rows a few tiles on (PF_BYTES: measured best for q4 and q8), a share
+     * per step: DRAM then sees one sequential stream instead of NR interleaved ones */
+    const char *pf = w + (PF_BYTES + NR * ldw - 1) / (NR * ldw) * NR * ldw;
+    const int64_t pf_step = NR > 1 ? (NR * ldw * STEP / nblocks + 63) & ~(int64_t)63 : 0;
+
+    /* the fp16 scales of the rows' next step are loaded a step ahead: their cache misses then
+     * overlap this step's work instead of stalling it (decode from DRAM: 2.3x faster) */
+    const int bb = block_bytes(wt);
+    __m256i d[MOECC_TILE_ROWS], dnext[MOECC_TILE_ROWS];
+    for (int r = 0; r < NR; r++) dnext[r] = step_d(bb, w + r * ldw, step_blocks_at(nblocks, 0));
+    for (int64_t b0 = 0; b0 < nblocks; b0 += STEP) {
+        const int nb = step_blocks_at(nblocks, b0);
+        for (int64_t b = 0; b < pf_step; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+        pf += pf_step;
+        for (int r = 0; r < NR; r++) d[r] = dnext[r];
+        if (b0 + STEP < nblocks)
+            for (int r = 0; r < NR; r++)
+                dnext[r] = step_d(bb, w + r * ldw + bb * (b0 + STEP),
+                                  step_blocks_at(nblocks, b0 + STEP));
+        if (nb == STEP) { /* the sizes known at compile time but for the row's last step */
+            step_scales(wt, q8_xor, cvt16, NR, NT, STEP, K, b0, d, x, ldx, s, acc);
+            step_blocks(wt, q8_xor, idot, NR, NT, U, STEP, b0, w, ldw, x, ldx, s, acc);
+        } else {
+            step_scales(wt, q8_xor, cvt16, NR, NT, nb, K, b0, d, x, ldx, s, acc);
+            step_blocks(wt, q8_xor, idot, NR, NT, 1, nb, b0, w, ldw, x, ldx, s, acc);
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) {
+            __m256 sum = ACC(r, t, 0);
+            for (int u = 1; u < U; u++) sum = _mm256_add_ps(sum, ACC(r, t, u));
+            out[t * ldo + r] = hsum(sum);
+        }
+}
+
+#undef ACC
+
+/* Four rows: 4 x NT register blocks over the tokens, then 4 x 1 (decode: four rows side by
+ * side, one accumulator each, with the sweep prefetch); fewer rows: row by row, tokens two or
+ * one at a time. NT: the tokens the registers hold (16 registers: 2, 32: 4). */
+INLINE TARGET_AVX2 void tile_q(const int wt, const int q8_xor, idot_fn idot, cvt16_fn cvt16,
+                               const int NT, int64_t K, const void *w, int64_t ldw, int nr,
+                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    const char *wp = (const char *)w, *xp = (const char *)x;
+    int t = 0;
+    if (nr == MOECC_TILE_ROWS) {
+        for (; t + NT <= nt; t += NT)
+            block(wt, q8_xor, idot, cvt16, MOECC_TILE_ROWS, NT, 1, K, wp, ldw, xp + t * ldx, ldx,
+                  out + t * ldo, ldo);
+        for (; t < nt; t++)
+            block(wt, q8_xor, idot, cvt16, MOECC_TILE_ROWS, 1, 1, K, wp, ldw, xp + t * ldx, ldx,
+                  out + t * ldo, ldo);
+        return;
+    }
+    for (int r = 0; r < nr; r++) {
+        const char *wr = wp + r * ldw;
+        float *o = out + r;
+        for (t = 0; t + 2 <= nt; t += 2)
+            block(wt, q8_xor, idot, cvt16, 1, 2, 2, K, wr, ldw, xp + t * ldx, ldx, o + t * ldo,
+                  ldo);
+        if (t < nt)
+            block(wt, q8_xor, idot, cvt16, 1, 1, 4, K, wr, ldw, xp + t * ldx, ldx, o + t * ldo,
+                  ldo);
+    }
+}
+
+/* ---- the entry points of the three tables ------------------------------------------------ */
+
+TARGET_AVX2 void moecc_tile_q8_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                                    const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    tile_q(MOECC_Q8, 0, idot_maddubs_signed, cvt16_f16c, 2, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_AVX2 void moecc_tile_q4_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                                    const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    tile_q(MOECC_Q4, 0, idot_maddubs, cvt16_f16c, 2, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_512 void moecc_tile_q8_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                                     const void *x, int64_t ldx, int nt, float *out,
+                                     int64_t ldo) {
+    tile_q(MOECC_Q8, 0, idot_maddubs_signed, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out,
+           ldo);
+}
+
+TARGET_512 void moecc_tile_q4_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                                     const void *x, int64_t ldx, int nt, float *out,
+                                     int64_t ldo) {
+    tile_q(MOECC_Q4, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_VNNI void moecc_tile_q8_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                          const void *x, int64_t ldx, int nt, float *out,
+                                          int64_t ldo) {
+    tile_q(MOECC_Q8, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_VNNI void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                          const void *x, int64_t ldx, int nt, float *out,
+                                          int64_t ldo) {
+    tile_q(MOECC_Q4, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+/* ---- activation quantization ------------------------------------------------------------- */
+
+/* As moecc_quantize_x (storage.c), eight lanes at a time: the same float32 operations, and
+ * cvtps rounds to nearest even (the default MXCSR mode), so the results are identical. Used by
+ * the AVX-512 tables too (it is not where the time goes). */
+TARGET_AVX2 void moecc_quantize_x_avx2(int64_t K, const float *x, void *xq) {
+    int8_t *q = (int8_t *)xq;
+    float *d = (float *)((char *)xq + K);
+    int32_t *sum = (int32_t *)((char *)xq + K + 4 * (K / MOECC_QBLOCK));
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undo lane-wise packs */
+    for (int64_t b = 0; b < K / MOECC_QBLOCK; b++) {
+        const float *xb = x + b * MOECC_QBLOCK;
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float scale = _mm_cvtss_f32(m4) / 127.0f;
+        const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+        __m256i i32[4];
+        for (int i = 0; i < 4; i++) {
+            const __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
+            i32[i] = _mm256_max_epi32(_mm256_min_epi32(r, _mm256_set1_epi32(127)),
+                                      _mm256_set1_epi32(-127));
+        }
+        const __m256i s2 = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]),
+                                            _mm256_add_epi32(i32[2], i32[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s2), _mm256_extracti128_si256(s2, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        const __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]);
+        const __m256i p16b = _mm256_packs_epi32(i32[2], i32[3]);
+        const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), order);
+        _mm256_storeu_si256((__m256i *)(q + b * MOECC_QBLOCK), p8);
+        d[b] = scale;
+        sum[b] = _mm_cvtsi128_si32(s4);
+    }
+}
+
+#endif /* MOECC_X86 */
