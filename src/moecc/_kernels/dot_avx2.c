@@ -1,4 +1,4 @@
-/* dot_avx2.c -- AVX2 + FMA inner products (the q8 / q4 tiles are in qdot_avx2.c, q4p in
+/* dot_avx2.c -- AVX2 + FMA inner products (the q8 / q4 tiles are in qdot_x86.c, q4p in
  * qpanel_avx2.c).
  * Compiled only on x86 and only through per-function target attributes. */
 #include "moecc.h"

@@ -1,4 +1,4 @@
-/* dot_avx512.c -- AVX-512 inner products (F/BW/VL/DQ; the q8 / q4 tiles are in qdot_avx512.c,
+/* dot_avx512.c -- AVX-512 inner products (F/BW/VL/DQ; the q8 / q4 tiles are in qdot_x86.c,
  * q4p in qpanel_avx512.c).
  * Compiled only on x86 and only through per-function target attributes: the rest of the library
  * stays baseline x86-64. */
