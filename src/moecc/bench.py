@@ -78,24 +78,30 @@ def log(msg: str) -> None:
 # bytes read per decode token
 
 
-def decode_bytes_per_token(cfg, size_of) -> dict:
-    """Weight bytes one decode step reads, by part.  `size_of(name)` is a tensor's stored size.
-    Each sparse layer reads k of its E experts; the embedding contributes one row."""
+PARTS_BY_ROLE = {"attn": "attention", "norm": "norms", "router": "router", "experts": "experts", "mlp": "dense_mlp",
+                 "lm_head": "lm_head", "embed": "embedding"}
+
+
+def decode_bytes_per_token(cfg, size_of, part_of=None, names=tuple(PARTS_BY_ROLE.values())) -> dict:
+    """Weight bytes one decode step reads, by part.  `size_of(name)` is a tensor's stored size;
+    `part_of(spec)` names the part of `names` a tensor counts in (None: not counted; default: by
+    role, PARTS_BY_ROLE).  Each sparse layer reads k of its E experts; the embedding contributes
+    one row (and, tied, the whole matrix to the lm_head)."""
     from .config import tensor_specs
-    parts = {"attention": 0, "norms": 0, "router": 0, "experts": 0, "dense_mlp": 0, "lm_head": 0, "embedding": 0}
+    part_of = part_of or (lambda spec: PARTS_BY_ROLE[spec.role])
+    parts = dict.fromkeys(names, 0)
     k, E = cfg.num_experts_per_tok, cfg.num_experts
     for spec in tensor_specs(cfg):
         size = size_of(spec.name)
         if spec.role == "experts":
-            parts["experts"] += size * k // E
+            size = size * k // E
         elif spec.role == "embed":
-            parts["embedding"] += size // cfg.vocab_size
             if cfg.tie_word_embeddings:
                 parts["lm_head"] += size
-        else:
-            key = {"attn": "attention", "norm": "norms", "router": "router", "mlp": "dense_mlp",
-                   "lm_head": "lm_head"}[spec.role]
-            parts[key] += size
+            size //= cfg.vocab_size
+        part = part_of(spec)
+        if part is not None:
+            parts[part] += size
     parts["total"] = sum(parts.values())
     return parts
 
@@ -162,8 +168,7 @@ def worker(path: str, threads: int, pp: int, tg: int, reps: int, seed: int) -> d
     load_s = time.perf_counter() - started
     # touch every page of the weights (as llama-bench's warm-up run does), then warm the code
     started = time.perf_counter()
-    for weight in model.source.weights.values():
-        weight.data.reshape(-1).view(np.uint8)[::4096].sum()
+    model.source.touch()
     rng = np.random.default_rng(seed)
     V = model.config.vocab_size
     model.eos_token_ids = frozenset()  # decode exactly tg tokens whatever comes out

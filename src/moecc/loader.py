@@ -17,6 +17,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import storage
 from .config import ConfigError, Qwen3MoeConfig, tensor_specs
 from .formats import FormatError, moecc_file
@@ -38,6 +40,12 @@ class ModelSource:
     def mapped_bytes(self) -> int:
         """Bytes of weights mapped (file-backed: resident only as the kernels read them)."""
         return sum(w.data.nbytes for w in self.weights.values())
+
+    def touch(self) -> None:
+        """Read a byte of every page of every weight, so that they are in memory (benchmarks do
+        this before timing, as llama-bench's warm-up run does)."""
+        for w in self.weights.values():
+            w.data.reshape(-1).view(np.uint8)[::4096].sum()
 
     def close(self) -> None:
         self._close()

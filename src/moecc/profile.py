@@ -28,22 +28,15 @@ from .model import BLOCKS
 
 def decode_bytes_by_block(model) -> dict[str, int]:
     """Weight bytes one decode step reads in each block (k of E experts per sparse layer)."""
-    from .config import tensor_specs
-    cfg, weights = model.config, model.source.weights
-    block = {"attn": "qkv", "router": "router", "experts": "experts", "mlp": "experts", "lm_head": "lm_head"}
-    out = dict.fromkeys(BLOCKS, 0)
-    for spec in tensor_specs(cfg):
-        size = weights[spec.name].data.nbytes
-        if spec.role == "experts":
-            size = size * cfg.num_experts_per_tok // cfg.num_experts
-        if spec.role == "attn" and spec.field == "o_proj":
-            out["o_proj"] += size
-        elif spec.role == "embed":
-            out["embed"] += size // cfg.vocab_size
-            if cfg.tie_word_embeddings:
-                out["lm_head"] += size
-        elif spec.role in block:
-            out[block[spec.role]] += size
+    from .bench import decode_bytes_per_token
+    block = {"attn": "qkv", "router": "router", "experts": "experts", "mlp": "experts", "lm_head": "lm_head",
+             "embed": "embed"}
+
+    def part_of(spec):
+        return "o_proj" if spec.field == "o_proj" else block.get(spec.role)  # norms: in no block
+    weights = model.source.weights
+    out = decode_bytes_per_token(model.config, lambda name: weights[name].data.nbytes, part_of, BLOCKS)
+    del out["total"]
     return out
 
 
@@ -52,8 +45,7 @@ def profile_decode(path: str, threads: int, steps: int, seed: int = 0) -> dict:
     block, the step's and the loop's time outside the blocks, and the bytes each block reads."""
     import moecc
     model = moecc.load(path, threads=threads, ctx=steps + 64)
-    for w in model.source.weights.values():  # fault every weight page in before timing
-        w.data.reshape(-1).view(np.uint8)[::4096].sum()
+    model.source.touch()
     rng = np.random.default_rng(seed)
     model.eos_token_ids = frozenset()  # decode exactly `steps` tokens whatever comes out
     prompt = rng.integers(0, model.config.vocab_size, 8).tolist()
