@@ -40,6 +40,7 @@ class StorageType:
     row_lookup: bool  # a row can be read on its own (an embedding table can be stored so)
     panel_rows: int = 1  # rows interleaved block by block; a matrix has a multiple of them
     quantized_activations: bool = False  # the kernels meet it with activations quantized to 8 bits
+    ggml_type: int | None = None  # the same bytes as this ggml type (GGUF files name types so); None: moecc's own
 
     @property
     def bits_per_weight(self) -> float:
@@ -79,14 +80,19 @@ class StorageType:
 QBLOCK = 32  # values per block of every quantized type, and per block of quantized activations
 
 TYPES: dict[str, StorageType] = {t.name: t for t in (
-    StorageType("f32", 0, 1, 4, np.dtype(np.float32), row_lookup=True),
-    StorageType("bf16", 1, 1, 2, np.dtype(np.uint16), row_lookup=True),
-    StorageType("f16", 2, 1, 2, np.dtype(np.float16), row_lookup=True),
-    StorageType("q8", 3, QBLOCK, 34, np.dtype(np.uint8), row_lookup=True, quantized_activations=True),
-    StorageType("q4", 4, QBLOCK, 18, np.dtype(np.uint8), row_lookup=True, quantized_activations=True),
+    StorageType("f32", 0, 1, 4, np.dtype(np.float32), row_lookup=True, ggml_type=0),
+    StorageType("bf16", 1, 1, 2, np.dtype(np.uint16), row_lookup=True, ggml_type=30),
+    StorageType("f16", 2, 1, 2, np.dtype(np.float16), row_lookup=True, ggml_type=1),
+    StorageType("q8", 3, QBLOCK, 34, np.dtype(np.uint8), row_lookup=True, quantized_activations=True,
+                ggml_type=8),  # Q8_0
+    StorageType("q4", 4, QBLOCK, 18, np.dtype(np.uint8), row_lookup=True, quantized_activations=True,
+                ggml_type=2),  # Q4_0
     StorageType("q4p", 5, QBLOCK, 18, np.dtype(np.uint8), row_lookup=False, panel_rows=16,
                 quantized_activations=True),
 )}
+
+
+BY_GGML_TYPE: dict[int, StorageType] = {t.ggml_type: t for t in TYPES.values() if t.ggml_type is not None}
 
 
 def get(name: str) -> StorageType:
