@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from moecc.sampler import Sampler, SamplingParams
+from moecc.sampler import Sampler, SamplingParams, log_softmax
 
 
 def _frequencies(logits, n=20000, **params):
@@ -84,6 +84,29 @@ def test_presence_penalty_applies_once_to_generated_tokens():
     first = sampler.sample(np.array([1.0, 0.9, 0.0], np.float32))
     assert first == 0
     assert sampler.sample(np.array([1.0, 0.9, 0.0], np.float32)) == 1  # 1.0 - 1.5 < 0.9
+
+
+def test_frequency_and_presence_penalties_follow_openais_formula():
+    """logit -= presence * (count > 0) + frequency * count, over the generated tokens only."""
+    rng = np.random.default_rng(7)
+    vocab = 50
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=3, presence_penalty=0.3, frequency_penalty=0.7),
+                      prompt_ids=[1, 2, 3])
+    counts = np.zeros(vocab)
+    for _ in range(40):
+        logits = rng.normal(size=vocab).astype(np.float32)
+        expected = logits - 0.3 * (counts > 0) - 0.7 * counts
+        penalised = logits.copy()
+        token = sampler.sample(penalised)
+        np.testing.assert_allclose(penalised, expected, rtol=1e-6, atol=1e-6)
+        counts[token] += 1
+    assert counts.max() > 1  # some token was penalised more than once
+
+
+def test_log_softmax_matches_its_definition():
+    logits = np.random.default_rng(4).normal(scale=10, size=777).astype(np.float32)
+    x = logits.astype(np.float64)
+    np.testing.assert_allclose(log_softmax(logits), x - np.log(np.exp(x - x.max()).sum()) - x.max(), rtol=1e-6)
 
 
 def test_same_seed_same_tokens():

@@ -5,6 +5,10 @@
         print(step.text, end="", flush=True)
 
 A Model owns one context (its KV cache); `logits` and `generate` each start from an empty one.
+What it shares with the server (moecc.server), which decodes many sequences at once:
+`LoadedModel` (the file, tokenizer, templates, sampling defaults and the network with a KV cache
+of `slots` sequences, checked against the memory available) and `Decoding` (one sequence's
+generation after its prompt: sampling, text cut at stop strings, when it finishes).
 """
 from __future__ import annotations
 
@@ -66,16 +70,19 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-class Model:
-    """A loaded model: config, tokenizer, weights (mapped), one context."""
+class LoadedModel:
+    """A loaded model file: config, tokenizer, chat template, sampling defaults, and the network
+    (weights mapped) with a KV cache of `slots` sequences of `ctx` positions each."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
-                 kv_cache: str = "f16"):
+                 kv_cache: str = "f16", slots: int = 1):
         threads = default_threads() if threads is None else threads
         if not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         if kv_cache not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache!r}")
+        if not isinstance(slots, (int, np.integer)) or slots < 1:
+            raise ValueError(f"slots must be a positive integer, got {slots!r}")
         self.source = open_model(path)
         self.path = self.source.path
         try:
@@ -89,18 +96,14 @@ class Model:
                               f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=3)
             self._read_embedded_files()
             buffers = Buffers(self.config, PREFILL_CHUNK)
-            plan = memory.plan_memory(self.config, kv_cache, ctx=int(ctx), buffers=buffers.nbytes,
-                                      weights=self.source.mapped_bytes)
-            memory.check_memory(plan, memory.available_memory(), stacklevel=4)
-            cache = KVCache(self.config, 1, int(ctx), kv_cache)
+            self.memory_plan = memory.plan_memory(self.config, kv_cache, ctx=int(ctx), buffers=buffers.nbytes,
+                                                  weights=self.source.mapped_bytes, slots=int(slots))
+            memory.check_memory(self.memory_plan, memory.available_memory(), stacklevel=4)
+            cache = KVCache(self.config, int(slots), int(ctx), kv_cache)
             self.net = Transformer(self.config, self.source.weights, buffers, cache, int(threads))
         except BaseException:
             self.source.close()
             raise
-        self.stats = GenerationStats()
-        self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
-        self._last_logits = np.zeros((1, self.config.vocab_size), np.float32)
-        self._decode_step = {name: np.zeros(1, np.int32) for name in ("tokens", "slots", "positions", "logit_rows")}
 
     def _read_embedded_files(self) -> None:
         files = self.source.files
@@ -122,7 +125,7 @@ class Model:
         """Unmap the model file; the Model must not be used afterwards."""
         self.source.close()
 
-    def __enter__(self) -> "Model":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -155,17 +158,18 @@ class Model:
         return template if isinstance(template, str) else None
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            enable_thinking: bool | None = None, tools: list[dict] | None = None) -> str:
-        """The prompt text for `messages`, as transformers' apply_chat_template(tokenize=False)."""
+                            enable_thinking: bool | None = None, tools: list[dict] | None = None,
+                            **template_kwargs) -> str:
+        """The prompt text for `messages`, as transformers' apply_chat_template(tokenize=False);
+        `template_kwargs` are further variables of the template."""
         if self.chat_template is None:
             raise ValueError(f"{self.path} has no chat template; send raw text with generate()")
         return chat_template.render(self.chat_template, messages, tokenizer_config=self.tokenizer.config,
                                     add_generation_prompt=add_generation_prompt,
-                                    enable_thinking=enable_thinking, tools=tools)
+                                    enable_thinking=enable_thinking, tools=tools, **template_kwargs)
 
-    # -- logits ------------------------------------------------------------------------------
-
-    def _check_ids(self, ids) -> np.ndarray:
+    def check_ids(self, ids) -> np.ndarray:
+        """`ids` as int32, or a ValueError saying why they cannot be a prompt of one slot."""
         ids = np.asarray(ids)
         if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
             raise ValueError("token ids must be a flat sequence of integers")
@@ -179,9 +183,35 @@ class Model:
                              "shorten it or load with a larger ctx=")
         return ids.astype(np.int32)
 
+    def sampling_params(self, **overrides) -> SamplingParams:
+        """Sampling settings: the checkpoint's generation_config.json, then `overrides` (None = keep)."""
+        gc = self.generation_config
+        params = {}
+        if gc.get("do_sample") is False:
+            params["temperature"] = 0.0
+        for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+            if key in gc and gc[key] is not None and key not in params:
+                params[key] = gc[key]
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return SamplingParams(**params)
+
+
+class Model(LoadedModel):
+    """A loaded model with one context: logits, generation, chat with the cache kept between turns."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
+                 kv_cache: str = "f16"):
+        super().__init__(path, threads=threads, ctx=ctx, kv_cache=kv_cache, slots=1)
+        self.stats = GenerationStats()
+        self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
+        self._last_logits = np.zeros((1, self.config.vocab_size), np.float32)
+        self._decode_step = {name: np.zeros(1, np.int32) for name in ("tokens", "slots", "positions", "logit_rows")}
+
+    # -- logits ------------------------------------------------------------------------------
+
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 [len(ids), vocab]: the logits at every position, from an empty context."""
-        ids = self._check_ids(ids)
+        ids = self.check_ids(ids)
         out = np.empty((len(ids), self.config.vocab_size), np.float32)
         with self._exclusive():
             self._cached_ids = []
@@ -220,22 +250,11 @@ class Model:
 
     # -- generation --------------------------------------------------------------------------
 
-    def sampling_params(self, **overrides) -> SamplingParams:
-        """Sampling settings: the checkpoint's generation_config.json, then `overrides` (None = keep)."""
-        gc = self.generation_config
-        params = {}
-        if gc.get("do_sample") is False:
-            params["temperature"] = 0.0
-        for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
-            if key in gc and gc[key] is not None and key not in params:
-                params[key] = gc[key]
-        params.update({k: v for k, v in overrides.items() if v is not None})
-        return SamplingParams(**params)
-
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, *, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                  repetition_penalty: float | None = None, presence_penalty: float | None = None,
-                 seed: int | None = None, stop: Sequence[str] | str | None = None) -> Iterator[GeneratedToken]:
+                 frequency_penalty: float | None = None, seed: int | None = None,
+                 stop: Sequence[str] | str | None = None) -> Iterator[GeneratedToken]:
         """Yield one GeneratedToken per new token; the last carries `finish_reason`.
 
         `prompt` is text (tokenized as it is, no chat template) or token ids.  Sampling defaults
@@ -244,7 +263,7 @@ class Model:
         `max_tokens`, or when the context is full."""
         return self._start(prompt, max_tokens, stop, reuse_cache=False, temperature=temperature, top_k=top_k,
                            top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                           presence_penalty=presence_penalty, seed=seed)
+                           presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
 
     def chat(self, messages: list[dict], max_tokens: int = 1024, *, enable_thinking: bool | None = None,
              tools: list[dict] | None = None, stop: Sequence[str] | str | None = None,
@@ -264,21 +283,14 @@ class Model:
         if not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0:
             raise ValueError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
         params = self.sampling_params(**sampling)
-        ids = self._check_ids(self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt)
+        ids = self.check_ids(self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt)
         stops = [stop] if isinstance(stop, str) else [s for s in (stop or ()) if s]
         return self._generate(ids, max_tokens, params, stops, reuse_cache)
-
-    def _reusable_prefix(self, ids: np.ndarray) -> int:
-        """How many leading ids the cache already holds (at least one id is left to run)."""
-        n = min(len(self._cached_ids), len(ids) - 1)
-        cached = np.asarray(self._cached_ids[:n], dtype=np.int64)
-        differs = np.flatnonzero(cached != ids[:n])
-        return int(differs[0]) if differs.size else n
 
     def _generate(self, ids: np.ndarray, max_tokens: int, params: SamplingParams,
                   stops: list[str], reuse_cache: bool) -> Iterator[GeneratedToken]:
         with self._exclusive():
-            reused = self._reusable_prefix(ids) if reuse_cache else 0
+            reused = reusable_prefix(self._cached_ids, ids) if reuse_cache else 0
             self.stats = stats = GenerationStats(prompt_tokens=len(ids), reused_tokens=reused)
             self._cached_ids = []
             if max_tokens == 0:
@@ -287,26 +299,60 @@ class Model:
             logits = self._feed(ids, reused, None)
             self._cached_ids = ids.tolist()
             stats.prefill_seconds = time.perf_counter() - started
-            sampler = Sampler(params, ids)
-            text = _StopFilter(StreamDecoder(self.tokenizer), stops)
+            decoding = Decoding(self, ids, max_tokens, params, stops)
             started = time.perf_counter()
-            for i in range(max_tokens):
-                token = sampler.sample(logits)
-                position = len(ids) + i  # where this token goes if it is fed back
-                piece = text.add(token) if token not in self.eos_token_ids else ""
-                finish = ("stop" if token in self.eos_token_ids or text.stopped else
-                          "length" if i + 1 == max_tokens else
-                          "context" if position >= self.ctx else None)
-                if finish:
-                    piece += text.flush()
-                stats.generated_tokens = i + 1
-                stats.finish_reason = finish
+            while True:
+                step = decoding.next(logits)
+                stats.generated_tokens = decoding.generated
+                stats.finish_reason = step.finish_reason
                 stats.decode_seconds = time.perf_counter() - started
-                yield GeneratedToken(token, piece, finish)
-                if finish:
+                yield step
+                if step.finish_reason:
                     return
-                logits = self._decode(token, position)
-                self._cached_ids.append(token)
+                logits = self._decode(step.token, decoding.position)
+                self._cached_ids.append(step.token)
+
+
+class Decoding:
+    """One sequence's generation after its prompt: each `next(logits)` samples a token, streams
+    its text (held back while it could be the start of a stop string, cut at one) and says
+    whether the sequence is finished: an EOS token or a stop string ("stop"), `max_tokens`
+    generated ("length"), or the context full ("context")."""
+
+    def __init__(self, model: LoadedModel, ids: np.ndarray, max_tokens: int, params: SamplingParams,
+                 stops: list[str]):
+        self.prompt_tokens = len(ids)
+        self.max_tokens = max_tokens
+        self.generated = 0
+        self._eos = model.eos_token_ids
+        self._ctx = model.ctx
+        self._sampler = Sampler(params, ids)
+        self._text = _StopFilter(StreamDecoder(model.tokenizer), stops)
+
+    @property
+    def position(self) -> int:
+        """Where the last sampled token goes when it is fed back."""
+        return self.prompt_tokens + self.generated - 1
+
+    def next(self, logits: np.ndarray) -> GeneratedToken:
+        """The next token from the logits after the last one (float32 [V]; the penalties may change it)."""
+        token = self._sampler.sample(logits)
+        self.generated += 1
+        piece = self._text.add(token) if token not in self._eos else ""
+        finish = ("stop" if token in self._eos or self._text.stopped else
+                  "length" if self.generated == self.max_tokens else
+                  "context" if self.position >= self._ctx else None)
+        if finish:
+            piece += self._text.flush()
+        return GeneratedToken(token, piece, finish)
+
+
+def reusable_prefix(cached: Sequence[int], ids: np.ndarray) -> int:
+    """How many leading `ids` a cache holding `cached` (in order) can keep: their common prefix,
+    leaving at least one id to run (its logits are needed)."""
+    n = min(len(cached), len(ids) - 1)
+    differs = np.flatnonzero(np.asarray(cached[:n], dtype=np.int64) != ids[:n])
+    return int(differs[0]) if differs.size else n
 
 
 class _Release:

@@ -32,6 +32,8 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p times the top probability")
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
     p.add_argument("--presence-penalty", type=float, default=None, help="subtracted from already generated tokens")
+    p.add_argument("--frequency-penalty", type=float, default=None,
+                   help="subtracted from a generated token once per time it was generated")
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same tokens")
     p.add_argument("--stop", action="append", default=None, metavar="STRING",
                    help="stop when this string appears (not printed); repeatable")
@@ -46,7 +48,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                 repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
-                seed=args.seed, stop=args.stop)
+                frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop)
 
 
 def open_model(args: argparse.Namespace):

@@ -1,5 +1,7 @@
 """Choosing the next token from the logits: greedy, or temperature / top-k / top-p / min-p sampling
-with repetition and presence penalties, in that order (as transformers applies them).
+with repetition, presence and frequency penalties, in that order (as transformers applies them;
+the presence and frequency penalties are OpenAI's: `logit -= presence * (count > 0) + frequency * count`
+over the tokens generated so far).
 
 Per token the work is a partial selection over the vocabulary (`argpartition`), never a full
 sort of all 151,936 logits.
@@ -21,6 +23,7 @@ class SamplingParams:
     min_p: float = 0.0
     repetition_penalty: float = 1.0  # >1 discourages every token seen so far (prompt and output)
     presence_penalty: float = 0.0  # subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # subtracted from a generated token once per time it was generated
     seed: int | None = None
 
     def __post_init__(self):
@@ -45,7 +48,8 @@ class Sampler:
         self.params = params
         self._rng = np.random.default_rng(params.seed)
         self._seen = np.unique(np.asarray(prompt_ids, dtype=np.int64))  # for the repetition penalty
-        self._generated = np.zeros(0, dtype=np.int64)  # for the presence penalty
+        self._generated = np.zeros(0, dtype=np.int64)  # distinct generated tokens (presence, frequency)
+        self._counts = np.zeros(0, dtype=np.int64)  # how often each of them was generated (frequency)
 
     def sample(self, logits: np.ndarray) -> int:
         """The next token.  `logits` (float32 [vocab]) may be modified in place by the penalties."""
@@ -89,14 +93,26 @@ class Sampler:
         if p.repetition_penalty != 1 and len(self._seen):
             seen = logits[self._seen]
             logits[self._seen] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
-        if p.presence_penalty and len(self._generated):
-            logits[self._generated] -= p.presence_penalty
+        if len(self._generated) and (p.presence_penalty or p.frequency_penalty):
+            logits[self._generated] -= p.presence_penalty + p.frequency_penalty * self._counts
 
     def _record(self, token: int) -> None:
-        if self.params.repetition_penalty != 1 and token not in self._seen:
+        p = self.params
+        if p.repetition_penalty != 1 and token not in self._seen:
             self._seen = np.append(self._seen, token)
-        if self.params.presence_penalty and token not in self._generated:
-            self._generated = np.append(self._generated, token)
+        if p.presence_penalty or p.frequency_penalty:
+            at = np.flatnonzero(self._generated == token)
+            if at.size:
+                self._counts[at[0]] += 1
+            else:
+                self._generated = np.append(self._generated, token)
+                self._counts = np.append(self._counts, 1)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 log-probabilities of `logits` [vocab] (what OpenAI's logprobs report), in float64 arithmetic."""
+    x = logits.astype(np.float64)
+    return (x - _logsumexp(x)).astype(np.float32)
 
 
 def _top_k_sorted(values: np.ndarray, k: int) -> np.ndarray:

@@ -1,0 +1,98 @@
+"""The Qwen3 output parser the server uses, on crafted outputs (random-weight fixtures never write
+these tags): thinking, answer and tool calls, split tags, a tool call inside thinking, bad JSON."""
+import json
+
+import pytest
+
+from moecc.server.parsers import Parsed, Qwen3OutputParser
+
+ANSWER_WITH_THINKING = "<think>\nLet me think.\n</think>\n\nThe answer is 4."
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "°C"}}\n</tool_call>'
+
+
+def _parse(pieces, starts_thinking=False):
+    """Feed `pieces` one by one; the concatenated channels, and every piece's Parsed."""
+    parser = Qwen3OutputParser(starts_thinking=starts_thinking)
+    steps = [parser.feed(p) for p in pieces] + [parser.finish()]
+    total = Parsed("".join(s.reasoning for s in steps), "".join(s.content for s in steps),
+                   [c for s in steps for c in s.tool_calls])
+    return total, steps, parser
+
+
+def _every_split(text):
+    """The text cut into pieces at every position, one character at a time, and in two pieces everywhere."""
+    yield list(text)
+    for i in range(1, len(text)):
+        yield [text[:i], text[i:]]
+
+
+@pytest.mark.parametrize("pieces", list(_every_split(ANSWER_WITH_THINKING)))
+def test_thinking_goes_to_reasoning_however_the_tags_are_split(pieces):
+    total, steps, _ = _parse(pieces)
+    assert total.reasoning == "Let me think.\n"
+    assert total.content == "The answer is 4."
+    for step in steps:  # no piece of a tag ever leaks into a channel
+        assert "<" not in step.content and "<" not in step.reasoning
+
+
+def test_tokens_of_a_close_tag_split_as_a_tokenizer_splits_them():
+    total, steps, _ = _parse(["<think>", "\n", "Hmm", " <", "/th", "ink", ">", "\n\n", "Hi"])
+    assert (total.reasoning, total.content) == ("Hmm ", "Hi")
+    assert steps[3].reasoning == " " and steps[4].reasoning == ""  # "<", "/th" held back: they could be a tag
+
+
+def test_a_template_that_opens_the_thinking_itself():
+    total, _, _ = _parse(["I should", " greet.\n", "</think>", "\n\nHello!"], starts_thinking=True)
+    assert (total.reasoning, total.content) == ("I should greet.\n", "Hello!")
+
+
+def test_no_thinking_is_all_content_and_a_late_think_tag_is_text():
+    total, _, _ = _parse(["Just ", "an answer; ", "<think>", " is a tag."])
+    assert total.reasoning == "" and total.content == "Just an answer; <think> is a tag."
+
+
+@pytest.mark.parametrize("pieces", list(_every_split("Checking.\n\n" + CALL)))
+def test_a_tool_call_becomes_tool_calls(pieces):
+    total, _, parser = _parse(pieces)
+    assert total.content == "Checking.\n\n"
+    (call,) = total.tool_calls
+    assert call.index == 0 and call.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.arguments) == {"city": "Paris", "unit": "°C"}
+    assert parser.tool_calls == [call]
+
+
+def test_two_calls_in_a_row_get_their_own_index_and_id():
+    total, steps, _ = _parse([CALL, "\n", CALL.replace("Paris", "Oslo")])
+    assert [c.index for c in total.tool_calls] == [0, 1]
+    assert total.tool_calls[0].id != total.tool_calls[1].id
+    assert json.loads(total.tool_calls[1].arguments)["city"] == "Oslo"
+    assert total.content == ""
+    assert steps[0].tool_calls and steps[2].tool_calls  # each call is passed on when it closes
+
+
+def test_arguments_given_as_a_string_are_kept_as_they_are():
+    total, _, _ = _parse(['<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>'])
+    assert total.tool_calls[0].arguments == '{"x": 1}'
+
+
+def test_a_tool_call_inside_thinking_is_thinking():
+    total, _, _ = _parse(["<think>\nI could call ", CALL, " but no.\n</think>\n\nNo call."])
+    assert total.tool_calls == []
+    assert CALL in total.reasoning and total.content == "No call."
+
+
+@pytest.mark.parametrize("bad", ['{"name": "f", "arguments": {', '["f"]', '{"arguments": {}}', 'not json'])
+def test_malformed_tool_call_json_is_returned_as_content(bad):
+    text = f"<tool_call>\n{bad}\n</tool_call>"
+    total, _, _ = _parse(["Try: ", text[:5], text[5:]])
+    assert total.tool_calls == [] and total.content == "Try: " + text
+
+
+def test_an_output_that_ends_inside_a_tool_call_is_content():
+    total, _, _ = _parse(["<tool_call>\n", '{"name": "f", "argu'])
+    assert total.tool_calls == [] and total.content == '<tool_call>\n{"name": "f", "argu'
+
+
+def test_an_unfinished_tag_at_the_end_is_text():
+    total, _, _ = _parse(["a <", "/thi"], starts_thinking=True)
+    assert total.reasoning == "a </thi" and total.content == ""
