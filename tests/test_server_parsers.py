@@ -96,3 +96,9 @@ def test_an_output_that_ends_inside_a_tool_call_is_content():
 def test_an_unfinished_tag_at_the_end_is_text():
     total, _, _ = _parse(["a <", "/thi"], starts_thinking=True)
     assert total.reasoning == "a </thi" and total.content == ""
+
+
+def test_without_tool_call_parsing_calls_stay_text():
+    parser = Qwen3OutputParser(tool_calls=False)
+    total = parser.feed("<think>\nhm\n</think>\n\n" + CALL[:9]) + parser.feed(CALL[9:]) + parser.finish()
+    assert (total.reasoning, total.content, total.tool_calls) == ("hm\n", CALL, [])

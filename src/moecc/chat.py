@@ -12,48 +12,33 @@ from __future__ import annotations
 import sys
 
 from .generate import build_parser, open_model, sampling_kwargs
+from .server.parsers import THINK_OPEN, Qwen3OutputParser
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 
 
 class ThinkingFilter:
-    """Splits streamed text into thinking and answer, styling or hiding the thinking part.
+    """Styles or hides the thinking part of streamed text, split from the answer by the parser the
+    server uses (tool calls stay text here).
 
     A Thinking-2507 template opens `<think>` itself, in the prompt: then the answer starts
     inside the thinking part, and only `</think>` appears in the output."""
 
     def __init__(self, starts_thinking: bool, hide: bool, dim: bool):
-        self.thinking = starts_thinking
+        self.starts_thinking = starts_thinking
+        self._parser = Qwen3OutputParser(starts_thinking=starts_thinking, tool_calls=False)
         self._hide, self._dim = hide, dim
-        self._pending = ""
-        self._started = False
 
     def feed(self, text: str, final: bool = False) -> str:
-        self._pending += text
-        out = []
-        while self._pending:
-            tag = THINK_CLOSE if self.thinking else THINK_OPEN
-            at = self._pending.find(tag)
-            if at < 0:
-                # keep back a possible beginning of the tag
-                keep = 0 if final else max((n for n in range(1, len(tag)) if self._pending.endswith(tag[:n])), default=0)
-                piece, self._pending = self._pending[:len(self._pending) - keep], self._pending[len(self._pending) - keep:]
-                out.append(self._style(piece))
-                break
-            out.append(self._style(self._pending[:at]))
-            self._pending = self._pending[at + len(tag):]
-            self.thinking = not self.thinking
-            if not self.thinking:
-                self._pending = self._pending.lstrip("\n")
-        return "".join(out)
+        parsed = self._parser.feed(text)
+        if final:
+            parsed += self._parser.finish()
+        return self._style(parsed.reasoning) + parsed.content
 
-    def _style(self, piece: str) -> str:
-        if not piece or not self.thinking:
-            return piece
-        if self._hide:
+    def _style(self, thinking: str) -> str:
+        if not thinking or self._hide:
             return ""
-        return f"{DIM}{piece}{RESET}" if self._dim else piece
+        return f"{DIM}{thinking}{RESET}" if self._dim else thinking
 
 
 def answer(model, messages: list[dict], args, out) -> str:
@@ -61,7 +46,7 @@ def answer(model, messages: list[dict], args, out) -> str:
     prompt = model.apply_chat_template(messages, enable_thinking=args.think)
     shown = ThinkingFilter(starts_thinking=prompt.rstrip().endswith(THINK_OPEN),
                            hide=args.hide_thinking, dim=out.isatty())
-    reply = [THINK_OPEN + "\n"] if shown.thinking else []
+    reply = [THINK_OPEN + "\n"] if shown.starts_thinking else []
     try:
         for step in model.chat(messages, args.max_tokens, enable_thinking=args.think, **sampling_kwargs(args)):
             reply.append(step.text)

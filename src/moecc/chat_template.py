@@ -77,3 +77,5 @@ def render(template: str, messages: list[dict], *, tokenizer_config: dict, add_g
                                          documents=None, add_generation_prompt=add_generation_prompt, **variables)
     except jinja2.exceptions.TemplateError as e:
         raise ChatTemplateError(f"the chat template refused the conversation: {e}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # the template's own code failed on these messages
+        raise ChatTemplateError(f"the chat template failed on the conversation: {e}") from None

@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             state.load(lambda: LoadedModel(args.model, threads=args.threads, ctx=args.ctx,
                                            kv_cache=args.kv_cache, slots=args.parallel), args.max_queue)
-        except Exception as e:
-            print(f"moecc-serve: error: the model failed to load: {state.error}", file=sys.stderr)
+        except Exception:  # reported on /health until the server has stopped, then below
             server.should_exit = True
             return
         model = state.model
@@ -91,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if state.scheduler is not None:
             state.scheduler.stop()
-    return 1 if state.status == "error" else 0
+    if state.status == "error":
+        print(f"moecc-serve: error: the model failed to load: {state.error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from ..chat_template import ChatTemplateError
 from ..engine import LoadedModel
 from . import protocol
 from .metrics import CONTENT_TYPE, Metrics
-from .parsers import THINK_OPEN, Parsed, Qwen3OutputParser
+from .parsers import THINK_OPEN, Qwen3OutputParser
 from .protocol import ChatRequest, CompletionRequest, RequestError
 from .scheduler import EngineFailure, Job, QueueFull, Scheduler, TokenOutput
 
@@ -131,7 +131,7 @@ def create_app(state: ServerState, api_key: str | None = None) -> FastAPI:
         if req.stream:
             return _event_stream(run, _chat_events(run, req, response, parser, token_text))
         outputs = await run.collect()
-        parsed = _merge(parser.feed("".join(o.text for o in outputs)), parser.finish())
+        parsed = parser.feed("".join(o.text for o in outputs)) + parser.finish()
         logprobs = [_chat_logprob(token_text, o) for o in outputs] if run.job.top_logprobs is not None else None
         last = outputs[-1]
         return response.message(parsed.reasoning, parsed.content, parser.tool_calls, logprobs,
@@ -227,8 +227,8 @@ class _Run:
                 try:
                     outputs.append(await asyncio.wait_for(self.next(), DISCONNECT_POLL_SECONDS))
                 except asyncio.TimeoutError:
-                    if await self.request.is_disconnected():
-                        raise
+                    if await self.request.is_disconnected():  # nobody reads the answer (nginx's 499)
+                        raise RequestError("the client disconnected", status=499, code="client_closed_request")
         finally:
             self.cancel()
         return outputs
@@ -259,7 +259,7 @@ async def _chat_events(run: _Run, req: ChatRequest, response: protocol.ChatRespo
         out = await run.next()
         parsed = parser.feed(out.text)
         if out.finish_reason:
-            parsed = _merge(parsed, parser.finish())
+            parsed += parser.finish()
         delta = {}
         if parsed.reasoning:
             delta["reasoning_content"] = parsed.reasoning
@@ -292,10 +292,6 @@ async def _completion_events(run: _Run, req: CompletionRequest, response: protoc
                 yield protocol.sse(response.usage_chunk(out.usage))
             yield protocol.sse("[DONE]")
             return
-
-
-def _merge(a: Parsed, b: Parsed) -> Parsed:
-    return Parsed(a.reasoning + b.reasoning, a.content + b.content, a.tool_calls + b.tool_calls)
 
 
 def _finish(last: TokenOutput, parser: Qwen3OutputParser) -> str:

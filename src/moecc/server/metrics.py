@@ -15,6 +15,8 @@ class Metrics:
         self.running = Gauge("moecc_requests_running", "Requests being decoded or prefilled", registry=r)
         self.queued = Gauge("moecc_requests_queued", "Requests waiting for a slot", registry=r)
         self.slots_busy = Gauge("moecc_slots_busy", "Slots holding a running request", registry=r)
+        self.finished = Counter("moecc_requests", "Requests ended, by finish reason (stop, length, context; "
+                                "cancelled: the client went away; error)", ["finish_reason"], registry=r)
         self.prompt_tokens = Counter("moecc_prompt_tokens", "Prompt tokens of admitted requests", registry=r)
         self.generated_tokens = Counter("moecc_generated_tokens", "Tokens generated", registry=r)
         self.time_to_first_token = Histogram("moecc_time_to_first_token_seconds",

@@ -50,9 +50,15 @@ class Parsed:
     def __bool__(self) -> bool:
         return bool(self.reasoning or self.content or self.tool_calls)
 
+    def __add__(self, later: "Parsed") -> "Parsed":
+        return Parsed(self.reasoning + later.reasoning, self.content + later.content,
+                      self.tool_calls + later.tool_calls)
+
 
 class Qwen3OutputParser:
-    def __init__(self, starts_thinking: bool = False):
+    def __init__(self, starts_thinking: bool = False, tool_calls: bool = True):
+        """`tool_calls`: whether `<tool_call>` blocks become ToolCalls (else they are answer text)."""
+        self._parse_tool_calls = tool_calls
         self._state = _THINKING if starts_thinking else _ANSWER
         self._pending = ""  # text not yet assigned to a channel
         self._call = ""  # the text of the tool call being read
@@ -78,7 +84,8 @@ class Qwen3OutputParser:
             return (THINK_CLOSE,)
         if self._state == _TOOL_CALL:
             return (TOOL_CLOSE,)
-        return (TOOL_OPEN,) if self._answered else (TOOL_OPEN, THINK_OPEN)
+        tags = (TOOL_OPEN,) if self._parse_tool_calls else ()
+        return tags if self._answered else tags + (THINK_OPEN,)
 
     def _drain(self, final: bool) -> Parsed:
         out = Parsed()

@@ -51,6 +51,7 @@ class ChatMessage(_Request):
     def for_template(self) -> dict:
         """The message as the chat template reads it: text content, "developer" as "system"."""
         message = self.model_dump(exclude_none=True)
+        message["content"] = self.content or ""  # null in a tool-calling turn; templates expect text
         message["role"] = "system" if self.role == "developer" else self.role
         if isinstance(self.content, list):
             message["content"] = "".join(part.text for part in self.content)

@@ -167,20 +167,21 @@ class Scheduler:
         """Admit waiting jobs to free slots, then run one forward pass over the running ones."""
         self._drop_cancelled()
         self._admit()
-        if not self._running:
-            return
         try:
-            owners = self._run_rows()
-            now = time.perf_counter()
-            for row, job in enumerate(owners):
-                self._sample(job, self._logits[row], now)
+            if self._running:
+                owners = self._run_rows()
+                now = time.perf_counter()
+                for row, job in enumerate(owners):
+                    self._sample(job, self._logits[row], now)
         except Exception as e:  # a bug, not a bad request (requests are checked before they get here)
             log.exception("engine step failed")
             for job in list(self._running):
                 job.emit(EngineFailure(f"the engine failed: {e}"))
                 job.slot.cached = []  # what the failed step wrote is unknown
                 self._release(job, "error")
-        self._update_gauges()
+        finally:
+            self.metrics.running.set(len(self._running))
+            self.metrics.slots_busy.set(self.busy_slots)
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._running if j.cancelled]:
@@ -263,6 +264,7 @@ class Scheduler:
         """Free the job's slot (its cache keeps what was fed) and log the request's line."""
         self._running.remove(job)
         job.slot.job = None
+        self.metrics.finished.labels(reason).inc()
         usage = self._usage(job, time.perf_counter())
         steps = usage.completion_tokens - 1
         if steps > 0 and usage.decode_seconds > 0:
@@ -271,7 +273,3 @@ class Scheduler:
         log.info("%s: %d prompt tokens (%d cached), %d generated, first token %.3f s, %.1f tok/s, %s",
                  job.id or "request", usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens,
                  usage.time_to_first_token, speed, reason)
-
-    def _update_gauges(self) -> None:
-        self.metrics.running.set(len(self._running))
-        self.metrics.slots_busy.set(self.busy_slots)
