@@ -1,5 +1,6 @@
 """The Qwen3 output parser the server uses, on crafted outputs (random-weight fixtures never write
-these tags): thinking, answer and tool calls, split tags, a tool call inside thinking, bad JSON."""
+these tags): thinking, answer and tool calls, split tags, a tool call inside thinking, bad JSON;
+and the chat responses (streamed and whole) the server makes of such outputs."""
 import json
 
 import pytest
@@ -102,3 +103,61 @@ def test_without_tool_call_parsing_calls_stay_text():
     parser = Qwen3OutputParser(tool_calls=False)
     total = parser.feed("<think>\nhm\n</think>\n\n" + CALL[:9]) + parser.feed(CALL[9:]) + parser.finish()
     assert (total.reasoning, total.content, total.tool_calls) == ("hm\n", CALL, [])
+
+
+def _outputs(pieces):
+    """Crafted scheduler outputs: one token per piece of text, the last finished by an EOS."""
+    from moecc.server.scheduler import TokenOutput, Usage
+    usage = Usage(prompt_tokens=9, cached_tokens=0, completion_tokens=len(pieces) + 1, time_to_first_token=0.1,
+                  decode_seconds=0.2)
+    return [TokenOutput(i, p, None) for i, p in enumerate(pieces)] + [TokenOutput(99, "", "stop", usage=usage)]
+
+
+PIECES = ["<think>", "\n", "Weather", " first.", "\n</", "think>", "\n\n", "Let me check.", "\n",
+          "<tool_call>", '\n{"name": "get_weather", ', '"arguments": {"city": "Paris"}}', "\n</tool_call>"]
+
+
+def test_a_streamed_chat_response_of_thinking_and_a_call_as_openai_streams_it():
+    import asyncio
+    from moecc.server import protocol
+    from moecc.server.http import chat_events
+    req = protocol.parse(b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', protocol.ChatRequest)
+
+    async def outputs():
+        for out in _outputs(PIECES):
+            yield out
+
+    async def events():
+        return [e async for e in chat_events(outputs(), req, protocol.ChatResponse("m"), Qwen3OutputParser(), str)]
+    raw = asyncio.run(events())
+    assert raw[-1] == b"data: [DONE]\n\n"
+    chunks = [json.loads(e[len(b"data: "):]) for e in raw[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Weather first.\n"
+    assert "".join(d.get("content", "") for d in deltas) == "Let me check.\n"
+    (calls,) = [d["tool_calls"] for d in deltas if "tool_calls" in d]
+    assert calls[0]["index"] == 0 and calls[0]["type"] == "function" and calls[0]["id"].startswith("call_")
+    assert calls[0]["function"]["name"] == "get_weather"
+    assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["tool_calls"]
+    assert all("<" not in d.get("content", "") + d.get("reasoning_content", "") for d in deltas)
+
+
+def test_a_whole_chat_response_of_thinking_and_a_call():
+    from moecc.server import protocol
+    from moecc.server.http import chat_message
+    req = protocol.parse(b'{"messages": [{"role": "user", "content": "x"}]}', protocol.ChatRequest)
+    body = chat_message(_outputs(PIECES), req, protocol.ChatResponse("m"), Qwen3OutputParser(), str)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    message = choice["message"]
+    assert message["reasoning_content"] == "Weather first.\n" and message["content"] == "Let me check.\n"
+    assert message["tool_calls"][0]["function"]["name"] == "get_weather" and "index" not in message["tool_calls"][0]
+    assert body["usage"] == {"prompt_tokens": 9, "completion_tokens": len(PIECES) + 1,
+                             "total_tokens": 9 + len(PIECES) + 1, "prompt_tokens_details": {"cached_tokens": 0}}
+    # malformed call JSON: content, finish "stop"
+    bad = chat_message(_outputs(["<tool_call>", "{oops", "</tool_call>"]), req, protocol.ChatResponse("m"),
+                       Qwen3OutputParser(), str)
+    assert bad["choices"][0]["finish_reason"] == "stop"
+    assert bad["choices"][0]["message"] == {"role": "assistant", "content": "<tool_call>{oops</tool_call>"}

@@ -22,7 +22,7 @@ from . import protocol
 from .metrics import CONTENT_TYPE, Metrics
 from .parsers import THINK_OPEN, Qwen3OutputParser
 from .protocol import ChatRequest, CompletionRequest, RequestError
-from .scheduler import EngineFailure, Job, QueueFull, Scheduler, TokenOutput
+from .scheduler import Emit, EngineFailure, Job, QueueFull, Scheduler, TokenOutput
 
 log = logging.getLogger("moecc.server")
 
@@ -125,17 +125,13 @@ def create_app(state: ServerState, api_key: str | None = None) -> FastAPI:
         req = protocol.parse(await request.body(), ChatRequest)
         prompt = _chat_prompt(model, req)
         parser = Qwen3OutputParser(starts_thinking=prompt.rstrip().endswith(THINK_OPEN))
-        run = _Run(request, scheduler, _job(model, req, model.tokenizer.encode(prompt), "messages"))
+        run = _Run(request, scheduler)
+        run.submit(_job(model, req, model.tokenizer.encode(prompt), "messages", run.emit))
         response = protocol.ChatResponse(state.model_name)
         token_text = _token_texts(model)
         if req.stream:
-            return _event_stream(run, _chat_events(run, req, response, parser, token_text))
-        outputs = await run.collect()
-        parsed = parser.feed("".join(o.text for o in outputs)) + parser.finish()
-        logprobs = [_chat_logprob(token_text, o) for o in outputs] if run.job.top_logprobs is not None else None
-        last = outputs[-1]
-        return response.message(parsed.reasoning, parsed.content, parser.tool_calls, logprobs,
-                                _finish(last, parser), last.usage)
+            return _event_stream(run, chat_events(run.stream(), req, response, parser, token_text))
+        return chat_message(await run.collect(), req, response, parser, token_text)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -144,11 +140,12 @@ def create_app(state: ServerState, api_key: str | None = None) -> FastAPI:
         req = protocol.parse(await request.body(), CompletionRequest)
         prompt = req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) else req.prompt
         ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
-        run = _Run(request, scheduler, _job(model, req, ids, "prompt"))
+        run = _Run(request, scheduler)
+        run.submit(_job(model, req, ids, "prompt", run.emit))
         response = protocol.CompletionResponse(state.model_name)
         token_text = _token_texts(model)
         if req.stream:
-            return _event_stream(run, _completion_events(run, req, response, token_text))
+            return _event_stream(run, completion_events(run.stream(), req, response, token_text))
         outputs = await run.collect()
         logprobs = protocol.completion_logprobs_json(token_text, outputs) if req.logprobs is not None else None
         last = outputs[-1]
@@ -176,7 +173,7 @@ def _chat_prompt(model: LoadedModel, req: ChatRequest) -> str:
         raise RequestError(str(e), param="messages") from None
 
 
-def _job(model: LoadedModel, req, ids, prompt_field: str) -> Job:
+def _job(model: LoadedModel, req, ids, prompt_field: str, emit: Emit) -> Job:
     try:
         ids = model.check_ids(ids)
     except ValueError as e:
@@ -188,27 +185,29 @@ def _job(model: LoadedModel, req, ids, prompt_field: str) -> Job:
         raise RequestError(str(e)) from None
     limit = req.token_limit
     return Job(ids=ids, max_tokens=model.ctx if limit is None else limit, params=params, stops=req.stops(),
-               emit=lambda out: None, top_logprobs=req.logprobs_wanted)
+               emit=emit, top_logprobs=req.logprobs_wanted, id=protocol.new_id("req"))
 
 
 class _Run:
-    """One job on the scheduler, its outputs arriving in an asyncio queue."""
+    """One job on the scheduler, its outputs arriving in an asyncio queue (`emit` puts them there)."""
 
-    def __init__(self, request: Request, scheduler: Scheduler, job: Job):
-        self.request, self.scheduler, self.job = request, scheduler, job
+    def __init__(self, request: Request, scheduler: Scheduler):
+        self.request, self.scheduler = request, scheduler
+        self.job: Job | None = None
         self.outputs: asyncio.Queue[TokenOutput | EngineFailure] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        put = self.outputs.put_nowait
+        self._loop = asyncio.get_running_loop()
 
-        def emit(out) -> None:  # on the engine thread
-            try:
-                loop.call_soon_threadsafe(put, out)
-            except RuntimeError:  # the loop has closed: the server is shutting down
-                job.cancel()
-        job.emit = emit
-        job.id = protocol.new_id("req")
+    def emit(self, out: TokenOutput | EngineFailure) -> None:
+        """Called on the engine thread: hands `out` to the event loop."""
         try:
-            scheduler.submit(job)
+            self._loop.call_soon_threadsafe(self.outputs.put_nowait, out)
+        except RuntimeError:  # the loop has closed: the server is shutting down
+            self.job.cancel()
+
+    def submit(self, job: Job) -> None:
+        self.job = job
+        try:
+            self.scheduler.submit(job)
         except QueueFull as e:
             raise RequestError(f"the server is busy: {e}; retry later", status=503, type="server_error",
                                code="queue_full", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
@@ -218,6 +217,14 @@ class _Run:
         if isinstance(out, EngineFailure):
             raise RequestError(str(out), status=500, type="server_error")
         return out
+
+    async def stream(self) -> AsyncIterator[TokenOutput]:
+        """The outputs as they come, up to the last."""
+        while True:
+            out = await self.next()
+            yield out
+            if out.finish_reason:
+                return
 
     async def collect(self) -> list[TokenOutput]:
         """Every output up to the last; cancels the job if the client leaves meanwhile."""
@@ -251,12 +258,22 @@ def _event_stream(run: _Run, events: AsyncIterator[bytes]) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _chat_events(run: _Run, req: ChatRequest, response: protocol.ChatResponse, parser: Qwen3OutputParser,
-                       token_text) -> AsyncIterator[bytes]:
+def chat_message(outputs: list[TokenOutput], req: ChatRequest, response: protocol.ChatResponse,
+                 parser: Qwen3OutputParser, token_text: Callable[[int], str]) -> dict:
+    """The whole chat completion of a job's `outputs` (the last one finished)."""
+    parsed = parser.feed("".join(o.text for o in outputs)) + parser.finish()
+    logprobs = [_chat_logprob(token_text, o) for o in outputs] if req.logprobs_wanted is not None else None
+    last = outputs[-1]
+    return response.message(parsed.reasoning, parsed.content, parser.tool_calls, logprobs,
+                            _finish(last, parser), last.usage)
+
+
+async def chat_events(outputs: AsyncIterator[TokenOutput], req: ChatRequest, response: protocol.ChatResponse,
+                      parser: Qwen3OutputParser, token_text: Callable[[int], str]) -> AsyncIterator[bytes]:
+    """The SSE events of a streamed chat completion of a job's `outputs`."""
     usage_field = req.include_usage
     yield protocol.sse(response.chunk({"role": "assistant", "content": ""}, include_usage=usage_field))
-    while True:
-        out = await run.next()
+    async for out in outputs:
         parsed = parser.feed(out.text)
         if out.finish_reason:
             parsed += parser.finish()
@@ -267,7 +284,7 @@ async def _chat_events(run: _Run, req: ChatRequest, response: protocol.ChatRespo
             delta["content"] = parsed.content
         if parsed.tool_calls:
             delta["tool_calls"] = [protocol.tool_call_json(c, streamed=True) for c in parsed.tool_calls]
-        logprobs = [_chat_logprob(token_text, out)] if run.job.top_logprobs is not None else None
+        logprobs = [_chat_logprob(token_text, out)] if req.logprobs_wanted is not None else None
         if delta or logprobs:
             yield protocol.sse(response.chunk(delta, logprobs, include_usage=usage_field))
         if out.finish_reason:
@@ -278,11 +295,11 @@ async def _chat_events(run: _Run, req: ChatRequest, response: protocol.ChatRespo
             return
 
 
-async def _completion_events(run: _Run, req: CompletionRequest, response: protocol.CompletionResponse,
-                             token_text) -> AsyncIterator[bytes]:
+async def completion_events(outputs: AsyncIterator[TokenOutput], req: CompletionRequest,
+                            response: protocol.CompletionResponse, token_text: Callable[[int], str]) -> AsyncIterator[bytes]:
+    """The SSE events of a streamed completion of a job's `outputs`."""
     offset = 0
-    while True:
-        out = await run.next()
+    async for out in outputs:
         logprobs = protocol.completion_logprobs_json(token_text, [out], offset) if req.logprobs is not None else None
         offset += len(out.text)
         if out.text or logprobs or out.finish_reason:
