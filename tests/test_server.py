@@ -386,3 +386,20 @@ def test_health_says_loading_then_the_load_error(model_path):
             state.load(fail, max_queue=1)
         r = http.get("/health")
         assert r.status_code == 500 and r.json() == {"status": "error", "message": "disk on fire"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--parallel", "0"], "--parallel must be at least 1"),
+    (["--max-queue", "-1"], "--max-queue must be 0 or more"),
+    (["--port", "70000"], "--port must be in 0..65535"),
+])
+def test_bad_flags_are_one_line_errors(model_path, capsys, args, message):
+    from moecc import serve
+    assert serve.main(["--model", model_path, *args]) == 2
+    assert capsys.readouterr().err.strip() == f"moecc-serve: error: {message}, got {args[1]}"
+
+
+def test_a_missing_model_file_is_a_one_line_error(tmp_path, capsys):
+    from moecc import serve
+    assert serve.main(["--model", str(tmp_path / "none.moecc")]) == 2
+    assert "no such file" in capsys.readouterr().err

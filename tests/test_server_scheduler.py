@@ -170,3 +170,20 @@ def test_stop_strings_and_seeds_as_the_single_sequence_model(path):
     assert [o.token for o in plain] == [s.token for s in expected]
     assert "".join(o.text for o in cut) == expected_cut and cut[-1].finish_reason == "stop"
     assert stop not in expected_cut
+
+
+def test_a_failing_step_fails_its_jobs_and_the_engine_goes_on(path):
+    """Requests are checked before they reach the scheduler; should a step raise anyway, its jobs
+    get an EngineFailure, their slots are freed and the next job runs normally."""
+    from moecc.server.scheduler import EngineFailure
+    scheduler = _scheduler(path, slots=2)
+    broken, beside, after = [], [], []
+    scheduler.submit(_job([1, 2], 5, beside))
+    scheduler.submit(_job([10**6], 5, broken))  # outside the vocabulary: the step refuses it
+    scheduler.step()
+    assert isinstance(broken[-1], EngineFailure) and "outside" in str(broken[-1])
+    assert isinstance(beside[-1], EngineFailure) and scheduler.busy_slots == 0
+    scheduler.submit(_job([1, 2], 5, after))
+    _run_until_done(scheduler, [after])
+    alone = moecc.load(path, threads=2, ctx=512, kv_cache="f32")
+    assert [o.token for o in after] == [s.token for s in alone.generate([1, 2], 5, temperature=0)]

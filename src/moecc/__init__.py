@@ -7,7 +7,7 @@
 Modules: config (the model's config), checkpoint (reading Hugging Face folders), convert
 (moecc-convert), format (the .moecc file), quant (storage types, the NumPy oracle), model (the
 forward pass), engine (Model, load, generation), sampler, tokenizer, generate (the CLI),
-_kernels (the C kernels).
+server and serve (moecc-serve, the OpenAI-compatible server), _kernels (the C kernels).
 """
 __version__ = "0.1.0"
 
