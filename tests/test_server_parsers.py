@@ -154,6 +154,8 @@ def test_a_whole_chat_response_of_thinking_and_a_call():
     message = choice["message"]
     assert message["reasoning_content"] == "Weather first.\n" and message["content"] == "Let me check.\n"
     assert message["tool_calls"][0]["function"]["name"] == "get_weather" and "index" not in message["tool_calls"][0]
+    only_call = chat_message(_outputs(PIECES[9:]), req, protocol.ChatResponse("m"), Qwen3OutputParser(), str)
+    assert only_call["choices"][0]["message"]["content"] is None  # OpenAI's null beside tool calls
     assert body["usage"] == {"prompt_tokens": 9, "completion_tokens": len(PIECES) + 1,
                              "total_tokens": 9 + len(PIECES) + 1, "prompt_tokens_details": {"cached_tokens": 0}}
     # malformed call JSON: content, finish "stop"

@@ -193,7 +193,7 @@ class ChatResponse:
 
     def message(self, reasoning: str, content: str, tool_calls: list[ToolCall], logprobs: list[dict] | None,
                 finish_reason: str, usage: Usage) -> dict:
-        message: dict = {"role": "assistant", "content": content}
+        message: dict = {"role": "assistant", "content": content or (None if tool_calls else "")}  # as OpenAI
         if reasoning:
             message["reasoning_content"] = reasoning
         if tool_calls:
