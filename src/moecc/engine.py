@@ -93,12 +93,13 @@ class LoadedModel:
                 raise ValueError(f"ctx must be a positive integer, got {ctx!r}")
             if ctx > max_ctx:
                 warnings.warn(f"ctx {ctx} is longer than the model was trained for "
-                              f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=3)
+                              f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=4)
             self._read_embedded_files()
             buffers = Buffers(self.config, PREFILL_CHUNK)
             self.memory_plan = memory.plan_memory(self.config, kv_cache, ctx=int(ctx), buffers=buffers.nbytes,
                                                   weights=self.source.mapped_bytes, slots=int(slots))
-            memory.check_memory(self.memory_plan, memory.available_memory(), stacklevel=4)
+            # the warnings blame the caller of moecc.load (load -> Model -> LoadedModel)
+            memory.check_memory(self.memory_plan, memory.available_memory(), stacklevel=5)
             cache = KVCache(self.config, int(slots), int(ctx), kv_cache)
             self.net = Transformer(self.config, self.source.weights, buffers, cache, int(threads))
         except BaseException:
