@@ -5,6 +5,8 @@
         print(step.text, end="", flush=True)
 
 A Model owns one context (its KV cache); `logits` and `generate` each start from an empty one.
+With `comm` (an mpi4py communicator of more than one rank) the experts are shared out between
+the ranks (moecc.parallel): every rank makes the same calls and gets the same results.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import chat_template, memory
+from . import chat_template, memory, parallel
 from .formats import FormatError
 from .loader import open_model
 from .model import KV_CACHE_DTYPES, PREFILL_CHUNK, Buffers, KVCache, Transformer
@@ -70,8 +72,34 @@ class Model:
     """A loaded model: config, tokenizer, weights (mapped), one context."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
-                 kv_cache: str = "f16"):
-        threads = default_threads() if threads is None else threads
+                 kv_cache: str = "f16", comm=None):
+        if comm is not None and comm.Get_size() > 1:
+            self._load_shard(path, threads, ctx, kv_cache, comm)
+        else:
+            self._load(path, default_threads() if threads is None else threads, ctx, kv_cache, comm=None)
+        self.stats = GenerationStats()
+        self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
+        self._last_logits = np.zeros((1, self.config.vocab_size), np.float32)
+        self._decode_step = {name: np.zeros(1, np.int32) for name in ("tokens", "slots", "positions", "logit_rows")}
+
+    def _load_shard(self, path, threads: int | None, ctx: int | None, kv_cache: str, comm) -> None:
+        """Every rank loads its shard, then the ranks agree: if any failed, or their files differ,
+        every rank raises the same ShardError (so that none is left waiting for the others).  The
+        ranks on one machine share its cores by default."""
+        per_rank = max(default_threads() // parallel.ranks_on_this_host(comm), 1)
+        error = None
+        try:
+            self._load(path, per_rank if threads is None else threads, ctx, kv_cache, comm)
+        except Exception as e:
+            error = e
+        try:
+            parallel.agree(comm, None if error else self.source.digest, error)
+        except parallel.ShardError:
+            if error is None:
+                self.source.close()
+            raise
+
+    def _load(self, path, threads: int, ctx: int | None, kv_cache: str, comm) -> None:
         if not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         if kv_cache not in KV_CACHE_DTYPES:
@@ -88,19 +116,18 @@ class Model:
                 warnings.warn(f"ctx {ctx} is longer than the model was trained for "
                               f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=3)
             self._read_embedded_files()
+            shard = parallel.ExpertShard.of(comm, self.config.num_experts) if comm else None
+            if shard:
+                self.source.keep_to(shard.experts)
             buffers = Buffers(self.config, PREFILL_CHUNK)
             plan = memory.plan_memory(self.config, kv_cache, ctx=int(ctx), buffers=buffers.nbytes,
-                                      weights=self.source.mapped_bytes)
-            memory.check_memory(plan, memory.available_memory(), stacklevel=4)
+                                      weights=self.source.read_bytes(shard.experts if shard else None))
+            memory.check_memory(plan, memory.available_memory(), stacklevel=6 if comm else 5)  # load()'s caller
             cache = KVCache(self.config, 1, int(ctx), kv_cache)
-            self.net = Transformer(self.config, self.source.weights, buffers, cache, int(threads))
+            self.net = Transformer(self.config, self.source.weights, buffers, cache, int(threads), shard)
         except BaseException:
             self.source.close()
             raise
-        self.stats = GenerationStats()
-        self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
-        self._last_logits = np.zeros((1, self.config.vocab_size), np.float32)
-        self._decode_step = {name: np.zeros(1, np.int32) for name in ("tokens", "slots", "positions", "logit_rows")}
 
     def _read_embedded_files(self) -> None:
         files = self.source.files
@@ -135,6 +162,15 @@ class Model:
     @property
     def threads(self) -> int:
         return self.net.threads
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in its expert-parallel job (0 when it runs alone)."""
+        return self.net.shard.rank if self.net.shard else 0
+
+    def touch(self) -> None:
+        """Bring the weights this process reads into memory (ModelSource.touch; its shard only)."""
+        self.source.touch(self.net.shard.experts if self.net.shard else None)
 
     def _eos_ids(self) -> frozenset[int]:
         eos = self.generation_config.get("eos_token_id")
@@ -291,7 +327,7 @@ class Model:
             text = _StopFilter(StreamDecoder(self.tokenizer), stops)
             started = time.perf_counter()
             for i in range(max_tokens):
-                token = sampler.sample(logits)
+                token = self._next_token(sampler, logits)
                 position = len(ids) + i  # where this token goes if it is fed back
                 piece = text.add(token) if token not in self.eos_token_ids else ""
                 finish = ("stop" if token in self.eos_token_ids or text.stopped else
@@ -307,6 +343,15 @@ class Model:
                     return
                 logits = self._decode(token, position)
                 self._cached_ids.append(token)
+
+
+    def _next_token(self, sampler: Sampler, logits: np.ndarray) -> int:
+        """The sampled token; in an expert-parallel job rank 0's, sent to every rank, so that all
+        caches hold the same tokens."""
+        shard = self.net.shard
+        if shard is None:
+            return sampler.sample(logits)
+        return shard.broadcast_token(sampler.sample(logits) if shard.rank == 0 else None)
 
 
 class _Release:
@@ -352,10 +397,13 @@ class _StopFilter:
 
 
 def load(path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
-         kv_cache: str = "f16") -> Model:
+         kv_cache: str = "f16", comm=None) -> Model:
     """Map a .moecc file and make it ready to run.  `threads` defaults to the CPUs this process
-    may use; `ctx` (the KV cache length) to the model's max_position_embeddings, at most 4096;
-    `kv_cache` stores keys and values as "f16" (half the memory and the bytes a long context
-    reads per token, as llama.cpp does; keys are RMS-normed, values would overflow only past
-    f16's +-65504) or "f32" (exact: what transformers computes in float32)."""
-    return Model(path, threads=threads, ctx=ctx, kv_cache=kv_cache)
+    may use (with `comm`, shared by the ranks on this machine); `ctx` (the KV cache length) to
+    the model's max_position_embeddings, at most 4096; `kv_cache` stores keys and values as
+    "f16" (half the memory and the bytes a long context reads per token, as llama.cpp does; keys
+    are RMS-normed, values would overflow only past f16's +-65504) or "f32" (exact: what
+    transformers computes in float32).  `comm`: an mpi4py communicator (e.g. MPI.COMM_WORLD)
+    whose ranks share the experts out (moecc.parallel); every rank calls load and then the same
+    methods.  Without one, or with one of one rank, the process runs the whole model."""
+    return Model(path, threads=threads, ctx=ctx, kv_cache=kv_cache, comm=comm)
