@@ -69,6 +69,51 @@ def spmd(mpiexec: str, ranks: int, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
+# ---- the step's hook, in this process ------------------------------------------------------
+
+def _network(model, shard):
+    from moecc.model import PREFILL_CHUNK, Buffers, KVCache, Transformer
+    cfg = model.config
+    return Transformer(cfg, model.source.weights, Buffers(cfg, PREFILL_CHUNK), KVCache(cfg, 1, 64, "f32"), 1, shard)
+
+
+def _step(net, tokens):
+    logits = np.empty((len(tokens), net.cfg.vocab_size), np.float32)
+    T = len(tokens)
+    net.forward(np.asarray(tokens, np.int32), np.zeros(T, np.int32), np.arange(T, dtype=np.int32),
+                np.arange(T, dtype=np.int32), logits)
+    return logits
+
+
+def test_a_shard_of_one_rank_changes_nothing(mpiexec, converted):
+    """All experts and a sum over one rank: the same bits as no shard, one sum per sparse layer."""
+    from mpi4py import MPI
+    from moecc.parallel import ExpertShard
+    model = moecc.load(converted("main", "q4"), threads=1)
+    shard = ExpertShard.of(MPI.COMM_SELF, model.config.num_experts)
+    tokens = list(range(3, 40))
+    np.testing.assert_array_equal(_step(_network(model, shard), tokens), _step(_network(model, None), tokens))
+    sparse = sum(model.config.is_sparse_layer(i) for i in range(model.config.num_hidden_layers))
+    assert shard.experts == (0, model.config.num_experts) and shard.reduces == sparse >= 1
+
+
+def test_a_sum_that_raises_ends_the_step_with_its_error(mpiexec, converted):
+    from mpi4py import MPI
+    from moecc.parallel import ExpertShard
+    model = moecc.load(converted("main", "f32"), threads=2)
+    shard = ExpertShard.of(MPI.COMM_SELF, model.config.num_experts)
+    calls = []
+
+    def interrupted(values):  # as an Allreduce interrupted by Ctrl-C
+        calls.append(values.shape)
+        raise KeyboardInterrupt
+    shard.sum_over_ranks = interrupted
+    net = _network(model, shard)
+    with pytest.raises(KeyboardInterrupt):
+        _step(net, [5, 6, 7])
+    assert calls == [(3 * model.config.hidden_size,)]  # the step stopped at the first sum
+
+
 # ---- the same results as one process ------------------------------------------------------
 
 CASES = ("main", "gqa")  # 8 experts top-2 with a dense layer; 64 experts top-8

@@ -8,18 +8,22 @@ embedding and the lm_head (everything but the experts) are read and run by every
 each sparse layer's experts are cut into N contiguous ranges, one per rank (`expert_range`).
 Contiguous because which experts a prompt routes to is not known at load (no measured
 frequency to balance by), and because a rank's slice of each stacked [E, rows, cols] expert
-tensor is then one byte range of the file.  The other ranks' pages are never read (the kernels
-skip their experts, ModelSource.touch skips them too), so they are never resident.
+tensor is then one byte range of the file.  The other ranks' experts are never read (the
+kernels skip them, Model.touch skips them too) and never mapped into this process: the kernel
+maps the pages around a fault, and whole large folios of the page cache, which on a machine
+shared by several ranks hold the others' experts, so ModelSource.keep_to madvises those byte
+ranges into mapping regions of their own.
 
 A step: each rank runs attention and the router itself (cheaper than broadcasting their result),
 computes its own experts' weighted outputs for the rows routed to them (the rows routed
 elsewhere get 0 from it), and one Allreduce (sum) of the [T, hidden] partial outputs per
 sparse layer combines them before the residual add (forward.c calls `sum_over_ranks` through
 the binding).  The partial outputs are float64, as one process sums its experts' outputs
-(moe.c): the ranks' sum then rounds to the float32 one process gets, whatever the order MPI adds
-them in.  (A float32 sum in another order moves logits by ~1e-7 in f32 files, but in q4 files
-that ulp now and then flips an activation's 8-bit rounding: up to 1e-2 on a few positions of the
-fixtures' long prompts.)  Twice the bytes of float32: 16 KiB per token per layer at Qwen3-30B-A3B's width.  Rank 0 samples; the token is broadcast, so every rank's KV cache holds
+(moe.c): the ranks' sum then rounds to the float32 one process gets, whatever the order MPI
+adds them in.  (A float32 sum in another order moves logits by ~1e-7 in f32 files, but in q4
+files that ulp now and then flips an activation's 8-bit rounding: up to 1e-2 at a few positions
+of the fixtures' long prompts.)  That is twice float32's bytes: 16 KiB per token per layer at
+Qwen3-30B-A3B's width.  Rank 0 samples; the token is broadcast, so every rank's KV cache holds
 the same tokens.
 
 mpi4py is imported only here, and only when a communicator is used (or the command-line tools
