@@ -74,6 +74,9 @@ def agree(comm, digest: str | None, error: BaseException | None) -> None:
     or if the ranks' model files differ (`digest`: ModelSource.digest, of the file's header);
     returns on every rank otherwise."""
     outcomes = comm.allgather((digest, None if error is None else f"{error}"))
+    messages = {message for _, message in outcomes}
+    if len(messages) == 1 and None not in messages:  # every rank failed alike
+        raise ShardError(messages.pop()) from error
     for rank, (_, message) in enumerate(outcomes):
         if message is not None:
             raise ShardError(f"rank {rank} of {comm.Get_size()} could not load the model: {message}") from error
