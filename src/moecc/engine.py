@@ -114,7 +114,8 @@ class Model:
                 raise ValueError(f"ctx must be a positive integer, got {ctx!r}")
             if ctx > max_ctx:
                 warnings.warn(f"ctx {ctx} is longer than the model was trained for "
-                              f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=3)
+                              f"(max_position_embeddings {max_ctx}); quality may drop past that",
+                              stacklevel=5 if comm else 4)  # load()'s caller
             self._read_embedded_files()
             shard = parallel.ExpertShard.of(comm, self.config.num_experts) if comm else None
             if shard:

@@ -46,7 +46,7 @@ int64_t moecc_moe_scratch_floats(int64_t T, int64_t k, int64_t D, int64_t I) {
     const int64_t P = T * k;
     const int64_t xg_f = T > 1 ? pad16(P * D) : 0, xg_q = xq_floats(T > 1 ? P : 1, D);
     const int64_t partial = T == 1 ? pad16(2 * P * D) : 0;
-    return 2 * pad16(P) + (xg_f > xg_q ? xg_f : xg_q) + pad16(P * I) + xq_floats(P, I) + partial;
+    return 2 * pad16(P) + (xg_f > xg_q ? xg_f : xg_q) + pad16(P * I) + pad16(xq_floats(P, I)) + partial;
 }
 
 /* order[0..P) = pair indices sorted by expert, stable (bottom-up merge sort through tmp) */
@@ -160,7 +160,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
     char *xg = (char *)(scratch + 2 * pad16(P));
     float *h = (float *)xg + xg_floats;
     char *hq = (char *)(h + pad16(P * I));
-    double *partial = (double *)((float *)hq + xq_floats(P, I));
+    double *partial = (double *)((float *)hq + pad16(xq_floats(P, I))); /* 64-byte aligned */
     const int gathered = T > 1; /* decode: every pair's token is x[0], read in place */
     const void *xs = xqD ? (const void *)xg : gathered ? (const void *)xg : (const void *)x;
     const int64_t ldx = !gathered ? 0 : xqD ? xqD : D * (int64_t)sizeof(float);
