@@ -5,6 +5,8 @@
     python mpi_ranks.py endless MODEL --out DIR                      generate until killed; each rank
                                                                     writes its pid to DIR/rank{r}.pid
                                                                     once generating
+    python mpi_ranks.py broken MODEL                                 rank 1's communicator breaks (is
+                                                                    freed) mid-generation
     python mpi_ranks.py resident MODEL --out DIR                     each rank's resident share of the
                                                                     file after a long prefill, then a
                                                                     touch -> DIR/rank{r}.json
@@ -48,6 +50,14 @@ def endless(path: str, out: str, comm) -> None:
                 os.replace(f.name, f.name[:-len(".partial")])  # appears whole
 
 
+def broken(path: str, comm) -> None:
+    model = moecc.load(path, threads=1, comm=comm.Dup())
+    model.eos_token_ids = frozenset()
+    for i, _ in enumerate(model.generate(list(range(3, 40)), max_tokens=40, temperature=0)):
+        if i == 5 and comm.Get_rank() == 1:
+            model.net.shard.comm.Free()  # its next Allreduce fails; rank 0 waits in its own
+
+
 def resident(path: str, out: str, comm) -> None:
     with moecc.load(path, threads=1, comm=comm) as model:
         shard = model.net.shard
@@ -63,7 +73,7 @@ def resident(path: str, out: str, comm) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("job", choices=("results", "endless", "resident"))
+    ap.add_argument("job", choices=("results", "endless", "broken", "resident"))
     ap.add_argument("models", nargs="+")
     ap.add_argument("--inputs")
     ap.add_argument("--out")
@@ -73,6 +83,8 @@ def main() -> int:
         results(a.models, a.inputs, a.out, comm)
     elif a.job == "endless":
         endless(a.models[0], a.out, comm)
+    elif a.job == "broken":
+        broken(a.models[0], comm)
     else:
         resident(a.models[0], a.out, comm)
     return 0

@@ -2,8 +2,8 @@
 loopback, one thread per rank.  Every rank's logits equal one process's within float32 rounding
 (1e-5 relative), greedy tokens are identical, on the fixtures, f32 and q4; the CLIs print once;
 each rank keeps only its share of the weights resident; mismatched files, too many ranks and a
-missing file are refused on every rank with one line; a rank killed mid-generation ends the job
-within seconds.  The programs the ranks run are in mpi_ranks.py.
+missing file are refused on every rank with one line; a rank whose collective fails, or that is
+killed mid-generation, ends the job within seconds.  The programs the ranks run are in mpi_ranks.py.
 
 Skipped only where no MPI can be had (mpi4py or mpiexec missing), with the reason; with
 MOECC_REQUIRE_MPI=1 (CI) that is a failure instead.
@@ -231,7 +231,17 @@ def test_more_ranks_than_experts_are_refused(mpiexec, tmp_path):
         and "run at most 2 ranks" in lines[0], done.stderr
 
 
-# ---- a rank that dies ends the job -----------------------------------------------------------------
+# ---- a rank that fails or dies ends the job ----------------------------------------------------------
+
+def test_a_failed_sum_on_one_rank_ends_the_job(mpiexec, converted):
+    """Rank 1's Allreduce fails (its communicator is gone) while rank 0 waits in its own."""
+    started = time.monotonic()
+    done = run(launch(mpiexec, 2, RANKS_PROGRAM, "broken", converted("main", "q4")))
+    assert done.returncode != 0 and time.monotonic() - started < RUN_TIMEOUT / 2
+    assert "moecc: rank 1 of 2: the sum of the experts' outputs failed (Invalid communicator" in done.stderr, \
+        done.stderr
+    assert "ending the job" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
 
 @pytest.mark.parametrize("ranks,victim", [(2, 1), (3, 0)])
 def test_a_killed_rank_ends_the_job_within_seconds(mpiexec, converted, tmp_path, ranks, victim):

@@ -59,10 +59,11 @@ class ThinkingFilter:
         return f"{DIM}{piece}{RESET}" if self._dim else piece
 
 
-def answer(model, messages: list[dict], args, out, err=sys.stderr, stoppable: bool = True) -> str:
-    """Stream the model's reply to `messages` to `out` (the speed line to `err`); returns the
-    reply text (thinking included).  Ctrl-C stops the answer if `stoppable` (one process: no
-    other rank to fall out of step with)."""
+def answer(model, messages: list[dict], args, out, err=None, stoppable: bool = True) -> str:
+    """Stream the model's reply to `messages` to `out` (the speed line to `err`, default
+    stderr); returns the reply text (thinking included).  Ctrl-C stops the answer if
+    `stoppable` (one process: no other rank to fall out of step with)."""
+    err = sys.stderr if err is None else err
     prompt = model.apply_chat_template(messages, enable_thinking=args.think)
     shown = ThinkingFilter(starts_thinking=prompt.rstrip().endswith(THINK_OPEN),
                            hide=args.hide_thinking, dim=out.isatty())

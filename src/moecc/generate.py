@@ -76,7 +76,7 @@ def fail(comm, message: str, code: int) -> int:
     waiting for this one."""
     if comm is not None:
         from .parallel import abort
-        abort(comm, message, code)
+        abort(message, code)
     print(f"moecc: {message}", file=sys.stderr)
     return code
 

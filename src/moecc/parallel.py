@@ -126,7 +126,7 @@ class ExpertShard:
         try:
             self.comm.Allreduce(self._in_place, values)
         except Exception as e:  # mpi4py raises MPI.Exception (errors return as exceptions)
-            abort(self.comm, f"the sum of the experts' outputs failed ({e})")
+            abort(f"the sum of the experts' outputs failed ({e})")
         self.reduce_seconds += time.perf_counter() - started
         self.reduces += 1
 
@@ -135,10 +135,15 @@ class ExpertShard:
         return self.comm.bcast(token, root=0)
 
 
-def abort(comm, message: str, code: int = 1) -> None:
-    """End every rank of comm's job with `code`, printing `message` with this rank's number first."""
-    print(f"moecc: rank {comm.Get_rank()} of {comm.Get_size()}: {message}; ending the job", file=sys.stderr, flush=True)
-    comm.Abort(code)
+def abort(message: str, code: int = 1) -> None:
+    """End every rank of the job (MPI.COMM_WORLD) with `code`, printing `message` after this
+    rank's number."""
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    print(f"moecc: rank {world.Get_rank()} of {world.Get_size()}: {message}; ending the job", file=sys.stderr,
+          flush=True)
+    world.Abort(code)
+    os._exit(code)  # MPICH's MPI_Abort can return before the launcher has ended this process
 
 
 def ranks_on_this_host(comm) -> int:
