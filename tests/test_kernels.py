@@ -370,7 +370,8 @@ def moe_ref_quantized(x, gate, up, down, idx, wts):
 
 @functools.lru_cache(maxsize=None)
 def _moe_case(wdtype, T, E, k, D, I):
-    """(kernel arguments, storage type, reference), made once for every ISA."""
+    """(kernel arguments, storage type, reference, the reference as a function of the pairs'
+    weights), made once for every ISA."""
     rng = np.random.default_rng(T * 1000 + E * 10 + k + D + I)
     x = randn(rng, T, D)
     shapes = {"gate": (E, I, D), "up": (E, I, D), "down": (E, D, I)}
@@ -390,12 +391,11 @@ def _moe_case(wdtype, T, E, k, D, I):
         ref_fn = moe_ref
     idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
     wts = rng.random((T, k)).astype(np.float32)
-    ref = ref_fn(x.astype(np.float64), exact["gate"], exact["up"], exact["down"], idx,
-                 wts.astype(np.float64))
+    reference = functools.partial(ref_fn, x.astype(np.float64), exact["gate"], exact["up"], exact["down"], idx)
     args = (x, stored["gate"], stored["up"], stored["down"], idx, wts)
     for a in args:
         a.flags.writeable = False
-    return args, (wdtype if quantized else None), ref
+    return args, (wdtype if quantized else None), reference(wts.astype(np.float64)), reference
 
 
 def moe_close(got, ref, wdtype):
@@ -417,7 +417,7 @@ def moe_close(got, ref, wdtype):
 @pytest.mark.parametrize("T,E,k,D,I", MOE_SPLIT_CASES,
                          ids=["decode-k8", "prefill-k8", "decode-k6-odd", "prefill-k6-odd"])
 def test_moe_ffn_thread_splits(isa, wdtype, T, E, k, D, I):
-    args, kind, ref = _moe_case(wdtype, T, E, k, D, I)
+    args, kind, ref, _ = _moe_case(wdtype, T, E, k, D, I)
     scratch = np.empty(K.moe_scratch_floats(T, k, D, I), np.float32)
     outs = {}
     for n in MOE_THREADS:
@@ -435,6 +435,39 @@ def test_moe_ffn_thread_splits(isa, wdtype, T, E, k, D, I):
     by_expert = [n for n in MOE_THREADS if T == 1 and k % n == 0]
     for n in by_expert[1:]:
         np.testing.assert_array_equal(outs[n], outs[1], err_msg=f"threads {n} vs 1, by expert")
+
+
+@pytest.mark.parametrize("wdtype", WDTYPES + ["q8", "q4", "q4p"])
+@pytest.mark.parametrize("T,E,k,D,I", MOE_SPLIT_CASES,
+                         ids=["decode-k8", "prefill-k8", "decode-k6-odd", "prefill-k6-odd"])
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_moe_ffn_expert_ranges(isa, threads, wdtype, T, E, k, D, I, ranks):
+    """Expert parallelism: with the experts cut into contiguous ranges (as moecc.parallel cuts
+    them), each range's output is the reference over the pairs routed into it alone (the others
+    weigh 0), whether its pair count divides the threads or not, and the ranges add up to the
+    whole layer."""
+    from moecc.parallel import expert_range
+    args, kind, ref, reference = _moe_case(wdtype, T, E, k, D, I)
+    x, gate, up, down, idx, wts = args
+    scratch = np.empty(K.moe_scratch_floats(T, k, D, I), np.float32)
+    total = np.zeros((T, D), np.float64)
+    for rank in range(ranks):
+        begin, end = expert_range(E, rank, ranks)
+        out = np.full((T, D), np.nan, np.float32)
+        K.moe_ffn(*args, scratch, out, threads=threads, storage=kind, experts=(begin, end))
+        mine = (idx >= begin) & (idx < end)
+        moe_close(out, reference(np.where(mine, wts, 0).astype(np.float64)), wdtype)
+        total += out
+    moe_close(total, ref, wdtype)
+
+
+def test_moe_ffn_refuses_a_range_outside_the_experts():
+    args, kind, _, _ = _moe_case("f32", 1, 32, 8, 256, 96)
+    scratch = np.empty(K.moe_scratch_floats(1, 8, 256, 96), np.float32)
+    out = np.empty((1, 256), np.float32)
+    for experts in [(0, 33), (-1, 4), (5, 5), (6, 2)]:
+        with pytest.raises(ValueError, match=r"experts must be a range \(begin, end\) with 0 <= begin < end <= 32"):
+            K.moe_ffn(*args, scratch, out, threads=1, storage=kind, experts=experts)
 
 
 # ---- errors ----------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ What it shares with the server (moecc.server), which decodes many sequences at o
 `LoadedModel` (the file, tokenizer, templates, sampling defaults and the network with a KV cache
 of `slots` sequences, checked against the memory available) and `Decoding` (one sequence's
 generation after its prompt: sampling, text cut at stop strings, when it finishes).
+With `comm` (an mpi4py communicator of more than one rank) the experts are shared out between
+the ranks (moecc.parallel): every rank makes the same calls and gets the same results.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import chat_template, memory
+from . import chat_template, memory, parallel
 from .formats import FormatError
 from .loader import open_model
 from .model import KV_CACHE_DTYPES, PREFILL_CHUNK, Buffers, KVCache, Transformer
@@ -75,8 +77,30 @@ class LoadedModel:
     (weights mapped) with a KV cache of `slots` sequences of `ctx` positions each."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
-                 kv_cache: str = "f16", slots: int = 1):
-        threads = default_threads() if threads is None else threads
+                 kv_cache: str = "f16", slots: int = 1, comm=None):
+        if comm is not None and comm.Get_size() > 1:
+            self._load_shard(path, threads, ctx, kv_cache, slots, comm)
+        else:
+            self._load(path, default_threads() if threads is None else threads, ctx, kv_cache, slots, comm=None)
+
+    def _load_shard(self, path, threads: int | None, ctx: int | None, kv_cache: str, slots: int, comm) -> None:
+        """Every rank loads its shard, then the ranks agree: if any failed, or their files differ,
+        every rank raises the same ShardError (so that none is left waiting for the others).  The
+        ranks on one machine share its cores by default."""
+        per_rank = max(default_threads() // parallel.ranks_on_this_host(comm), 1)
+        error = None
+        try:
+            self._load(path, per_rank if threads is None else threads, ctx, kv_cache, slots, comm)
+        except Exception as e:
+            error = e
+        try:
+            parallel.agree(comm, None if error else self.source.digest, error)
+        except parallel.ShardError:
+            if error is None:
+                self.source.close()
+            raise
+
+    def _load(self, path, threads: int, ctx: int | None, kv_cache: str, slots: int, comm) -> None:
         if not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         if kv_cache not in KV_CACHE_DTYPES:
@@ -93,15 +117,20 @@ class LoadedModel:
                 raise ValueError(f"ctx must be a positive integer, got {ctx!r}")
             if ctx > max_ctx:
                 warnings.warn(f"ctx {ctx} is longer than the model was trained for "
-                              f"(max_position_embeddings {max_ctx}); quality may drop past that", stacklevel=4)
+                              f"(max_position_embeddings {max_ctx}); quality may drop past that",
+                              stacklevel=6 if comm else 5)  # the caller of moecc.load
             self._read_embedded_files()
+            shard = parallel.ExpertShard.of(comm, self.config.num_experts) if comm else None
+            if shard:
+                self.source.keep_to(shard.experts)
             buffers = Buffers(self.config, PREFILL_CHUNK)
             self.memory_plan = memory.plan_memory(self.config, kv_cache, ctx=int(ctx), buffers=buffers.nbytes,
-                                                  weights=self.source.mapped_bytes, slots=int(slots))
-            # the warnings blame the caller of moecc.load (load -> Model -> LoadedModel)
-            memory.check_memory(self.memory_plan, memory.available_memory(), stacklevel=5)
+                                                  weights=self.source.read_bytes(shard.experts if shard else None),
+                                                  slots=int(slots))
+            # the warnings blame the caller of moecc.load (load -> Model -> LoadedModel -> _load)
+            memory.check_memory(self.memory_plan, memory.available_memory(), stacklevel=7 if comm else 6)
             cache = KVCache(self.config, int(slots), int(ctx), kv_cache)
-            self.net = Transformer(self.config, self.source.weights, buffers, cache, int(threads))
+            self.net = Transformer(self.config, self.source.weights, buffers, cache, int(threads), shard)
         except BaseException:
             self.source.close()
             raise
@@ -139,6 +168,15 @@ class LoadedModel:
     @property
     def threads(self) -> int:
         return self.net.threads
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in its expert-parallel job (0 when it runs alone)."""
+        return self.net.shard.rank if self.net.shard else 0
+
+    def touch(self) -> None:
+        """Bring the weights this process reads into memory (ModelSource.touch; its shard only)."""
+        self.source.touch(self.net.shard.experts if self.net.shard else None)
 
     def _eos_ids(self) -> frozenset[int]:
         eos = self.generation_config.get("eos_token_id")
@@ -201,8 +239,8 @@ class Model(LoadedModel):
     """A loaded model with one context: logits, generation, chat with the cache kept between turns."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
-                 kv_cache: str = "f16"):
-        super().__init__(path, threads=threads, ctx=ctx, kv_cache=kv_cache, slots=1)
+                 kv_cache: str = "f16", comm=None):
+        super().__init__(path, threads=threads, ctx=ctx, kv_cache=kv_cache, slots=1, comm=comm)
         self.stats = GenerationStats()
         self._cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self._last_logits = np.zeros((1, self.config.vocab_size), np.float32)
@@ -328,6 +366,7 @@ class Decoding:
         self._eos = model.eos_token_ids
         self._ctx = model.ctx
         self._sampler = Sampler(params, ids)
+        self._shard = model.net.shard
         self._text = _StopFilter(StreamDecoder(model.tokenizer), stops)
 
     @property
@@ -337,7 +376,7 @@ class Decoding:
 
     def next(self, logits: np.ndarray) -> GeneratedToken:
         """The next token from the logits after the last one (float32 [V]; the penalties may change it)."""
-        token = self._sampler.sample(logits)
+        token = self._sample(logits)
         self.generated += 1
         piece = self._text.add(token) if token not in self._eos else ""
         finish = ("stop" if token in self._eos or self._text.stopped else
@@ -346,6 +385,14 @@ class Decoding:
         if finish:
             piece += self._text.flush()
         return GeneratedToken(token, piece, finish)
+
+
+    def _sample(self, logits: np.ndarray) -> int:
+        """The sampled token; in an expert-parallel job rank 0's, sent to every rank, so that all
+        caches hold the same tokens."""
+        if self._shard is None:
+            return self._sampler.sample(logits)
+        return self._shard.broadcast_token(self._sampler.sample(logits) if self._shard.rank == 0 else None)
 
 
 def reusable_prefix(cached: Sequence[int], ids: np.ndarray) -> int:
@@ -399,10 +446,13 @@ class _StopFilter:
 
 
 def load(path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
-         kv_cache: str = "f16") -> Model:
+         kv_cache: str = "f16", comm=None) -> Model:
     """Map a .moecc file and make it ready to run.  `threads` defaults to the CPUs this process
-    may use; `ctx` (the KV cache length) to the model's max_position_embeddings, at most 4096;
-    `kv_cache` stores keys and values as "f16" (half the memory and the bytes a long context
-    reads per token, as llama.cpp does; keys are RMS-normed, values would overflow only past
-    f16's +-65504) or "f32" (exact: what transformers computes in float32)."""
-    return Model(path, threads=threads, ctx=ctx, kv_cache=kv_cache)
+    may use (with `comm`, shared by the ranks on this machine); `ctx` (the KV cache length) to
+    the model's max_position_embeddings, at most 4096; `kv_cache` stores keys and values as
+    "f16" (half the memory and the bytes a long context reads per token, as llama.cpp does; keys
+    are RMS-normed, values would overflow only past f16's +-65504) or "f32" (exact: what
+    transformers computes in float32).  `comm`: an mpi4py communicator (e.g. MPI.COMM_WORLD)
+    whose ranks share the experts out (moecc.parallel); every rank calls load and then the same
+    methods.  Without one, or with one of one rank, the process runs the whole model."""
+    return Model(path, threads=threads, ctx=ctx, kv_cache=kv_cache, comm=comm)

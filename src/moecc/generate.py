@@ -4,7 +4,9 @@
 
 The prompt goes through the model's chat template (as a user message) unless --raw is given.
 With no --model it runs the bundled demo model (tiny, random weights).  Token counts and
-prefill / decode speed go to stderr at the end.
+prefill / decode speed go to stderr at the end.  Under mpiexec with more than one rank the ranks
+share the experts out (moecc.parallel) and rank 0 prints; an error that leaves other ranks
+waiting ends the whole job.
 """
 from __future__ import annotations
 
@@ -51,13 +53,34 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
                 frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop)
 
 
-def open_model(args: argparse.Namespace):
+def job_communicator():
+    """MPI.COMM_WORLD when mpiexec started this process as one of several ranks, else None."""
+    from .parallel import launched_ranks, world
+    return world() if launched_ranks() > 1 else None
+
+
+def speaks(comm) -> bool:
+    """Whether this process prints: it runs alone, or it is rank 0."""
+    return comm is None or comm.Get_rank() == 0
+
+
+def open_model(args: argparse.Namespace, comm=None):
     import moecc
     path = args.model or DEMO_MODEL
-    if args.model is None:
+    if args.model is None and speaks(comm):
         print("moecc: no --model given; running the bundled demo model, whose weights are random "
               "(its text is gibberish)", file=sys.stderr)
-    return moecc.load(path, threads=args.threads, ctx=args.ctx, kv_cache=args.kv_cache)
+    return moecc.load(path, threads=args.threads, ctx=args.ctx, kv_cache=args.kv_cache, comm=comm)
+
+
+def fail(comm, message: str, code: int) -> int:
+    """Report an error of this process; under MPI end the whole job, whose other ranks may be
+    waiting for this one."""
+    if comm is not None:
+        from .parallel import abort
+        abort(message, code)
+    print(f"moecc: {message}", file=sys.stderr)
+    return code
 
 
 def print_stats(stats) -> None:
@@ -75,26 +98,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="send the prompt as it is, without the model's chat template")
     args = parser.parse_args(argv)
     from moecc.formats import FormatError
+    from moecc.parallel import ShardError
+    comm = None
     try:
-        model = open_model(args)
+        comm = job_communicator()
+        model = open_model(args, comm)
         prompt = args.prompt
         if model.chat_template is not None and not args.raw:
             messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
                 [{"role": "user", "content": args.prompt}]
             prompt = model.apply_chat_template(messages, enable_thinking=args.think)
         steps = model.generate(prompt, args.max_tokens, **sampling_kwargs(args))
-        if prompt.rstrip().endswith("<think>"):  # a template that opens the thinking itself (2507)
+        if prompt.rstrip().endswith("<think>") and speaks(comm):  # a template that opens the thinking itself (2507)
             sys.stdout.write("<think>\n")
         for step in steps:
-            sys.stdout.write(step.text)
-            sys.stdout.flush()
-    except (FormatError, ValueError, OSError) as e:
-        print(f"moecc: error: {e}", file=sys.stderr)
+            if speaks(comm):
+                sys.stdout.write(step.text)
+                sys.stdout.flush()
+    except ShardError as e:  # raised on every rank alike
+        if speaks(comm):
+            print(f"moecc: error: {e}", file=sys.stderr)
         return 2
+    except (FormatError, ValueError, OSError) as e:
+        return fail(comm, f"error: {e}", 2)
     except KeyboardInterrupt:
-        print("\nmoecc: interrupted", file=sys.stderr)
-        return 130
-    print_stats(model.stats)
+        print(file=sys.stderr)
+        return fail(comm, "interrupted", 130)
+    if speaks(comm):
+        print_stats(model.stats)
     return 0
 
 

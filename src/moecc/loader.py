@@ -13,8 +13,9 @@ tensor inventory (`config.tensor_specs`) before anything runs.  What the engine 
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,18 +35,44 @@ class ModelSource:
     config: Qwen3MoeConfig
     weights: dict[str, Weight]  # every tensor of tensor_specs(config), by name
     files: dict[str, bytes]  # the tokenizer and generation files the file carries
+    digest: str  # of the file's header (config, tensor table with CRC-32s): ranks compare it
     _close: Callable[[], None] = field(repr=False, default=lambda: None)
+    _advise_unread: Callable[[str, int, int], None] = field(repr=False, default=lambda name, start, end: None)
 
     @property
     def mapped_bytes(self) -> int:
         """Bytes of weights mapped (file-backed: resident only as the kernels read them)."""
         return sum(w.data.nbytes for w in self.weights.values())
 
-    def touch(self) -> None:
-        """Read a byte of every page of every weight, so that they are in memory (benchmarks do
-        this before timing, as llama-bench's warm-up run does)."""
-        for w in self.weights.values():
-            w.data.reshape(-1).view(np.uint8)[::4096].sum()
+    def read_views(self, experts: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        """The weights a process reads: all of them, or with `experts` (begin, end) only those
+        experts of each sparse layer's stacked expert tensors (one byte range of each) and the
+        rest whole."""
+        for spec in tensor_specs(self.config):
+            data = self.weights[spec.name].data
+            yield data[experts[0]:experts[1]] if experts and spec.role == "experts" else data
+
+    def read_bytes(self, experts: tuple[int, int] | None = None) -> int:
+        """Bytes of read_views(experts): what becomes resident as the kernels run."""
+        return sum(view.nbytes for view in self.read_views(experts))
+
+    def keep_to(self, experts: tuple[int, int]) -> None:
+        """Tell the kernel that this process reads only experts [begin, end) of each sparse layer
+        (read_views): the other experts' pages are never mapped into it, not even those the
+        kernel would map along with a neighbouring page it faults in (the pages the other ranks
+        of the same machine read are in its page cache)."""
+        for spec in tensor_specs(self.config):
+            if spec.role == "experts":
+                data = self.weights[spec.name].data
+                per_expert = data[0].nbytes
+                self._advise_unread(spec.name, 0, experts[0] * per_expert)
+                self._advise_unread(spec.name, experts[1] * per_expert, data.nbytes)
+
+    def touch(self, experts: tuple[int, int] | None = None) -> None:
+        """Read a byte of every page of the weights this process reads (read_views), so that they
+        are in memory (benchmarks do this before timing, as llama-bench's warm-up run does)."""
+        for view in self.read_views(experts):
+            view.reshape(-1).view(np.uint8)[::4096].sum()
 
     def close(self) -> None:
         self._close()
@@ -80,7 +107,8 @@ def _open_moecc(path: str) -> ModelSource:
     except BaseException:
         mf.close()
         raise
-    return ModelSource(path, config, weights, files, mf.close)
+    return ModelSource(path, config, weights, files, hashlib.sha256(mf.header_bytes).hexdigest(), mf.close,
+                       mf.advise_unread)
 
 
 def _config(path: str, raw: dict) -> Qwen3MoeConfig:

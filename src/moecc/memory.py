@@ -6,7 +6,9 @@ cgroup limit on this process, v2 or v1, parents included), and `check_memory(pla
 refuses a load whose committed memory (activation buffers + slots x ctx x KV bytes per
 position) cannot fit, and warns when it fits but leaves no room for the mapped weights to stay
 resident (decode then reads them from disk). Where nothing is readable (macOS, Windows, no
-/proc), `available_memory()` returns None and `check_memory` checks nothing.
+/proc), `available_memory()` returns None and `check_memory` checks nothing.  Also what a
+process actually holds of a mapped file (`resident_file_bytes`: a rank's share of the weights
+under expert parallelism, in tests and benchmarks).
 """
 from __future__ import annotations
 
@@ -140,6 +142,23 @@ def available_memory(proc_root: str = "/proc", sys_root: str = "/sys") -> Availa
     if mem is not None and (cgroup is None or mem <= cgroup.bytes):
         return Available(mem, "MemAvailable")
     return cgroup
+
+
+def resident_file_bytes(path: str, proc_root: str = "/proc") -> int | None:
+    """Bytes of the file at `path` resident in this process's mappings of it (the Rss of each
+    mapping in /proc/self/smaps): for a model file, the weights this process has read.  None
+    where smaps is not readable."""
+    smaps = _read(os.path.join(proc_root, "self", "smaps"))
+    if smaps is None:
+        return None
+    target, total, inside = os.path.realpath(path), 0, False
+    for line in smaps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # a mapping's first line
+            inside = len(fields) == 6 and fields[5] == target
+        elif inside and fields[0] == "Rss:":  # "Rss:   1234 kB"
+            total += int(fields[1]) * 1024
+    return total
 
 
 # -- the check --------------------------------------------------------------------------------

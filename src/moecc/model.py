@@ -17,7 +17,9 @@ sequence in cache slot slots[t] at position positions[t].  A prompt goes through
 up to `PREFILL_CHUNK` rows; decoding feeds one row per sequence.  Every buffer is allocated
 once, at load: a step allocates nothing.  The KV cache holds keys and values in f16 (half the
 bytes a long context reads per decoded token, and half the memory) or, on request, float32
-(the exact path the tests hold to transformers).
+(the exact path the tests hold to transformers).  Under expert parallelism (moecc.parallel) a
+Transformer computes only its shard's experts, and each sparse layer's partial outputs are
+summed over the ranks inside the step.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import numpy as np
 
 from . import _kernels as K
 from .config import Qwen3MoeConfig, layer_tensor_specs
+from .parallel import ExpertShard
 
 PREFILL_CHUNK = 256
 KV_CACHE_DTYPES = {"f16": np.float16, "f32": np.float32}
@@ -99,6 +102,7 @@ class Buffers:
         self.v = np.zeros((rows, kv_width), f32)
         self.attn = np.zeros((rows, q_width), f32)
         self.out = np.zeros((rows, D), f32)  # a block's output, before the residual add
+        self.moe_sums = np.zeros((rows, D), np.float64)  # the experts' output, summed in double (moe.c)
         self.router_logits = np.zeros((rows, max(cfg.num_experts, 1)), f32)
         self.expert_ids = np.zeros((rows, k), np.int32)
         self.expert_weights = np.zeros((rows, k), f32)
@@ -131,10 +135,12 @@ class Transformer:
     """The network: weights (views of the mapped file), buffers, the KV cache, and the step."""
 
     def __init__(self, cfg: Qwen3MoeConfig, weights: Mapping[str, Weight], buffers: Buffers, cache: KVCache,
-                 threads: int):
+                 threads: int, shard: ExpertShard | None = None):
         """`weights`: every tensor of config.tensor_specs(cfg) by name, as stored (checked by the
-        loader); `buffers`: the activations of a step's rows; `cache`: the KV cache."""
+        loader); `buffers`: the activations of a step's rows; `cache`: the KV cache; `shard`:
+        this rank's experts and communicator (None: one process, every expert)."""
         self.cfg = cfg
+        self.shard = shard
         self.ctx = cache.ctx
         self.threads = threads
         self.buf = buffers
@@ -147,7 +153,8 @@ class Transformer:
             lm_head=embed_tokens if cfg.tie_word_embeddings else weights["lm_head.weight"],
             cos=cos, sin=sin, k_cache=cache.k, v_cache=cache.v, buffers=buffers,
             heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
-            top_k=cfg.num_experts_per_tok, norm_topk_prob=cfg.norm_topk_prob, eps=cfg.rms_norm_eps)
+            top_k=cfg.num_experts_per_tok, norm_topk_prob=cfg.norm_topk_prob, eps=cfg.rms_norm_eps,
+            experts=shard.experts if shard else None, reduce=shard.sum_over_ranks if shard else None)
         self.profile: np.ndarray | None = None  # seconds per block (BLOCKS) when profiling
         self.lock = threading.Lock()
 

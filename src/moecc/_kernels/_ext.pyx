@@ -35,6 +35,7 @@ cdef extern from "moecc.h" nogil:
         MOECC_ERR_STORAGE
         MOECC_ERR_ISA
         MOECC_ERR_NOMEM
+        MOECC_ERR_REDUCE
         MOECC_QBLOCK
 
     int moecc_storage_check(moecc_storage s, int64_t N, int64_t K)
@@ -67,8 +68,8 @@ cdef extern from "moecc.h" nogil:
     int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t I)
     int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
                       moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t I,
-                      const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
-                      float *out, int threads)
+                      const int32_t *idx, const float *weights, int64_t top_k, int64_t e0,
+                      int64_t e1, float *scratch, double *sums, float *out, int threads)
 
 
 cdef extern from "moecc.h" nogil:
@@ -84,6 +85,7 @@ cdef extern from "moecc.h" nogil:
         const float *router
         moecc_weight gate_proj, up_proj, down_proj
         int64_t experts, inter
+    ctypedef int (*moecc_reduce_fn)(double *x, int64_t n, void *ctx) noexcept nogil
     ctypedef struct moecc_model:
         int64_t layers, D, Hq, Hkv, hd, V, top_k
         int norm_topk_prob
@@ -98,6 +100,9 @@ cdef extern from "moecc.h" nogil:
         void *v_cache
         moecc_storage kv
         int64_t slots, C
+        int64_t expert_begin, expert_end
+        moecc_reduce_fn reduce
+        void *reduce_ctx
     ctypedef struct moecc_activations:
         int64_t rows
         float *x
@@ -107,6 +112,7 @@ cdef extern from "moecc.h" nogil:
         float *v
         float *attn
         float *out
+        double *moe_sums
         float *router_logits
         int32_t *expert_ids
         float *expert_weights
@@ -129,11 +135,12 @@ moecc_dispatch_init()
 
 cdef int F32 = cnp.NPY_FLOAT32
 cdef int F16 = cnp.NPY_FLOAT16
+cdef int F64 = cnp.NPY_FLOAT64
 cdef int I32 = cnp.NPY_INT32
 cdef int U16 = cnp.NPY_UINT16
 cdef int U8 = cnp.NPY_UINT8
 cdef int I8 = cnp.NPY_INT8
-_DTYPE_NAMES = {F32: "float32", F16: "float16", I32: "int32", U16: "uint16", U8: "uint8", I8: "int8"}
+_DTYPE_NAMES = {F32: "float32", F64: "float64", F16: "float16", I32: "int32", U16: "uint16", U8: "uint8", I8: "int8"}
 
 
 cdef cnp.ndarray _array(object a, str name, int typenum, int ndim, bint writable=False):
@@ -223,6 +230,17 @@ cdef _disjoint(cnp.ndarray a, str aname, cnp.ndarray b, str bname):
     cdef size_t a1 = a0 + <size_t>cnp.PyArray_NBYTES(a), b1 = b0 + <size_t>cnp.PyArray_NBYTES(b)
     if a0 < b1 and b0 < a1:
         raise ValueError(f"{aname} and {bname} must not overlap")
+
+
+cdef tuple _expert_range(object experts, int64_t E):
+    """(begin, end) of `experts`, a (begin, end) pair within [0, E) (None: all E experts)."""
+    if experts is None:
+        return 0, E
+    begin, end = experts
+    if not 0 <= begin < end <= E:
+        raise ValueError(f"experts must be a range (begin, end) with 0 <= begin < end <= {E}, "
+                         f"got {tuple(experts)}")
+    return begin, end
 
 
 cdef int _threads(int threads) except -1:
@@ -479,12 +497,14 @@ def moe_scratch_floats(T, top_k, D, I):
 
 
 def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, storage=None,
-            down_storage=None):
+            down_storage=None, experts=None):
     """out[t] = sum_j weights[t, j] * down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])),
-    e = idx[t, j]. gate and up [E, I, D] share `storage`, down [E, D, I] is `down_storage`
-    (None: the same as gate's); a float type (None infers it from the dtype) or "q8" / "q4" /
-    "q4p" as uint8 [..., row_bytes(storage, row length)]. scratch: float32, at least
-    moe_scratch_floats(T, k, D, I) elements (enough for every storage type)."""
+    e = idx[t, j], over the pairs whose expert e is in range(*experts) (default: all E; a
+    narrower range is one process's share under expert parallelism). gate and up [E, I, D]
+    share `storage`, down [E, D, I] is `down_storage` (None: the same as gate's); a float type
+    (None infers it from the dtype) or "q8" / "q4" / "q4p" as uint8 [..., row_bytes(storage,
+    row length)]. scratch: float32, at least moe_scratch_floats(T, k, D, I) elements (enough for
+    every storage type)."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef cnp.ndarray ag = _array(gate, "gate", -1, 3)
     cdef cnp.ndarray au = _array(up, "up", -1, 3)
@@ -502,6 +522,8 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, stora
     cdef moecc_storage fgu = _weights(ag, "gate", storage, D, (E, I))
     _weights(au, "up", storage, D, (E, I))
     cdef moecc_storage fd = _weights(ad, "down", down_storage, I, (E, D))
+    cdef int64_t e0, e1
+    e0, e1 = _expert_range(experts, E)
     _shape(ai, "idx", (T, k))
     _shape(aw, "weights", (T, k))
     _shape(ao, "out", (T, D))
@@ -514,6 +536,7 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, stora
     _disjoint(asc, "scratch", ax, "x")
     _disjoint(asc, "scratch", ai, "idx")
     _disjoint(asc, "scratch", aw, "weights")
+    cdef cnp.ndarray sums = np.empty((T, D), np.float64)  # the kernel sums in double
     cdef int nt = _threads(threads), rc
     cdef const float *p_ax = <const float *>_ptr(ax)
     cdef const void *p_ag = <const void *>_ptr(ag)
@@ -522,11 +545,11 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, stora
     cdef const int32_t *p_ai = <const int32_t *>_ptr(ai)
     cdef const float *p_aw = <const float *>_ptr(aw)
     cdef float *p_asc = <float *>_ptr(asc)
+    cdef double *p_sums = <double *>_ptr(sums)
     cdef float *p_ao = <float *>_ptr(ao)
     with nogil:
-        rc = moecc_moe_ffn(p_ax, T, D, p_ag, p_au, fgu, p_ad, fd, E, I,
-                           p_ai, p_aw, k,
-                           p_asc, p_ao, nt)
+        rc = moecc_moe_ffn(p_ax, T, D, p_ag, p_au, fgu, p_ad, fd, E, I, p_ai, p_aw, k, e0, e1,
+                           p_asc, p_sums, p_ao, nt)
     if rc == MOECC_ERR_INDEX:
         raise ValueError(f"idx out of range [0, {E})")
     _check_rc(rc, "moe_ffn")
@@ -584,11 +607,15 @@ cdef class Forward:
 
     layers: model.LayerWeights; embed_tokens, lm_head: model.Weight; norm [D]; cos, sin
     [C, hd/2]; k_cache, v_cache [layers, slots, Hkv, C, hd] float32 or float16; buffers: a
-    model.Buffers of `rows` rows. The step is __call__."""
+    model.Buffers of `rows` rows. Expert parallelism (moecc.parallel): `experts` (begin, end)
+    are the experts of every sparse layer this process computes, and `reduce(sums)` sums each
+    sparse layer's partial output (float64 [T * D], a view of buffers.moe_sums) in place over
+    the processes; by default all experts and no reduce (one process). The step is __call__."""
     cdef moecc_model m
     cdef moecc_activations a
     cdef moecc_layer *layers
     cdef list keep
+    cdef object reduce, sums, reduce_error
 
     def __cinit__(self):
         self.layers = NULL
@@ -598,7 +625,7 @@ cdef class Forward:
 
     def __init__(self, *, list layers, embed_tokens, norm, lm_head, cos, sin, k_cache, v_cache,
                  buffers, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t top_k,
-                 bint norm_topk_prob, float eps):
+                 bint norm_topk_prob, float eps, experts=None, reduce=None):
         keep = self.keep = []
         cdef int64_t L = len(layers), hd = head_dim, Hq = heads, Hkv = kv_heads
         cdef int64_t D = _dim(_array(norm, "norm", F32, 1), 0)
@@ -668,6 +695,7 @@ cdef class Forward:
         self.a.v = <float *>_buffer(b.v, "v", F32, (R, kvw), keep)
         self.a.attn = <float *>_buffer(b.attn, "attn", F32, (R, qw), keep)
         self.a.out = <float *>_buffer(b.out, "out", F32, (R, D), keep)
+        self.a.moe_sums = <double *>_buffer(b.moe_sums, "moe_sums", F64, (R, D), keep)
         self.a.router_logits = <float *>_buffer(b.router_logits, "router_logits", F32, (R, E_max), keep)
         self.a.expert_ids = <int32_t *>_buffer(b.expert_ids, "expert_ids", I32, (R, k), keep)
         self.a.expert_weights = <float *>_buffer(b.expert_weights, "expert_weights", F32, (R, k), keep)
@@ -678,6 +706,16 @@ cdef class Forward:
         self.a.xq = _scratch(b.xq, "xq", U8, R * moecc_xq_bytes(max(D, qw)), keep)
         self.a.moe_scratch = <float *>_scratch(b.moe_scratch, "moe_scratch", F32,
                                                moecc_moe_scratch_floats(R, k, D, I_max), keep)
+        # expert parallelism: a range within every sparse layer's experts
+        sparse = [_dim(lw.gate_proj.data, 0) for lw in layers if lw.router is not None]
+        self.m.expert_begin, self.m.expert_end = _expert_range(experts, min(sparse)) if sparse else (0, 1)
+        self.reduce, self.reduce_error = reduce, None
+        self.m.reduce, self.m.reduce_ctx = NULL, NULL
+        if reduce is not None:
+            if not callable(reduce):
+                raise TypeError(f"reduce must be callable, got {type(reduce).__name__}")
+            self.sums = b.moe_sums.reshape(-1)
+            self.m.reduce, self.m.reduce_ctx = _reduce_in_python, <void *>self
 
     def __call__(self, tokens, slots, positions, logit_rows, logits, *, int threads, seconds=None):
         """Run rows t < T: token tokens[t] of the sequence in cache slot slots[t] at position
@@ -709,6 +747,9 @@ cdef class Forward:
         cdef float *p_l = <float *>_ptr(al)
         with nogil:
             rc = moecc_forward(&self.m, &self.a, p_t, p_s, p_p, T, p_r, n, p_l, p_sec, nt)
+        if rc == MOECC_ERR_REDUCE:
+            error, self.reduce_error = self.reduce_error, None
+            raise error
         if rc == MOECC_ERR_INDEX:
             for name, values, bound in (("tokens", tokens, self.m.V), ("slots", slots, self.m.slots),
                                         ("positions", positions, self.m.C), ("logit_rows", logit_rows, T)):
@@ -716,6 +757,18 @@ cdef class Forward:
                 if bad.size:
                     raise ValueError(f"{name}[{bad[0]}] = {values[bad[0]]} is outside [0, {bound})")
         _check_rc(rc, "forward")
+
+cdef int _reduce_in_python(double *x, int64_t n, void *ctx) noexcept nogil:
+    """moecc_reduce_fn of a Forward (ctx): its Python reduce on the first n values of the
+    experts' sums; an exception is kept for __call__ to raise."""
+    with gil:
+        step = <Forward>ctx
+        try:
+            step.reduce(step.sums[:n])
+        except BaseException as e:
+            step.reduce_error = e
+            return 1
+    return 0
 
 # ---- the machine ----------------------------------------------------------------------------
 

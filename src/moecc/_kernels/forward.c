@@ -12,6 +12,11 @@
  * up to its own position. A prefill chunk is T rows of one slot at consecutive positions; a
  * batch of decodes is one row per slot; any mix gives each row what it would get alone.
  * Nothing is allocated: the activations are the caller's (moecc_activations).
+ * Under expert parallelism every process runs all of this but computes only its own experts'
+ * share of each sparse layer's output, and m->reduce sums the shares (in double, as one
+ * process sums its experts' outputs, moe.c) before the residual add:
+ *         x += sum over processes of moe_share(post_attention_layernorm(x))
+ * (a dense MLP, like attention, runs whole on every process).
  * With `seconds`, the master thread adds each block's wall time (end of its closing barrier
  * to the next) to seconds[MOECC_BLOCK_*]. */
 #include "moecc.h"
@@ -122,14 +127,28 @@ static void attention_block(const moecc_model *m, const moecc_activations *a,
     mark(seconds, MOECC_BLOCK_O_PROJ, last);
 }
 
+/* x[i] += (float)y[i] for i < n */
+static void residual_add_sums(float *x, const double *y, int64_t n) {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; i++) x[i] += (float)y[i];
+}
+
+/* sums[n] summed over the processes by the master thread, then a barrier; *failed (shared by
+ * the team) tells every thread whether that failed */
+static void sum_over_processes(const moecc_model *m, double *sums, int64_t n, int *failed) {
+#pragma omp master
+    *failed = m->reduce(sums, n, m->reduce_ctx) != 0;
+#pragma omp barrier
+}
+
 /* x += sum over the chosen experts of weight * SwiGLU_expert(post_attention_layernorm(x)) */
 static void mlp_block(const moecc_model *m, const moecc_activations *a, const moecc_layer *w,
-                      int64_t T, double *seconds, double *last) {
+                      int64_t T, int *failed, double *seconds, double *last) {
     const int64_t D = m->D;
     moecc_rmsnorm_team(a->x, T, D, w->post_attention_layernorm, m->eps, a->h);
     const int32_t *ids = a->dense_ids;
     const float *weights = a->dense_weights;
-    int64_t k = 1;
+    int64_t k = 1, e0 = 0, e1 = 1;
     if (w->router) { /* softmax over all experts, keep the top k, renormalise when norm_topk_prob */
         const moecc_weight router = {w->router, MOECC_F32};
         linear(a, &router, a->h, T, D, w->experts, a->router_logits);
@@ -138,13 +157,30 @@ static void mlp_block(const moecc_model *m, const moecc_activations *a, const mo
         ids = a->expert_ids;
         weights = a->expert_weights;
         k = m->top_k;
+        e0 = m->expert_begin;
+        e1 = m->expert_end;
     }
     mark(seconds, MOECC_BLOCK_ROUTER, last);
     moecc_moe_ffn_team(a->h, T, D, w->gate_proj.data, w->up_proj.data, w->gate_proj.type,
-                       w->down_proj.data, w->down_proj.type, w->inter, ids, weights, k,
-                       a->moe_scratch, a->out);
-    residual_add(a->x, a->out, T * D);
+                       w->down_proj.data, w->down_proj.type, w->inter, ids, weights, k, e0, e1,
+                       a->moe_scratch, a->moe_sums);
+    if (w->router && m->reduce) {
+        sum_over_processes(m, a->moe_sums, T * D, failed);
+        if (*failed) return;
+    }
+    residual_add_sums(a->x, a->moe_sums, T * D);
     mark(seconds, MOECC_BLOCK_EXPERTS, last);
+}
+
+/* logits[i] = lm_head(norm(x[logit_rows[i]])) for i < n_logits */
+static void lm_head_block(const moecc_model *m, const moecc_activations *a,
+                          const int32_t *logit_rows, int64_t n_logits, float *logits,
+                          double *seconds, double *last) {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n_logits; i++)
+        moecc_rmsnorm_row(a->x + logit_rows[i] * m->D, m->D, m->norm, m->eps, a->h + i * m->D);
+    linear(a, &m->lm_head, a->h, n_logits, m->D, m->V, logits);
+    mark(seconds, MOECC_BLOCK_LM_HEAD, last);
 }
 
 int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_t *tokens,
@@ -159,22 +195,17 @@ int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_
     for (int64_t i = 0; i < n_logits; i++)
         if (logit_rows[i] < 0 || logit_rows[i] >= T) return MOECC_ERR_INDEX;
     double last = omp_get_wtime();
+    int failed = 0; /* the sum over the processes failed: every thread leaves the step */
 #pragma omp parallel num_threads(threads)
     {
         moecc_embedding_team(m->embed_tokens.data, m->embed_tokens.type, m->D, tokens, T, a->x);
         mark(seconds, MOECC_BLOCK_EMBED, &last);
-        for (int64_t layer = 0; layer < m->layers; layer++) {
+        for (int64_t layer = 0; layer < m->layers && !failed; layer++) {
             const moecc_layer *w = &m->layer[layer];
             attention_block(m, a, w, layer, T, slots, positions, seconds, &last);
-            mlp_block(m, a, w, T, seconds, &last);
+            mlp_block(m, a, w, T, &failed, seconds, &last);
         }
-        /* the final norm and the lm_head, for the rows whose logits are asked for */
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n_logits; i++)
-            moecc_rmsnorm_row(a->x + logit_rows[i] * m->D, m->D, m->norm, m->eps,
-                              a->h + i * m->D);
-        linear(a, &m->lm_head, a->h, n_logits, m->D, m->V, logits);
-        mark(seconds, MOECC_BLOCK_LM_HEAD, &last);
+        if (!failed) lm_head_block(m, a, logit_rows, n_logits, logits, seconds, &last);
     }
-    return MOECC_OK;
+    return failed ? MOECC_ERR_REDUCE : MOECC_OK;
 }

@@ -12,18 +12,27 @@
  *      expert, so in decode all threads stream weights all the time
  *   3. out[t] += weight * down[e] @ h[p]: each thread owns a share of the D output columns, so
  *      the scatter-add never races.
+ * The sums over pairs are kept in double (moecc_moe_ffn_team hands them out as such): products
+ * of two floats are exact in double and a sum of a few of them is within 2^-52 of exact, so
+ * the float it rounds to hardly ever depends on the order of the terms. Under expert
+ * parallelism forward.c sums the processes' doubles and rounds once: each row gets the float
+ * one process gets, and quantized activations downstream (which turn a float ulp into a whole
+ * quantization step now and then) see the same values.
  * q8 / q4 experts read quantized activations: phase 1 quantizes each pair's row of x (decode:
  * the one row of x, once) instead of copying it, and between phases 2 and 3 the rows of h are
  * quantized, each by one thread.
+ * With expert parallelism (a process computes only experts [e0, e1) of the layer, parallel.py) the
+ * pairs routed elsewhere are skipped: after the sort, this process's pairs are one contiguous run
+ * of `order`, so nothing of another range is read and its rows of out get nothing from it.
  * Decode with a number of pairs the threads divide (8 experts, 1, 2, 4 or 8 threads) goes by
  * expert instead: each thread runs whole experts, gate/up then down, each pair's output into its
- * own row of `partial`, and the rows are summed in pair order at the end (the same sum whatever
+ * own row of `partial` (double), and the rows are summed in pair order at the end (the same sum whatever
  * the thread count). A thread then streams 3 whole matrices per expert with no barrier between
  * them (q4, Qwen3-30B-A3B shapes: 72% -> 77% of the read bandwidth, phases 2 and 3 by rows).
  * Scratch (from the caller, reused across calls, nothing allocated here):
  *     order[P], tmp[P] (int32); xg: P rows of D floats (f32 / bf16, prefill) or (1 or P)
  *     quantized rows of D (q8 / q4); h[P, I] floats; hq: P quantized rows of I (q8 / q4);
- *     partial[P, D] floats (decode). */
+ *     partial[P, D] doubles (decode). */
 #include "moecc.h"
 
 static int64_t pad16(int64_t n) { return (n + 15) & ~(int64_t)15; }
@@ -36,8 +45,8 @@ static int64_t xq_floats(int64_t n, int64_t K) {
 int64_t moecc_moe_scratch_floats(int64_t T, int64_t k, int64_t D, int64_t I) {
     const int64_t P = T * k;
     const int64_t xg_f = T > 1 ? pad16(P * D) : 0, xg_q = xq_floats(T > 1 ? P : 1, D);
-    const int64_t partial = T == 1 ? pad16(P * D) : 0;
-    return 2 * pad16(P) + (xg_f > xg_q ? xg_f : xg_q) + pad16(P * I) + xq_floats(P, I) + partial;
+    const int64_t partial = T == 1 ? pad16(2 * P * D) : 0;
+    return 2 * pad16(P) + (xg_f > xg_q ? xg_f : xg_q) + pad16(P * I) + pad16(xq_floats(P, I)) + partial;
 }
 
 /* order[0..P) = pair indices sorted by expert, stable (bottom-up merge sort through tmp) */
@@ -57,6 +66,19 @@ static void sort_by_expert(int64_t P, const int32_t *idx, int32_t *order, int32_
         b = s;
     }
     if (a != order) memcpy(order, a, (size_t)P * sizeof(int32_t));
+}
+
+/* the first j with idx[order[j]] >= e (P if none): sorted pairs before it go to experts below e */
+static int64_t first_pair_from(const int32_t *order, const int32_t *idx, int64_t P, int64_t e) {
+    int64_t lo = 0, hi = P;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (idx[order[mid]] < e)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
 }
 
 /* end of the segment of sorted pairs that starts at p (all routed to the same expert) */
@@ -106,7 +128,7 @@ static void gate_up_rows(const moecc_isa *isa, moecc_storage f, int64_t D, const
  * activation rows of I values, ldh bytes apart */
 static void down_rows(const moecc_isa *isa, moecc_storage f, int64_t I, const char *Wd,
                       int64_t wb, const void *hs, int64_t ldh, int64_t n, int64_t d0, int64_t d1,
-                      const int32_t *pairs, const float *weights, int64_t k, float *out,
+                      const int32_t *pairs, const float *weights, int64_t k, double *out,
                       int64_t D) {
     const moecc_tile_fn tile = isa->tile[f];
     const int rows = moecc_tile_rows(f);
@@ -120,8 +142,8 @@ static void down_rows(const moecc_isa *isa, moecc_storage f, int64_t I, const ch
             for (int t = 0; t < nt; t++) {
                 const int32_t pair = pairs[t0 + t];
                 const float wgt = weights[pair];
-                float *o = out + (pair / k) * D + d;
-                for (int r = 0; r < nr; r++) o[r] += wgt * y[t * rows + r];
+                double *o = out + (pair / k) * D + d;
+                for (int r = 0; r < nr; r++) o[r] += (double)wgt * y[t * rows + r];
             }
         }
     }
@@ -129,8 +151,8 @@ static void down_rows(const moecc_isa *isa, moecc_storage f, int64_t I, const ch
 
 void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
                         moecc_storage fgu, const void *down, moecc_storage fd, int64_t I,
-                        const int32_t *idx, const float *weights, int64_t k, float *scratch,
-                        float *out) {
+                        const int32_t *idx, const float *weights, int64_t k, int64_t e0,
+                        int64_t e1, float *scratch, double *out) {
     const int64_t P = T * k;
     const int64_t xqD = moecc_act_bytes(fgu, D), xqI = moecc_act_bytes(fd, I); /* 0: float rows */
     const int64_t xg_floats = xqD ? xq_floats(T > 1 ? P : 1, D) : T > 1 ? pad16(P * D) : 0;
@@ -138,7 +160,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
     char *xg = (char *)(scratch + 2 * pad16(P));
     float *h = (float *)xg + xg_floats;
     char *hq = (char *)(h + pad16(P * I));
-    float *partial = (float *)hq + xq_floats(P, I);
+    double *partial = (double *)((float *)hq + pad16(xq_floats(P, I))); /* 64-byte aligned */
     const int gathered = T > 1; /* decode: every pair's token is x[0], read in place */
     const void *xs = xqD ? (const void *)xg : gathered ? (const void *)xg : (const void *)x;
     const int64_t ldx = !gathered ? 0 : xqD ? xqD : D * (int64_t)sizeof(float);
@@ -150,13 +172,15 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
         sort_by_expert(P, idx, order, tmp);
         if (xqD && !gathered) isa->quantize_x(D, x, xg);
     }
+    /* this process's pairs: sorted pairs [lo, hi) (all of them unless experts are sharded) */
+    const int64_t lo = first_pair_from(order, idx, P, e0), hi = first_pair_from(order, idx, P, e1);
 
     const int64_t wbD = moecc_row_bytes(fgu, D), wbI = moecc_row_bytes(fd, I);
     const char *G = (const char *)gate, *U = (const char *)up, *Wd = (const char *)down;
     const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
     if (gathered) {
 #pragma omp for schedule(static)
-        for (int64_t p = 0; p < P; p++) {
+        for (int64_t p = lo; p < hi; p++) {
             const float *xt = x + (order[p] / k) * D;
             if (xqD)
                 isa->quantize_x(D, xt, xg + p * xqD);
@@ -164,44 +188,45 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
                 memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
         }
     }
-    if (!gathered && P % nth == 0) { /* decode, by expert */
+    if (!gathered && (hi - lo) % nth == 0) { /* decode, by expert */
 #pragma omp for schedule(static)
-        for (int64_t p = 0; p < P; p++) {
-            const int64_t e = idx[p];
+        for (int64_t j = lo; j < hi; j++) {
+            const int64_t p = order[j], e = idx[p];
             gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1, 0, I,
                          h + p * I, I);
             if (xqI) isa->quantize_x(I, h + p * I, hq + p * xqI);
             const int32_t pair = (int32_t)p;
-            memset(partial + p * D, 0, (size_t)D * sizeof(float));
+            memset(partial + p * D, 0, (size_t)D * sizeof(double));
             down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh, 1, 0, D,
                       &pair, weights, 1, partial, D);
         }
         int64_t d0, d1;
         moecc_split(D, 16, nth, ith, &d0, &d1);
         for (int64_t d = d0; d < d1; d++) {
-            float sum = 0.0f;
-            for (int64_t p = 0; p < P; p++) sum += partial[p * D + d];
+            double sum = 0.0;
+            for (int64_t p = 0; p < P; p++) /* in pair order, whatever the thread count */
+                if (idx[p] >= e0 && idx[p] < e1) sum += partial[p * D + d];
             out[d] = sum;
         }
     } else { /* by rows of every expert: phases 2 and 3 */
         int64_t i0, i1, d0, d1;
         moecc_split(I, 16, nth, ith, &i0, &i1);
         moecc_split(D, 16, nth, ith, &d0, &d1);
-        for (int64_t p = 0, q; p < P; p = q) {
-            q = segment_end(order, idx, p, P);
+        for (int64_t p = lo, q; p < hi; p = q) {
+            q = segment_end(order, idx, p, hi);
             const int64_t e = idx[order[p]];
             gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD,
                          (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
         }
         for (int64_t t = 0; t < T; t++)
-            memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
+            memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(double));
 #pragma omp barrier
         if (xqI) {
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < P; p++) isa->quantize_x(I, h + p * I, hq + p * xqI);
+            for (int64_t p = lo; p < hi; p++) isa->quantize_x(I, h + p * I, hq + p * xqI);
         }
-        for (int64_t p = 0, q; p < P; p = q) {
-            q = segment_end(order, idx, p, P);
+        for (int64_t p = lo, q; p < hi; p = q) {
+            q = segment_end(order, idx, p, hi);
             const int64_t e = idx[order[p]];
             down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh, q - p,
                       d0, d1, order + p, weights, k, out, D);
@@ -212,11 +237,17 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
 
 int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
                   moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t I,
-                  const int32_t *idx, const float *weights, int64_t k, float *scratch, float *out,
-                  int threads) {
+                  const int32_t *idx, const float *weights, int64_t k, int64_t e0, int64_t e1,
+                  float *scratch, double *sums, float *out, int threads) {
+    if (e0 < 0 || e0 > e1 || e1 > E) return MOECC_ERR_INDEX;
     for (int64_t p = 0; p < T * k; p++)
         if (idx[p] < 0 || idx[p] >= E) return MOECC_ERR_INDEX;
 #pragma omp parallel num_threads(threads) if (T * k * D * I >= MOECC_PAR_MIN)
-    moecc_moe_ffn_team(x, T, D, gate, up, fgu, down, fd, I, idx, weights, k, scratch, out);
+    {
+        moecc_moe_ffn_team(x, T, D, gate, up, fgu, down, fd, I, idx, weights, k, e0, e1, scratch,
+                           sums);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < T * D; i++) out[i] = (float)sums[i];
+    }
     return MOECC_OK;
 }

@@ -57,6 +57,7 @@ enum {
     MOECC_ERR_STORAGE = -3, /* a storage type that does not exist or cannot be used here */
     MOECC_ERR_ISA = -4,   /* ISA unknown, not compiled in, or not supported by this CPU */
     MOECC_ERR_NOMEM = -5, /* a prefill buffer could not be allocated */
+    MOECC_ERR_REDUCE = -6, /* the sum over the processes of an expert-parallel step failed */
 };
 
 /* ---- storage types ------------------------------------------------------------------------ */
@@ -396,19 +397,23 @@ void moecc_attention_team(const float *q, int64_t T, int64_t Hq, int64_t hd, con
                           const void *v_cache, moecc_storage kv, int64_t Hkv, int64_t C,
                           const int32_t *slots, const int32_t *positions, float *out);
 
-/* moe.c: out[T, D] = sum_j weights[t, j] * SwiGLU expert idx[t, j] applied to x[t];
+/* moe.c: out[T, D] = sum_j weights[t, j] * SwiGLU expert idx[t, j] applied to x[t], over the
+ * pairs whose expert is in [e0, e1) (all of [0, E): the whole layer; a narrower range: this
+ * process's share under expert parallelism, nothing read of the other experts), summed in
+ * double: the team form leaves the sums in sums[T, D], moecc_moe_ffn rounds them into out
+ * (sums: the caller's scratch);
  * gate, up [E, inter, D] stored as fgu, down [E, D, inter] as fd (not named I here: <complex.h>
- * defines I). MOECC_ERR_INDEX for an expert id outside [0, E). The scratch size covers every
- * storage type. */
+ * defines I). MOECC_ERR_INDEX for an expert id outside [0, E) or a range not within it. The
+ * scratch size covers every storage type. */
 int64_t moecc_moe_scratch_floats(int64_t T, int64_t top_k, int64_t D, int64_t inter);
 int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
                   moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t inter,
-                  const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
-                  float *out, int threads);
+                  const int32_t *idx, const float *weights, int64_t top_k, int64_t e0, int64_t e1,
+                  float *scratch, double *sums, float *out, int threads);
 void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
                         moecc_storage fgu, const void *down, moecc_storage fd, int64_t inter,
-                        const int32_t *idx, const float *weights, int64_t top_k, float *scratch,
-                        float *out);
+                        const int32_t *idx, const float *weights, int64_t top_k, int64_t e0,
+                        int64_t e1, float *scratch, double *sums);
 
 /* ---- the forward step (forward.c) ----------------------------------------------------------- */
 
@@ -431,6 +436,10 @@ typedef struct {
     int64_t experts, inter;                /* E and I of this layer (dense: 1, intermediate_size) */
 } moecc_layer;
 
+/* Sums x[n] in place over all the processes of an expert-parallel job; 0, or nonzero if that
+ * failed. Called by the master thread of the step's team between barriers. */
+typedef int (*moecc_reduce_fn)(double *x, int64_t n, void *ctx);
+
 typedef struct {
     int64_t layers, D, Hq, Hkv, hd, V, top_k; /* top_k: experts per token of a sparse layer */
     int norm_topk_prob;
@@ -443,6 +452,12 @@ typedef struct {
     void *k_cache, *v_cache;        /* [layers, slots, Hkv, C, hd] of type kv (f32 or f16) */
     moecc_storage kv;
     int64_t slots, C;
+    /* expert parallelism: this process computes experts [expert_begin, expert_end) of every
+     * sparse layer (all of them in one process), and `reduce` (NULL in one process) sums each
+     * sparse layer's partial expert output over the processes before the residual add */
+    int64_t expert_begin, expert_end;
+    moecc_reduce_fn reduce;
+    void *reduce_ctx;
 } moecc_model;
 
 /* The activations of a step of up to `rows` tokens: the caller's, reused by every step. */
@@ -451,6 +466,7 @@ typedef struct {
     float *x, *h;                  /* [rows, D]: the residual stream; a block's normed input */
     float *q, *k, *v, *attn;       /* [rows, Hq*hd], [rows, Hkv*hd] (twice), [rows, Hq*hd] */
     float *out;                    /* [rows, D]: a block's output before the residual add */
+    double *moe_sums;              /* [rows, D]: the experts' (or dense MLP's) output, in double */
     float *router_logits;          /* [rows, E] */
     int32_t *expert_ids;           /* [rows, top_k] */
     float *expert_weights;         /* [rows, top_k] */
@@ -477,7 +493,7 @@ enum {
  * cache slot slots[t] at position positions[t]; logits[i] ([n_logits, V]) are those of row
  * logit_rows[i]. With `seconds` ([MOECC_BLOCKS]), each block's time is added to it.
  * MOECC_ERR_INDEX for a token, slot, position or logit row out of range, MOECC_ERR_SHAPE for
- * more rows than a holds. Weights and activations are trusted (the binding checked them once,
+ * more rows than a holds, MOECC_ERR_REDUCE if m->reduce failed (the step stops there). Weights and activations are trusted (the binding checked them once,
  * when the model was loaded). */
 int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_t *tokens,
                   const int32_t *slots, const int32_t *positions, int64_t T,

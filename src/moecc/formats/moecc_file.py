@@ -261,8 +261,9 @@ class ModelFile:
                 or data_offset > self.file_size:
             raise FormatError(f"{self.path}: data offset {data_offset} is invalid "
                               f"(file of {self.file_size} bytes); the file is damaged")
+        self.header_bytes = bytes(self._mm[:_PREAMBLE.size + header_len])  # preamble + JSON header
         try:
-            header = json.loads(bytes(self._mm[_PREAMBLE.size:_PREAMBLE.size + header_len]))
+            header = json.loads(self.header_bytes[_PREAMBLE.size:])
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise FormatError(f"{self.path}: header is not valid JSON ({e}); the file is damaged") from None
         if not isinstance(header, dict) or not isinstance(header.get("config"), dict) \
@@ -330,6 +331,20 @@ class ModelFile:
         st = storage.TYPES[e.dtype]
         count = e.size // st.view_dtype.itemsize
         return np.frombuffer(self._mm, st.view_dtype, count, self.data_offset + e.offset).reshape(st.view_shape(e.shape))
+
+    def advise_unread(self, name: str, start: int, end: int) -> None:
+        """Say that this process never reads bytes [start, end) of tensor `name`: the whole pages
+        inside become a mapping region of their own (madvise MADV_RANDOM), so that the kernel,
+        which maps the pages around a fault and whole large folios only within one region,
+        never maps them for reads of their neighbours, and reads none of them ahead.  Does
+        nothing where madvise is not available."""
+        if not hasattr(mmap, "MADV_RANDOM"):
+            return
+        first = self.data_offset + self.tensors[name].offset + start
+        first = (first + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        last = (self.data_offset + self.tensors[name].offset + end) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            self._mm.madvise(mmap.MADV_RANDOM, first, last - first)
 
     def file_bytes(self, name: str) -> bytes | None:
         """An embedded file's bytes (None if absent), checked against its CRC-32."""

@@ -1,0 +1,156 @@
+"""Expert parallelism over MPI: one model across processes (machines), each holding 1/N of the experts.
+
+    mpiexec -n 2 python -m moecc.generate --model qwen3.moecc --prompt "..."
+    m = moecc.load("qwen3.moecc", comm=MPI.COMM_WORLD)     # SPMD: every rank makes the same calls
+
+Every rank maps the whole file but reads only its share: attention, norms, routers, the
+embedding and the lm_head (everything but the experts) are read and run by every rank, and
+each sparse layer's experts are cut into N contiguous ranges, one per rank (`expert_range`).
+Contiguous because which experts a prompt routes to is not known at load (no measured
+frequency to balance by), and because a rank's slice of each stacked [E, rows, cols] expert
+tensor is then one byte range of the file.  The other ranks' experts are never read (the
+kernels skip them, Model.touch skips them too) and never mapped into this process: the kernel
+maps the pages around a fault, and whole large folios of the page cache, which on a machine
+shared by several ranks hold the others' experts, so ModelSource.keep_to madvises those byte
+ranges into mapping regions of their own.
+
+A step: each rank runs attention and the router itself (cheaper than broadcasting their result),
+computes its own experts' weighted outputs for the rows routed to them (the rows routed
+elsewhere get 0 from it), and one Allreduce (sum) of the [T, hidden] partial outputs per
+sparse layer combines them before the residual add (forward.c calls `sum_over_ranks` through
+the binding).  The partial outputs are float64, as one process sums its experts' outputs
+(moe.c): the ranks' sum then rounds to the float32 one process gets, whatever the order MPI
+adds them in.  (A float32 sum in another order moves logits by ~1e-7 in f32 files, but in q4
+files that ulp now and then flips an activation's 8-bit rounding: up to 1e-2 at a few positions
+of the fixtures' long prompts.)  That is twice float32's bytes: 16 KiB per token per layer at
+Qwen3-30B-A3B's width.  Rank 0 samples; the token is broadcast, so every rank's KV cache holds
+the same tokens.
+
+mpi4py is imported only here, and only when a communicator is used (or the command-line tools
+find themselves under mpiexec with more than one rank): a plain install never needs it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+class ShardError(ValueError):
+    """The ranks of an expert-parallel job cannot run the model together (raised on every rank)."""
+
+
+# What launchers tell a process about its job: MPICH's Hydra (and Intel MPI, MVAPICH) set PMI_SIZE,
+# Open MPI sets OMPI_COMM_WORLD_SIZE.
+_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+
+
+def launched_ranks() -> int:
+    """How many ranks the MPI launcher started this process among (1 when not under mpiexec)."""
+    for name in _SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def world():
+    """MPI.COMM_WORLD, importing mpi4py (which initialises MPI); ShardError if it is not installed."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise ShardError("expert parallelism needs mpi4py and an MPI library: pip install 'moecc[mpi]'") from None
+    return MPI.COMM_WORLD
+
+
+def expert_range(experts: int, rank: int, ranks: int) -> tuple[int, int]:
+    """The experts [begin, end) of rank `rank` of `ranks`: contiguous, sizes differing by at most one."""
+    return rank * experts // ranks, (rank + 1) * experts // ranks
+
+
+def agree(comm, digest: str | None, error: BaseException | None) -> None:
+    """Collectively: every rank raises the same ShardError if any rank failed to load (`error`)
+    or if the ranks' model files differ (`digest`: ModelSource.digest, of the file's header);
+    returns on every rank otherwise."""
+    outcomes = comm.allgather((digest, None if error is None else f"{error}"))
+    messages = {message for _, message in outcomes}
+    if len(messages) == 1 and None not in messages:  # every rank failed alike
+        raise ShardError(messages.pop()) from error
+    for rank, (_, message) in enumerate(outcomes):
+        if message is not None:
+            raise ShardError(f"rank {rank} of {comm.Get_size()} could not load the model: {message}") from error
+    for rank, (other, _) in enumerate(outcomes):
+        if other != outcomes[0][0]:
+            raise ShardError(f"rank {rank} has a different model file than rank 0 (header digests "
+                             f"{other[:12]} and {outcomes[0][0][:12]}); give every rank the same file")
+
+
+@dataclass
+class ExpertShard:
+    """This process's part of an expert-parallel job: experts [begin, end) of every sparse layer,
+    and the communicator of the ranks holding the others.  `reduce_seconds` / `reduces` count
+    the time spent in (and the number of) the per-layer sums, waiting for the slowest rank
+    included."""
+    comm: object  # an mpi4py communicator
+    begin: int
+    end: int
+    reduce_seconds: float = 0.0
+    reduces: int = 0
+    _in_place: object = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, comm, experts: int) -> "ExpertShard":
+        """The shard of comm's rank for a model with `experts` experts per sparse layer;
+        ShardError if there are more ranks than experts."""
+        from mpi4py import MPI
+        ranks = comm.Get_size()
+        if ranks > experts:
+            raise ShardError(f"{ranks} ranks but the model has {experts} experts per layer; every rank needs "
+                             f"at least one: run at most {experts} ranks")
+        begin, end = expert_range(experts, comm.Get_rank(), ranks)
+        return cls(comm, begin, end, _in_place=MPI.IN_PLACE)
+
+    @property
+    def rank(self) -> int:
+        return self.comm.Get_rank()
+
+    @property
+    def experts(self) -> tuple[int, int]:
+        return self.begin, self.end
+
+    def sum_over_ranks(self, values) -> None:
+        """values (float64, contiguous) summed in place over the ranks.  A failed Allreduce leaves
+        the other ranks waiting in theirs, so it ends the whole job, saying which rank saw what."""
+        started = time.perf_counter()
+        try:
+            self.comm.Allreduce(self._in_place, values)
+        except Exception as e:  # mpi4py raises MPI.Exception (errors return as exceptions)
+            abort(f"the sum of the experts' outputs failed ({e})")
+        self.reduce_seconds += time.perf_counter() - started
+        self.reduces += 1
+
+    def broadcast_token(self, token: int | None) -> int:
+        """Rank 0's token, on every rank."""
+        return self.comm.bcast(token, root=0)
+
+
+def abort(message: str, code: int = 1) -> None:
+    """End every rank of the job (MPI.COMM_WORLD) with `code`, printing `message` after this
+    rank's number."""
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    print(f"moecc: rank {world.Get_rank()} of {world.Get_size()}: {message}; ending the job", file=sys.stderr,
+          flush=True)
+    world.Abort(code)
+    os._exit(code)  # MPICH's MPI_Abort can return before the launcher has ended this process
+
+
+def ranks_on_this_host(comm) -> int:
+    """How many of comm's ranks run on this machine (they share its cores)."""
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return local.Get_size()
+    finally:
+        local.Free()
