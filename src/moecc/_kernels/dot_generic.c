@@ -125,9 +125,10 @@ const moecc_isa moecc_isa_generic = {
     .name = "generic",
     .tile = {[MOECC_F32] = tile_f32, [MOECC_BF16] = tile_bf16, [MOECC_F16] = tile_f16,
              [MOECC_Q8] = moecc_tile_q8_generic, [MOECC_Q4] = moecc_tile_q4_generic,
-             [MOECC_Q4P] = moecc_tile_q4p_generic},
+             [MOECC_Q4P] = moecc_tile_q4p_generic, [MOECC_Q4_K] = moecc_tile_q4_k_generic,
+             [MOECC_Q6_K] = moecc_tile_q6_k_generic},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
-    .quantize_x = moecc_quantize_x,
+    .quantize_x = {[MOECC_ACT_Q8_32] = moecc_quantize_x, [MOECC_ACT_Q8_K] = moecc_quantize_xk},
 };

@@ -12,9 +12,9 @@
  *      expert, so in decode all threads stream weights all the time
  *   3. out[t] += weight * down[e] @ h[p]: each thread owns a share of the D output columns, so
  *      the scatter-add never races.
- * q8 / q4 experts read quantized activations: phase 1 quantizes each pair's row of x (decode:
- * the one row of x, once) instead of copying it, and between phases 2 and 3 the rows of h are
- * quantized, each by one thread.
+ * Quantized experts read quantized activations (gate / up and down each of its own type's kind):
+ * phase 1 quantizes each pair's row of x (decode: the one row of x, once) instead of copying it,
+ * and between phases 2 and 3 the rows of h are quantized, each by one thread.
  * Decode with a number of pairs the threads divide (8 experts, 1, 2, 4 or 8 threads) goes by
  * expert instead: each thread runs whole experts, gate/up then down, each pair's output into its
  * own row of `partial`, and the rows are summed in pair order at the end (the same sum whatever
@@ -28,7 +28,8 @@
 
 static int64_t pad16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
-/* floats taken by n quantized rows of K values (K rounded up to whole blocks) */
+/* floats taken by n quantized rows of K values of any kind (K rounded up to whole blocks of 32;
+ * moecc_xq_bytes covers the q8_k rows too) */
 static int64_t xq_floats(int64_t n, int64_t K) {
     return n * moecc_xq_bytes((K + MOECC_QBLOCK - 1) / MOECC_QBLOCK * MOECC_QBLOCK) / 4;
 }
@@ -145,10 +146,11 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
     const void *hs = xqI ? (const void *)hq : (const void *)h;
     const int64_t ldh = xqI ? xqI : I * (int64_t)sizeof(float);
     const moecc_isa *isa = moecc_active_isa();
+    const moecc_act actD = moecc_act_of(fgu), actI = moecc_act_of(fd);
 #pragma omp single
     {
         sort_by_expert(P, idx, order, tmp);
-        if (xqD && !gathered) isa->quantize_x(D, x, xg);
+        if (xqD && !gathered) isa->quantize_x[actD](D, x, xg);
     }
 
     const int64_t wbD = moecc_row_bytes(fgu, D), wbI = moecc_row_bytes(fd, I);
@@ -159,7 +161,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
         for (int64_t p = 0; p < P; p++) {
             const float *xt = x + (order[p] / k) * D;
             if (xqD)
-                isa->quantize_x(D, xt, xg + p * xqD);
+                isa->quantize_x[actD](D, xt, xg + p * xqD);
             else
                 memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
         }
@@ -170,7 +172,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
             const int64_t e = idx[p];
             gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1, 0, I,
                          h + p * I, I);
-            if (xqI) isa->quantize_x(I, h + p * I, hq + p * xqI);
+            if (xqI) isa->quantize_x[actI](I, h + p * I, hq + p * xqI);
             const int32_t pair = (int32_t)p;
             memset(partial + p * D, 0, (size_t)D * sizeof(float));
             down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh, 1, 0, D,
@@ -198,7 +200,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
 #pragma omp barrier
         if (xqI) {
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < P; p++) isa->quantize_x(I, h + p * I, hq + p * xqI);
+            for (int64_t p = 0; p < P; p++) isa->quantize_x[actI](I, h + p * I, hq + p * xqI);
         }
         for (int64_t p = 0, q; p < P; p = q) {
             q = segment_end(order, idx, p, P);

@@ -329,44 +329,76 @@ TARGET_VNNI void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw,
 
 /* ---- activation quantization ------------------------------------------------------------- */
 
-/* As moecc_quantize_x (storage.c), eight lanes at a time: the same float32 operations, and
- * cvtps rounds to nearest even (the default MXCSR mode), so the results are identical. Used by
- * the AVX-512 tables too (it is not where the time goes). */
+/* As moecc_quantize_x / moecc_quantize_xk (storage.c), eight lanes at a time: the same float32
+ * operations, and cvtps rounds to nearest even (the default MXCSR mode), so the results are
+ * identical. Used by the AVX-512 tables too (it is not where the time goes). */
+
+/* max |x| over the n values at x (n % 8 == 0) */
+INLINE TARGET_AVX2 float amax(const float *x, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    return _mm_cvtss_f32(m4);
+}
+
+INLINE TARGET_AVX2 int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* q[j] = round(x[j] * inv), |q| <= 127, for the 32 values at x; sum[h] = the sum of the q of
+ * values 16h .. 16h+15 */
+INLINE TARGET_AVX2 void quantize32(const float *x, float inv, int8_t *q, int32_t sum[2]) {
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undo lane-wise packs */
+    __m256i i32[4];
+    for (int i = 0; i < 4; i++) {
+        const __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i),
+                                                           _mm256_set1_ps(inv)));
+        i32[i] = _mm256_max_epi32(_mm256_min_epi32(r, _mm256_set1_epi32(127)),
+                                  _mm256_set1_epi32(-127));
+    }
+    sum[0] = hsum_epi32(_mm256_add_epi32(i32[0], i32[1]));
+    sum[1] = hsum_epi32(_mm256_add_epi32(i32[2], i32[3]));
+    const __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]);
+    const __m256i p16b = _mm256_packs_epi32(i32[2], i32[3]);
+    const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), order);
+    _mm256_storeu_si256((__m256i *)q, p8);
+}
+
 TARGET_AVX2 void moecc_quantize_x_avx2(int64_t K, const float *x, void *xq) {
     int8_t *q = (int8_t *)xq;
-    float *d = (float *)((char *)xq + K);
-    int32_t *sum = (int32_t *)((char *)xq + K + 4 * (K / MOECC_QBLOCK));
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undo lane-wise packs */
+    float *d = (float *)moecc_xq_scales(xq, K);
+    int32_t *sum = (int32_t *)moecc_xq_sums(xq, K);
     for (int64_t b = 0; b < K / MOECC_QBLOCK; b++) {
         const float *xb = x + b * MOECC_QBLOCK;
-        __m256 v[4], m = _mm256_setzero_ps();
-        for (int i = 0; i < 4; i++) {
-            v[i] = _mm256_loadu_ps(xb + 8 * i);
-            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
-        }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const float scale = _mm_cvtss_f32(m4) / 127.0f;
-        const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
-        __m256i i32[4];
-        for (int i = 0; i < 4; i++) {
-            const __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
-            i32[i] = _mm256_max_epi32(_mm256_min_epi32(r, _mm256_set1_epi32(127)),
-                                      _mm256_set1_epi32(-127));
-        }
-        const __m256i s2 = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]),
-                                            _mm256_add_epi32(i32[2], i32[3]));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s2), _mm256_extracti128_si256(s2, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
-        const __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]);
-        const __m256i p16b = _mm256_packs_epi32(i32[2], i32[3]);
-        const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), order);
-        _mm256_storeu_si256((__m256i *)(q + b * MOECC_QBLOCK), p8);
+        const float scale = amax(xb, MOECC_QBLOCK) / 127.0f;
+        int32_t halves[2];
+        quantize32(xb, scale > 0.0f ? 1.0f / scale : 0.0f, q + b * MOECC_QBLOCK, halves);
         d[b] = scale;
-        sum[b] = _mm_cvtsi128_si32(s4);
+        sum[b] = halves[0] + halves[1];
+    }
+}
+
+TARGET_AVX2 void moecc_quantize_xk_avx2(int64_t K, const float *x, void *xk) {
+    int8_t *q = (int8_t *)xk;
+    float *d = (float *)moecc_xk_scales(xk, K);
+    int16_t *bsum = (int16_t *)moecc_xk_bsums(xk, K);
+    for (int64_t b = 0; b < K / MOECC_KBLOCK; b++) {
+        const float *xb = x + b * MOECC_KBLOCK;
+        const float scale = amax(xb, MOECC_KBLOCK) / 127.0f;
+        const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        for (int j = 0; j < MOECC_KBLOCK / 32; j++) {
+            int32_t halves[2];
+            quantize32(xb + 32 * j, inv, q + b * MOECC_KBLOCK + 32 * j, halves);
+            bsum[b * (MOECC_KBLOCK / 16) + 2 * j] = (int16_t)halves[0];
+            bsum[b * (MOECC_KBLOCK / 16) + 2 * j + 1] = (int16_t)halves[1];
+        }
+        d[b] = scale;
     }
 }
 
