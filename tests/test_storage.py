@@ -23,7 +23,7 @@ def test_c_table_equals_python_table():
 
 
 @pytest.mark.parametrize("name,bits", [("f32", 32), ("bf16", 16), ("f16", 16), ("q8", 8.5), ("q4", 4.5),
-                                       ("q4p", 4.5), ("q4_k", 4.5), ("q6_k", 6.5625)])
+                                       ("q4p", 4.5), ("q4_k", 4.5), ("q5_k", 5.5), ("q6_k", 6.5625)])
 def test_bits_per_weight(name, bits):
     assert storage.get(name).bits_per_weight == bits
 

@@ -15,6 +15,10 @@ Each type stores a row of K values as K / block_values blocks of block_bytes byt
     q4p   32 -> 18                  4.5          no (panels of 16)     q8_32        q4 blocks of 16 rows interleaved
     q4_k  256 -> 144                4.5          yes                   q8_k         ggml's Q4_K
     q6_k  256 -> 210                6.5625       yes                   q8_k         ggml's Q6_K
+    q5_k  256 -> 176                5.5          yes                   q8_k         ggml's Q5_K
+    q5_0  32 -> 22                  5.5          yes                   q8_32        ggml's Q5_0
+    q5_1  32 -> 24                  6            yes                   q8_32        ggml's Q5_1
+    q4_1  32 -> 20                  5            yes                   q8_32        ggml's Q4_1
 
 "activations" is the form the kernels meet the type's rows with: `f32` the float32 rows as they
 are; `q8_32` int8 per block of 32 with a float scale and the block's sum (what ggml pairs Q8_0 /
@@ -84,7 +88,7 @@ class StorageType:
         return (*shape[:-1], self.row_bytes(shape[-1]) // self.view_dtype.itemsize)
 
 
-QBLOCK = 32  # values per block of q8 / q4 / q4p, and per block of q8_32 activations
+QBLOCK = 32  # values per block of q8 / q4 / q4p / q4_1 / q5_0 / q5_1, and of q8_32 activations
 KBLOCK = 256  # values per super-block of the K types, and per block of q8_k activations
 ACTIVATIONS = ("f32", "q8_32", "q8_k")  # activation kinds, in the order of C's moecc_act
 
@@ -102,6 +106,14 @@ TYPES: dict[str, StorageType] = {t.name: t for t in (
                 ggml_type=12),  # Q4_K
     StorageType("q6_k", 7, KBLOCK, 210, np.dtype(np.uint8), row_lookup=True, activations="q8_k",
                 ggml_type=14),  # Q6_K
+    StorageType("q5_k", 8, KBLOCK, 176, np.dtype(np.uint8), row_lookup=True, activations="q8_k",
+                ggml_type=13),  # Q5_K
+    StorageType("q5_0", 9, QBLOCK, 22, np.dtype(np.uint8), row_lookup=True, activations="q8_32",
+                ggml_type=6),  # Q5_0
+    StorageType("q5_1", 10, QBLOCK, 24, np.dtype(np.uint8), row_lookup=True, activations="q8_32",
+                ggml_type=7),  # Q5_1
+    StorageType("q4_1", 11, QBLOCK, 20, np.dtype(np.uint8), row_lookup=True, activations="q8_32",
+                ggml_type=3),  # Q4_1
 )}
 
 

@@ -552,7 +552,7 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, stora
 # ---- the forward step -----------------------------------------------------------------------
 
 def xq_bytes(int64_t K):
-    """Bytes of one row of K activations quantized for q8 / q4 / q4p weights (moecc.h): the
+    """Bytes of one row of K activations quantized per 32 (q8_32, moecc.h): the
     most any kind of quantized activation rows of K values takes (buffers sized by it hold any)."""
     if K < 0 or K % MOECC_QBLOCK:
         raise ValueError(f"K must be a non-negative multiple of {MOECC_QBLOCK}, got {K}")

@@ -1,5 +1,5 @@
-/* kdot_generic.c -- K-type weights (q4_k, q6_k) against q8_k activations in portable C: the only
- * path on non-x86, and the oracle for the SIMD versions (kdot_x86.c).
+/* kdot_generic.c -- K-type weights (q4_k, q5_k, q6_k) against q8_k activations in portable C:
+ * the only path on non-x86, and the oracle for the SIMD versions (kdot_x86.c).
  *
  * With a super-block unpacked (moecc_kblock: w[v] = d * scale[v/16] * q[v] - dmin * min[v/16])
  * and the activations' block of 256 (x[v] ~ dx * qx[v], bsum[h] = sum of qx over the 16 values
@@ -42,6 +42,11 @@ static void tile_k(moecc_storage wt, int64_t K, const void *w, int64_t ldw, int 
 void moecc_tile_q4_k_generic(int64_t K, const void *w, int64_t ldw, int nr,
                              const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
     tile_k(MOECC_Q4_K, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+void moecc_tile_q5_k_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    tile_k(MOECC_Q5_K, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 void moecc_tile_q6_k_generic(int64_t K, const void *w, int64_t ldw, int nr,

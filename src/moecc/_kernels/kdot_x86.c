@@ -1,11 +1,11 @@
-/* kdot_x86.c -- K-type weights (q4_k, q6_k) against q8_k activations with x86 integer SIMD, for
- * the tables avx2, avx512 and avx512vnni. The oracle is kdot_generic.c.
+/* kdot_x86.c -- K-type weights (q4_k, q5_k, q6_k) against q8_k activations with x86 integer
+ * SIMD, for the tables avx2, avx512 and avx512vnni. The oracle is kdot_generic.c.
  *
  * As in qdot_x86.c, one copy of the loops on 256-bit vectors is compiled for AVX2 and inlined
  * into each table's entry points, which pass the int16 dot product and the register block (the
  * AVX-512 ones get 32 registers, so four tokens a block). A super-block of 256 values is 8
- * vectors of 32 unsigned weights u (q4_k the nibble; q6_k q + 32), each met by the 32
- * activations it multiplies as they lie:
+ * vectors of 32 unsigned weights u (q4_k / q5_k the 4 / 5 bits; q6_k q + 32), each met by the
+ * 32 activations it multiplies as they lie:
  *
  *     p     = maddubs(u, a)                  16 int16 pair sums (|p| <= 2 * 63 * 127)
  *     isum += p . s  (madd + add, or dpwssd)  s: the int16 scale of each pair's sub-block
@@ -13,8 +13,8 @@
  * The sub-block scales are why this is dpwssd and not dpbusd: VNNI's int16 dot folds the scale
  * multiply and the accumulation into one instruction, where dpbusd's int32 sums would need a
  * 32-bit multiply per sub-block. Once per super-block and (row, token), the 8 int32 lanes of
- * isum go to float under one scale d * dx into the row's float accumulator, and the mins (q4_k:
- * dmin * sum_j m_j * bsum_j) or the bias of u (q6_k: 32 * sum_h s_h * bsum_h, in integers) come
+ * isum go to float under one scale d * dx into the row's float accumulator, and the mins (q4_k,
+ * q5_k: dmin * sum_j m_j * bsum_j) or the bias of u (q6_k: 32 * sum_h s_h * bsum_h, integer) come
  * off through one madd of the activations' 16 block sums: no horizontal sum but the row's last.
  * Decode (one token) streams four rows side by side and sweep-prefetches the rows ~8 KB on, as
  * qdot_x86.c does, so DRAM sees one sequential stream. */
@@ -35,8 +35,10 @@
 #define MAX_NT 4                 /* tokens of a register block (2 with AVX2's 16 registers) */
 #define PF_BYTES 8192            /* a tile of rows prefetches the first whole tile this far on */
 
-_Static_assert(offsetof(moecc_block_q4_k, qs) == 16 && offsetof(moecc_block_q6_k, qh) == 128 &&
-                   offsetof(moecc_block_q6_k, scales) == 192 && offsetof(moecc_block_q6_k, d) == 208,
+_Static_assert(offsetof(moecc_block_q4_k, qs) == 16 && offsetof(moecc_block_q5_k, qh) == 16 &&
+                   offsetof(moecc_block_q5_k, qs) == 48 && offsetof(moecc_block_q6_k, qh) == 128 &&
+                   offsetof(moecc_block_q6_k, scales) == 192 &&
+                   offsetof(moecc_block_q6_k, d) == 208,
                "the offsets the loads below use");
 
 /* ---- the int16 dot products (the tables' entry points pass theirs) ----------------------- */
@@ -62,13 +64,18 @@ INLINE TARGET_AVX2 float hsum(__m256 v) {
 /* ---- one super-block of a row ------------------------------------------------------------ */
 
 INLINE int block_bytes(const int wt) {
-    return wt == MOECC_Q4_K ? (int)sizeof(moecc_block_q4_k) : (int)sizeof(moecc_block_q6_k);
+    return wt == MOECC_Q4_K   ? (int)sizeof(moecc_block_q4_k)
+           : wt == MOECC_Q5_K ? (int)sizeof(moecc_block_q5_k)
+                              : (int)sizeof(moecc_block_q6_k);
 }
+
+/* q4_k and q5_k: 8 sub-blocks of 32 with 6-bit scales and mins (d, dmin and scales alike) */
+INLINE int has_mins(const int wt) { return wt == MOECC_Q4_K || wt == MOECC_Q5_K; }
 
 /* what a super-block's products need besides its values, read once per row and super-block */
 typedef struct {
     float d, dmin; /* dmin: q4_k only */
-    __m128i sm;    /* q4_k: its 8 scales then its 8 mins (uint8); q6_k: its 16 scales (int8) */
+    __m128i sm;    /* q4_k / q5_k: 8 scales then 8 mins (uint8); q6_k: its 16 scales (int8) */
 } khead;
 
 INLINE TARGET_AVX2 float fp16_at(const char *p) {
@@ -79,7 +86,7 @@ INLINE TARGET_AVX2 float fp16_at(const char *p) {
 
 INLINE TARGET_AVX2 khead head(const int wt, const char *blk) {
     khead h;
-    if (wt == MOECC_Q4_K) { /* moecc_q4_k_scales, four bytes at a time */
+    if (has_mins(wt)) { /* moecc_q4_k_scales, four bytes at a time */
         uint32_t s[3];
         memcpy(s, blk + offsetof(moecc_block_q4_k, scales), sizeof s);
         const uint32_t lo6 = 0x3F3F3F3Fu, lo4 = 0x0F0F0F0Fu, top2 = 0x30303030u;
@@ -97,12 +104,19 @@ INLINE TARGET_AVX2 khead head(const int wt, const char *blk) {
     return h;
 }
 
-/* weights 32i .. 32i+31 of the super-block at blk, unsigned (q4_k: the nibble; q6_k: q + 32) */
+/* weights 32i .. 32i+31 of the super-block at blk, unsigned (q4_k, q5_k: the 4 or 5 bits; q6_k:
+ * q + 32) */
 INLINE TARGET_AVX2 __m256i weights(const int wt, const char *blk, const int i) {
     const __m256i lo4 = _mm256_set1_epi8(15);
-    if (wt == MOECC_Q4_K) { /* sub-block i: the low (i even) or high nibbles of qs[32 (i/2) ..] */
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * (i / 2)));
-        return _mm256_and_si256(i % 2 ? _mm256_srli_epi16(q, 4) : q, lo4);
+    if (has_mins(wt)) { /* sub-block i: the low (i even) or high nibbles of qs[32 (i/2) ..] */
+        const int qs = wt == MOECC_Q4_K ? 16 : 48;
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(blk + qs + 32 * (i / 2)));
+        const __m256i low = _mm256_and_si256(i % 2 ? _mm256_srli_epi16(q, 4) : q, lo4);
+        if (wt == MOECC_Q4_K) return low;
+        /* q5_k: + 16 where bit i of qh[l] is set (the shift keeps each byte's own bit i) */
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 16));
+        const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(qh, i), _mm256_set1_epi8(1));
+        return _mm256_or_si256(low, _mm256_slli_epi16(bit, 4));
     }
     /* q6_k: half i/4, quarter j = i%4: low 4 bits from ql (nibble j/2 of ql[32 (j%2) ..]),
      * upper 2 from bits 2j, 2j+1 of qh, moved to bits 4, 5 */
@@ -119,7 +133,7 @@ INLINE TARGET_AVX2 __m256i weights(const int wt, const char *blk, const int i) {
 
 /* the int16 scale of each pair of weights(i)'s products */
 INLINE TARGET_AVX2 __m256i scales(const int wt, __m128i sm, const int i) {
-    if (wt == MOECC_Q4_K) /* one sub-block of 32: scale i everywhere */
+    if (has_mins(wt)) /* one sub-block of 32: scale i everywhere */
         return _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, _mm_set1_epi8((char)i)));
     /* two sub-blocks of 16: scales 2i (the first 8 pairs) and 2i+1 */
     const __m128i at = _mm_setr_epi8(2 * i, 2 * i, 2 * i, 2 * i, 2 * i, 2 * i, 2 * i, 2 * i,
@@ -172,7 +186,7 @@ INLINE TARGET_AVX2 void block(const int wt, wdot_fn wdot, const int NR, const in
                 (const __m256i *)(moecc_xk_bsums(xt, K) + MOECC_KBLOCK / 16 * b));
             for (int r = 0; r < NR; r++) {
                 __m256i is = isum[AT(r, t)];
-                if (wt == MOECC_Q4_K) { /* - dmin * sum_j m_j (bsum_2j + bsum_2j+1) */
+                if (has_mins(wt)) { /* - dmin * sum_j m_j (bsum_2j + bsum_2j+1) */
                     const __m256i m = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(hd[r].sm, min_pairs));
                     const __m256 msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsum, m));
                     acc[AT(r, t)] =
@@ -222,6 +236,12 @@ TARGET_AVX2 void moecc_tile_q4_k_avx2(int64_t K, const void *w, int64_t ldw, int
     tile_k(MOECC_Q4_K, wdot_madd, 2, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
+TARGET_AVX2 void moecc_tile_q5_k_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                                      const void *x, int64_t ldx, int nt, float *out,
+                                      int64_t ldo) {
+    tile_k(MOECC_Q5_K, wdot_madd, 2, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
 TARGET_AVX2 void moecc_tile_q6_k_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                                       const void *x, int64_t ldx, int nt, float *out,
                                       int64_t ldo) {
@@ -234,6 +254,12 @@ TARGET_512 void moecc_tile_q4_k_avx512(int64_t K, const void *w, int64_t ldw, in
     tile_k(MOECC_Q4_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
+TARGET_512 void moecc_tile_q5_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                                       const void *x, int64_t ldx, int nt, float *out,
+                                       int64_t ldo) {
+    tile_k(MOECC_Q5_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
 TARGET_512 void moecc_tile_q6_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
@@ -244,6 +270,12 @@ TARGET_VNNI void moecc_tile_q4_k_avx512vnni(int64_t K, const void *w, int64_t ld
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
     tile_k(MOECC_Q4_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_VNNI void moecc_tile_q5_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                            const void *x, int64_t ldx, int nt, float *out,
+                                            int64_t ldo) {
+    tile_k(MOECC_Q5_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_VNNI void moecc_tile_q6_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,

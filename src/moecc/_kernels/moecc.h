@@ -74,6 +74,10 @@ typedef enum {
     MOECC_Q4P = 5,  /* q4 in panels of 16 rows (below) */
     MOECC_Q4_K = 6, /* ggml's Q4_K super-blocks of 256 (below) */
     MOECC_Q6_K = 7, /* ggml's Q6_K super-blocks of 256 (below) */
+    MOECC_Q5_K = 8, /* ggml's Q5_K super-blocks of 256 (below) */
+    MOECC_Q5_0 = 9, /* 5-bit blocks of 32 with an fp16 scale (ggml's Q5_0): w = d * (q - 16) */
+    MOECC_Q5_1 = 10, /* 5-bit blocks of 32, fp16 scale and min (ggml's Q5_1): w = d * q + m */
+    MOECC_Q4_1 = 11, /* 4-bit blocks of 32, fp16 scale and min (ggml's Q4_1): w = d * q + m */
     MOECC_STORAGE_COUNT
 } moecc_storage;
 
@@ -81,7 +85,8 @@ typedef enum {
  * "quantized activations" below) */
 typedef enum {
     MOECC_ACT_F32 = 0,   /* the float32 rows as they are */
-    MOECC_ACT_Q8_32 = 1, /* int8 per block of 32, float scales, int32 block sums (q8 / q4 / q4p) */
+    MOECC_ACT_Q8_32 = 1, /* int8 per block of 32, float scales, int32 block sums (q8, q4, q4p and
+                            the _0 / _1 types) */
     MOECC_ACT_Q8_K = 2,  /* int8 per block of 256, float scales, int16 sums per 16 (K types) */
     MOECC_ACT_KINDS
 } moecc_act;
@@ -97,7 +102,7 @@ typedef struct {
 
 extern const moecc_storage_info moecc_storage_types[MOECC_STORAGE_COUNT];
 
-#define MOECC_QBLOCK 32 /* values per block of q8 / q4 / q4p, and of q8_32 activations */
+#define MOECC_QBLOCK 32 /* values per block of q8 / q4 / q4p / q4_1 / q5_0 / q5_1, of q8_32 acts */
 #define MOECC_KBLOCK 256 /* values per super-block of the K types, and per block of q8_k ones */
 
 /* q8 and q4 are ggml's Q8_0 and Q4_0 blocks, byte for byte, so a GGUF file's tensors run as they
@@ -118,6 +123,34 @@ typedef struct {
 } moecc_block_q4;
 _Static_assert(sizeof(moecc_block_q4) == 18, "a q4 block is ggml's block_q4_0: 2 + 16 bytes");
 
+/* ggml's other blocks of 32 (ggml-common.h block_q4_1, block_q5_0, block_q5_1), read as q8 / q4
+ * are: d (and m) first, then the values. Byte j of qs holds value j in its low nibble and value
+ * j + 16 in its high nibble (as q4's); the 5-bit types add 16 to value i where bit i of qh (a
+ * little-endian uint32) is set. */
+typedef struct {
+    uint16_t d, m;                 /* fp16 scale and min: w = d * q + m, q in 0..15 */
+    uint8_t qs[MOECC_QBLOCK / 2];
+} moecc_block_q4_1;
+_Static_assert(sizeof(moecc_block_q4_1) == 20, "a q4_1 block is ggml's block_q4_1: 2 + 2 + 16 bytes");
+
+typedef struct {
+    uint16_t d;                    /* fp16 scale: w = d * (q - 16), q in 0..31 */
+    uint8_t qh[4];                 /* the fifth bits */
+    uint8_t qs[MOECC_QBLOCK / 2];
+} moecc_block_q5_0;
+_Static_assert(sizeof(moecc_block_q5_0) == 22, "a q5_0 block is ggml's block_q5_0: 2 + 4 + 16 bytes");
+
+typedef struct {
+    uint16_t d, m;                 /* fp16 scale and min: w = d * q + m, q in 0..31 */
+    uint8_t qh[4];
+    uint8_t qs[MOECC_QBLOCK / 2];
+} moecc_block_q5_1;
+_Static_assert(sizeof(moecc_block_q5_1) == 24, "a q5_1 block is ggml's block_q5_1: 2 + 2 + 4 + 16 bytes");
+
+/* a q4_1 / q5_0 / q5_1 block unpacked (storage.c): w[j] = q[j] * d + m (q5_0: q - 16, m = 0) */
+void moecc_unpack_01(moecc_storage s, const void *block, int8_t q[MOECC_QBLOCK], float *d,
+                     float *m);
+
 /* q4p: a matrix [N, K] of q4, N % 16 == 0, as N/16 panels of MOECC_PANEL_ROWS rows,
  * back to back (panel p at byte 16 * p * row_bytes). A panel is K/32 block columns of
  * MOECC_PANEL_BLOCK_BYTES: for block b, four chunks c = 0..3 of 16 rows x 4 bytes (row r's q4
@@ -135,7 +168,7 @@ _Static_assert(sizeof(moecc_block_q4p) == MOECC_PANEL_ROWS * sizeof(moecc_block_
                "a q4p block column is 16 q4 blocks");
 #define MOECC_PANEL_BLOCK_BYTES ((int64_t)sizeof(moecc_block_q4p))
 
-/* The K types are ggml's, byte for byte (ggml-common.h block_q4_K, block_q6_K): a row of K values
+/* The K types are ggml's, byte for byte (ggml-common.h block_q4_K, _q5_K, _q6_K): a row of K values
  * (K % 256 == 0) is K/256 super-blocks back to back, at any address (read them with memcpy).
  *
  * q4_k: 8 sub-blocks of 32 values, w = d * sc[j] * q - dmin * m[j], q in 0..15, sc and m 6-bit
@@ -151,6 +184,16 @@ typedef struct {
 } moecc_block_q4_k;
 _Static_assert(sizeof(moecc_block_q4_k) == 144, "a q4_k super-block is ggml's block_q4_K: 144 bytes");
 
+/* q5_k: q4_k's sub-blocks, scales and nibbles, q in 0..31: value 64c + l (l < 32) adds 16 if
+ * bit 2c of qh[l] is set, value 64c + 32 + l if bit 2c+1 is. */
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t scales[MOECC_K_SCALE_BYTES]; /* as q4_k's */
+    uint8_t qh[MOECC_KBLOCK / 8];        /* the fifth bits */
+    uint8_t qs[MOECC_KBLOCK / 2];        /* the low 4 bits, as q4_k's */
+} moecc_block_q5_k;
+_Static_assert(sizeof(moecc_block_q5_k) == 176, "a q5_k super-block is ggml's block_q5_K: 176 bytes");
+
 /* q6_k: 16 sub-blocks of 16 values, w = d * scales[v / 16] * (q - 32), q in 0..63. Each half h of
  * 128 values takes ql[64h .. 64h+63] and qh[32h .. 32h+31]: value 128h + 32i + l (i < 4, l < 32)
  * has its low 4 bits in ql[64h + l + 32 (i & 1)] (the low nibble for i < 2, the high one for
@@ -165,7 +208,8 @@ _Static_assert(sizeof(moecc_block_q6_k) == 210, "a q6_k super-block is ggml's bl
 
 /* A K-type super-block unpacked (storage.c), what every K tile and lookup reads:
  *     w[v] = d * scale[v / 16] * q[v] - dmin * min[v / 16]
- * (q4_k: q the nibble, scale and min those of its sub-block of 32, twice; q6_k: q - 32, min 0) */
+ * (q4_k / q5_k: q the 4 / 5 bits, scale and min those of its sub-block of 32, twice; q6_k: the
+ * 6 bits - 32, min 0) */
 typedef struct {
     float d, dmin;
     int8_t q[MOECC_KBLOCK];
@@ -233,7 +277,7 @@ static inline uint16_t moecc_f32_to_f16(float f) {
 /* ---- quantized activations ---------------------------------------------------------------- */
 
 /* Quantized weights meet activations quantized once per call (x ~ d * q per block), so the inner
- * products are integer. q8_32 (q8 / q4 / q4p): one row of K float32 activations (K % 32 == 0) is
+ * products are integer. q8_32 (the blocks of 32): one row of K float32 activations (K % 32 == 0) is
  *     int8_t  q[K]          q = round(x / d) (to nearest even), |q| <= 127, in the values' order
  *     float   d[K/32]       d = max|x| / 127 over the block (0 for an all-zero block)
  *     int32_t sum[K/32]     the sum of the block's q (for kernels that bias weights to unsigned)
@@ -339,11 +383,18 @@ extern const moecc_isa moecc_isa_avx512;     /* dot_avx512.c: AVX-512 F/BW/VL/DQ
 extern const moecc_isa moecc_isa_avx512vnni; /* dot_avx512.c: the same + VNNI for q8 / q4 */
 #endif
 
-/* The q8 / q4 tiles (the ISA tables point at them): qdot_generic.c, qdot_x86.c */
+/* The q8 / q4 / q4_1 / q5_0 / q5_1 tiles (the ISA tables point at them): qdot_generic.c,
+ * qdot_x86.c */
 void moecc_tile_q8_generic(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_generic(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_1_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_0_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_1_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* q4p panels (MOECC_Q4P): qpanel_generic.c, qpanel_avx2.c, qpanel_avx512.c */
 void moecc_tile_q4p_generic(int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
@@ -355,8 +406,10 @@ void moecc_tile_q4p_avx512(int64_t K, const void *w, int64_t ldw, int nr,
 void moecc_tile_q4p_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #endif
-/* the K types (MOECC_Q4_K, MOECC_Q6_K): kdot_generic.c, kdot_x86.c */
+/* the K types (MOECC_Q4_K, MOECC_Q5_K, MOECC_Q6_K): kdot_generic.c, kdot_x86.c */
 void moecc_tile_q4_k_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_k_generic(int64_t K, const void *w, int64_t ldw, int nr,
                              const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q6_k_generic(int64_t K, const void *w, int64_t ldw, int nr,
                              const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
@@ -364,15 +417,21 @@ void moecc_tile_q6_k_generic(int64_t K, const void *w, int64_t ldw, int nr,
 /* maddubs + madd (AVX2) */
 void moecc_tile_q4_k_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_k_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q6_k_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* the same with 32 registers (AVX-512 BW/VL) */
 void moecc_tile_q4_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q6_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* maddubs + dpwssd (AVX-512 VNNI) */
 void moecc_tile_q4_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                 const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q6_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                 const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
@@ -384,16 +443,34 @@ void moecc_tile_q8_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_1_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_0_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_1_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* maddubs (AVX-512 BW/VL: 32 registers, four tokens a register block) */
 void moecc_tile_q8_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_1_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_0_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_1_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* dpbusd (AVX-512 VNNI) */
 void moecc_tile_q8_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_1_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_0_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_1_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #endif
 
 /* dispatch.c: cpuid once at init; the active table is read once at the start of each kernel */

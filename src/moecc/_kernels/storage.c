@@ -15,9 +15,14 @@ const moecc_storage_info moecc_storage_types[MOECC_STORAGE_COUNT] = {
     [MOECC_F16] = {"f16", 1, 2, 1, 1, MOECC_ACT_F32},
     [MOECC_Q8] = {"q8", MOECC_QBLOCK, sizeof(moecc_block_q8), 1, 1, MOECC_ACT_Q8_32},
     [MOECC_Q4] = {"q4", MOECC_QBLOCK, sizeof(moecc_block_q4), 1, 1, MOECC_ACT_Q8_32},
-    [MOECC_Q4P] = {"q4p", MOECC_QBLOCK, sizeof(moecc_block_q4), MOECC_PANEL_ROWS, 0, MOECC_ACT_Q8_32},
+    [MOECC_Q4P] = {"q4p", MOECC_QBLOCK, sizeof(moecc_block_q4), MOECC_PANEL_ROWS, 0,
+                   MOECC_ACT_Q8_32},
     [MOECC_Q4_K] = {"q4_k", MOECC_KBLOCK, sizeof(moecc_block_q4_k), 1, 1, MOECC_ACT_Q8_K},
     [MOECC_Q6_K] = {"q6_k", MOECC_KBLOCK, sizeof(moecc_block_q6_k), 1, 1, MOECC_ACT_Q8_K},
+    [MOECC_Q5_K] = {"q5_k", MOECC_KBLOCK, sizeof(moecc_block_q5_k), 1, 1, MOECC_ACT_Q8_K},
+    [MOECC_Q5_0] = {"q5_0", MOECC_QBLOCK, sizeof(moecc_block_q5_0), 1, 1, MOECC_ACT_Q8_32},
+    [MOECC_Q5_1] = {"q5_1", MOECC_QBLOCK, sizeof(moecc_block_q5_1), 1, 1, MOECC_ACT_Q8_32},
+    [MOECC_Q4_1] = {"q4_1", MOECC_QBLOCK, sizeof(moecc_block_q4_1), 1, 1, MOECC_ACT_Q8_32},
 };
 
 void moecc_q4_k_scales(const uint8_t packed[MOECC_K_SCALE_BYTES], uint8_t out[16]) {
@@ -29,23 +34,36 @@ void moecc_q4_k_scales(const uint8_t packed[MOECC_K_SCALE_BYTES], uint8_t out[16
     }
 }
 
+/* q4_k / q5_k: the scales, mins and low 4 bits they share (qh: q5_k's fifth bits, or NULL) */
+static void unpack_q4_q5_k(uint16_t d, uint16_t dmin, const uint8_t *scales, const uint8_t *qs,
+                           const uint8_t *qh, moecc_kblock *out) {
+    uint8_t sm[16];
+    moecc_q4_k_scales(scales, sm);
+    out->d = moecc_f16_to_f32(d);
+    out->dmin = moecc_f16_to_f32(dmin);
+    for (int c = 0; c < 4; c++)
+        for (int l = 0; l < 32; l++) {
+            const int fifth = qh ? qh[l] >> (2 * c) : 0; /* bit 0: value 64c + l; 1: + 32 */
+            out->q[64 * c + l] = (int8_t)((qs[32 * c + l] & 15) | (fifth & 1) << 4);
+            out->q[64 * c + 32 + l] = (int8_t)((qs[32 * c + l] >> 4) | (fifth >> 1 & 1) << 4);
+        }
+    for (int h = 0; h < MOECC_KBLOCK / 16; h++) {
+        out->scale[h] = sm[h / 2];
+        out->min[h] = sm[8 + h / 2];
+    }
+}
+
 void moecc_unpack_k(moecc_storage s, const void *block, moecc_kblock *out) {
     if (s == MOECC_Q4_K) {
         moecc_block_q4_k b;
         memcpy(&b, block, sizeof b);
-        uint8_t sm[16];
-        moecc_q4_k_scales(b.scales, sm);
-        out->d = moecc_f16_to_f32(b.d);
-        out->dmin = moecc_f16_to_f32(b.dmin);
-        for (int c = 0; c < 4; c++)
-            for (int l = 0; l < 32; l++) {
-                out->q[64 * c + l] = (int8_t)(b.qs[32 * c + l] & 15);
-                out->q[64 * c + 32 + l] = (int8_t)(b.qs[32 * c + l] >> 4);
-            }
-        for (int h = 0; h < MOECC_KBLOCK / 16; h++) {
-            out->scale[h] = sm[h / 2];
-            out->min[h] = sm[8 + h / 2];
-        }
+        unpack_q4_q5_k(b.d, b.dmin, b.scales, b.qs, NULL, out);
+        return;
+    }
+    if (s == MOECC_Q5_K) {
+        moecc_block_q5_k b;
+        memcpy(&b, block, sizeof b);
+        unpack_q4_q5_k(b.d, b.dmin, b.scales, b.qs, b.qh, out);
         return;
     }
     moecc_block_q6_k b; /* MOECC_Q6_K */
@@ -70,6 +88,23 @@ int moecc_storage_check(moecc_storage s, int64_t N, int64_t K) {
     if ((unsigned)s >= MOECC_STORAGE_COUNT) return MOECC_ERR_STORAGE;
     const moecc_storage_info *t = &moecc_storage_types[s];
     return K % t->block_values || N % t->panel_rows ? MOECC_ERR_SHAPE : MOECC_OK;
+}
+
+void moecc_unpack_01(moecc_storage s, const void *block, int8_t q[MOECC_QBLOCK], float *d,
+                     float *m) {
+    const unsigned char *b = (const unsigned char *)block;
+    const int qs_at = s == MOECC_Q4_1 ? 4 : s == MOECC_Q5_0 ? 6 : 8;
+    uint32_t qh = 0;
+    if (s != MOECC_Q4_1) memcpy(&qh, b + (s == MOECC_Q5_0 ? 2 : 4), sizeof qh);
+    const int bias = s == MOECC_Q5_0 ? 16 : 0;
+    for (int j = 0; j < MOECC_QBLOCK / 2; j++) {
+        q[j] = (int8_t)(((b[qs_at + j] & 15) | ((qh >> j) & 1) << 4) - bias);
+        q[j + 16] = (int8_t)(((b[qs_at + j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - bias);
+    }
+    uint16_t h[2];
+    memcpy(h, b, sizeof h);
+    *d = moecc_f16_to_f32(h[0]);
+    *m = s == MOECC_Q5_0 ? 0.0f : moecc_f16_to_f32(h[1]);
 }
 
 void moecc_row_to_f32(moecc_storage f, int64_t K, const void *row, float *out) {
@@ -108,7 +143,18 @@ void moecc_row_to_f32(moecc_storage f, int64_t K, const void *row, float *out) {
             }
         }
         break;
+    case MOECC_Q4_1:
+    case MOECC_Q5_0:
+    case MOECC_Q5_1: /* as ggml's dequantize_row_*: q * d (+ m) */
+        for (int64_t b = 0; b < K / MOECC_QBLOCK; b++) {
+            int8_t q[MOECC_QBLOCK];
+            float d, m;
+            moecc_unpack_01(f, p + b * (int64_t)moecc_storage_types[f].block_bytes, q, &d, &m);
+            for (int j = 0; j < MOECC_QBLOCK; j++) out[b * MOECC_QBLOCK + j] = (float)q[j] * d + m;
+        }
+        break;
     case MOECC_Q4_K:
+    case MOECC_Q5_K:
     case MOECC_Q6_K: /* as ggml's dequantize_row_*: (d * scale) * q - dmin * min, in float32 */
         for (int64_t b = 0; b < K / MOECC_KBLOCK; b++) {
             moecc_kblock k;
