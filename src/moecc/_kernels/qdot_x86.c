@@ -53,7 +53,7 @@
 #define PF_BYTES 8192 /* a tile of rows prefetches the first whole tile this far on */
 _Static_assert(offsetof(moecc_block_q4_1, m) == 2 && offsetof(moecc_block_q5_1, m) == 2 &&
                    offsetof(moecc_block_q5_0, qh) == 2 && offsetof(moecc_block_q5_1, qh) == 4,
-               "every block starts with d; the mins follow it");
+               "the offsets block() and row_block() read: d at 0, then m, then qh");
 
 /* bytes of a block of wt */
 INLINE int block_bytes(const int wt) {
