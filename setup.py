@@ -29,6 +29,8 @@ C_SOURCES = [
     "dot_avx512.c",
     "qdot_generic.c",
     "qdot_x86.c",
+    "kdot_generic.c",
+    "kdot_x86.c",
     "qpanel_avx2.c",
     "qpanel_generic.c",
     "qpanel_avx512.c",

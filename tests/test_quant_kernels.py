@@ -61,15 +61,20 @@ def test_quantize_activations_exact(isa, Kd):
     x[3, :32] = np.arange(32) - 15.5   # max 127 below: scale 1, so x / d is x: ties to even
     x[3, 0] = 127
     x[4, :] = np.float32(1e30) * np.sign(x[4])
-    q, d = K.quantize_activations(x)
+    q, d, sums = K.quantize_activations(x)
     q_ref, d_ref = quant.quantize_activations(x)
     np.testing.assert_array_equal(q, q_ref)
     np.testing.assert_array_equal(d, d_ref)
+    np.testing.assert_array_equal(sums, q_ref.reshape(7, -1, 32).sum(-1, dtype=np.int32))
 
 
 def test_quantize_activations_checks():
     with pytest.raises(ValueError, match="multiple of 32"):
         K.quantize_activations(np.zeros((2, 48), np.float32))
+    with pytest.raises(ValueError, match="q8_k: the row length must be a multiple of 256"):
+        K.quantize_activations(np.zeros((2, 96), np.float32), kind="q8_k")
+    with pytest.raises(ValueError, match="unknown activation kind 'q4'"):
+        K.quantize_activations(np.zeros((2, 64), np.float32), kind="q4")
     with pytest.raises(TypeError, match="float32"):
         K.quantize_activations(np.zeros((2, 64), np.float64))
 
@@ -335,7 +340,7 @@ def test_errors_matmul():
         K.matmul(np.zeros((2, 48), np.float32), w8, out, threads=1, storage="q8")
     with pytest.raises(TypeError, match="uint8"):
         K.matmul(x, w8.view(np.int8), out, threads=1, storage="q8")
-    with pytest.raises(TypeError, match="storage='q8', 'q4' or 'q4p'"):
+    with pytest.raises(TypeError, match="storage= one of 'q8', 'q4', 'q4p'"):
         K.matmul(x, w8, out, threads=1)
     with pytest.raises(ValueError, match="unknown storage type 'q5'"):
         K.matmul(x, w8, out, threads=1, storage="q5")
@@ -383,7 +388,7 @@ def test_errors_moe():
         call(up=np.zeros((E, I, storage.get("q4").row_bytes(D)), np.uint8))
     with pytest.raises(TypeError, match="share a dtype"):
         call(up=np.zeros((E, I, D), np.float32))
-    with pytest.raises(TypeError, match="storage='q8', 'q4' or 'q4p'"):
+    with pytest.raises(TypeError, match="storage= one of 'q8', 'q4', 'q4p'"):
         call(kind=None)
     with pytest.raises(ValueError, match="idx out of range"):
         call(idx=np.array([[0, 4], [1, 2]], np.int32))

@@ -18,20 +18,26 @@ def test_c_table_equals_python_table():
     for row in c_rows:
         t = storage.TYPES[row["name"]]
         assert (row["code"], row["block_values"], row["block_bytes"], row["panel_rows"], row["row_lookup"],
-                row["quantized_activations"]) == (t.code, t.block_values, t.block_bytes, t.panel_rows,
-                                                  t.row_lookup, t.quantized_activations), t.name
+                row["activations"]) == (t.code, t.block_values, t.block_bytes, t.panel_rows,
+                                        t.row_lookup, t.activations), t.name
 
 
 @pytest.mark.parametrize("name,bits", [("f32", 32), ("bf16", 16), ("f16", 16), ("q8", 8.5), ("q4", 4.5),
-                                       ("q4p", 4.5)])
+                                       ("q4p", 4.5), ("q4_k", 4.5), ("q5_k", 5.5), ("q6_k", 6.5625)])
 def test_bits_per_weight(name, bits):
     assert storage.get(name).bits_per_weight == bits
 
 
 @pytest.mark.parametrize("name", list(storage.TYPES))
-@pytest.mark.parametrize("K_", [32, 96, 2048])
+@pytest.mark.parametrize("K_", [32, 96, 256, 2048])
 def test_row_bytes_agree_with_the_kernels(name, K_):
-    assert K.row_bytes(name, K_) == storage.get(name).row_bytes(K_)
+    if K_ % storage.get(name).block_values:
+        with pytest.raises(ValueError, match=f"blocks of {storage.get(name).block_values} values"):
+            K.row_bytes(name, K_)
+        with pytest.raises(storage.StorageError, match="not a whole number"):
+            storage.get(name).row_bytes(K_)
+    else:
+        assert K.row_bytes(name, K_) == storage.get(name).row_bytes(K_)
 
 
 def test_shape_problems_name_the_rule():

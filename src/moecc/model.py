@@ -41,7 +41,7 @@ BLOCKS = K.BLOCKS  # where a profiled step's time goes (forward.c)
 
 class Weight(NamedTuple):
     """A tensor as stored: the mapped data and its storage type (moecc.storage)."""
-    data: np.ndarray  # f32, bf16 bits (uint16), f16, or q8 / q4 / q4p bytes (uint8 [..., rows, row_bytes])
+    data: np.ndarray  # f32, bf16 bits (uint16), f16, or quantized bytes (uint8 [..., rows, row_bytes])
     storage: str  # a name in moecc.storage.TYPES
 
     def stacked(self) -> "Weight":

@@ -35,6 +35,33 @@ of a block add up in 16 lanes, one per row, under one vector of scales.  The byt
 q4's (a q4p tensor has the shape [..., N, row_bytes] of its q4 twin, though its "rows" are not
 rows).  The converter stores as q4p every q4 matrix it can (rows a multiple of 16) that
 is only multiplied, never looked up by row (so not the embedding).
+
+The K types are ggml's Q4_K, Q5_K and Q6_K super-blocks of 256 values (ggml-common.h
+block_q4_K / _q5_K / _q6_K; C: moecc_block_q4_k etc.), which GGUF files bring; moecc reads them
+and does not write them (`quantize` refuses them).  `unpack_k` takes a super-block apart into
+
+    w[v] = (d * scale[v // 16]) * q[v] - dmin * min[v // 16]          (float32, in that order)
+
+    q4_k (144 bytes): fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins (8 each, one per
+                      sub-block of 32; moecc.h says how they are packed), qs[128]: values
+                      64c .. 64c+31 in the low nibbles of qs[32c .. 32c+31], 64c+32 .. 64c+63
+                      in their high nibbles; q the nibble
+    q5_k (176 bytes): q4_k's d, dmin and 12 bytes, then qh[32], then q4_k's qs[128]; q the
+                      nibble + 16 if bit j of qh[l] is set (value 32j + l, sub-block j)
+    q6_k (210 bytes): ql[128] (low 4 bits), qh[64] (upper 2 bits), int8 scales[16] (one per 16
+                      values), fp16 d; value 128h + 32i + l takes the low (i < 2) or high
+                      nibble of ql[64h + 32 (i % 2) + l] and bits 2i, 2i+1 of qh[32h + l];
+                      q = those 6 bits - 32, dmin = 0
+
+as ggml's dequantize_row_q4_K / _q5_K / _q6_K compute it.
+
+ggml's other blocks of 32, also read and not written, are q4's with a min and / or a fifth bit
+(ggml-common.h block_q4_1 / _q5_0 / _q5_1; byte j of qs: value j low, j + 16 high; the fifth
+bit of value i is bit i of qh, a little-endian uint32):
+
+    q4_1 (20 bytes): fp16 d, fp16 m, qs[16]            w = q * d + m
+    q5_0 (22 bytes): fp16 d, qh[4], qs[16]             w = (q - 16) * d
+    q5_1 (24 bytes): fp16 d, fp16 m, qh[4], qs[16]     w = q * d + m
 """
 from __future__ import annotations
 
@@ -45,6 +72,8 @@ from . import storage
 GROUP = storage.QBLOCK  # values per fp16 scale of q8 / q4 / q4p
 BLOCK_BYTES = {name: storage.TYPES[name].block_bytes for name in ("q8", "q4")}  # fp16 d, then the values
 PANEL_ROWS = storage.TYPES["q4p"].panel_rows
+K_TYPES = ("q4_k", "q5_k", "q6_k")  # super-blocks of storage.KBLOCK values
+READ_ONLY_32 = ("q4_1", "q5_0", "q5_1")  # ggml's blocks of 32 moecc reads but does not write
 
 
 def can_panel(shape: tuple) -> bool:
@@ -93,6 +122,8 @@ def quantize(values: np.ndarray, name: str) -> np.ndarray:
         raise storage.StorageError(problem)
     if name == "q4p":
         return to_panels(quantize(values, "q4"), K)
+    if name in K_TYPES + READ_ONLY_32:
+        raise storage.StorageError(f"moecc reads {name} (from GGUF files) but has no quantizer for it")
     blocks = values.reshape(*lead, K // GROUP, GROUP)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # d overflows fp16 as ggml's does
         if name == "q8":
@@ -142,6 +173,10 @@ def dequantize(stored: np.ndarray, name: str, K: int) -> np.ndarray:
                                    f"bytes, not {nbytes}")
     if name == "q4p":
         return dequantize(from_panels(stored, K), "q4", K)
+    if name in K_TYPES:
+        return dequantize_k(stored, name)
+    if name in READ_ONLY_32:
+        return dequantize_01(stored, name)
     if name not in BLOCK_BYTES:
         raise storage.StorageError(f"{name} is not a quantized storage type")
     d, qs = disassemble(stored, name)
@@ -150,6 +185,91 @@ def dequantize(stored: np.ndarray, name: str, K: int) -> np.ndarray:
     else:
         q = np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.float32) - 8
     return (q * d.astype(np.float32)[..., None]).reshape(*lead, K)
+
+
+def _fp16(two_bytes: np.ndarray) -> np.ndarray:
+    """uint8 [..., 2] (little-endian fp16 bits) -> float32 [...]"""
+    return np.ascontiguousarray(two_bytes).view(np.float16)[..., 0].astype(np.float32)
+
+
+def q4_k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """q4_k's 12 bytes uint8 [..., 12] -> (scales, mins) uint8 [..., 8]: sub-block j < 4 takes
+    the low 6 bits of byte j (scale) and byte j + 4 (min); j >= 4 the low (scale) and high (min)
+    nibble of byte j + 4, topped by the upper 2 bits of bytes j - 4 (scale) and j (min)."""
+    lo, mid, hi = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    scales = np.concatenate([lo & 63, (hi & 15) | ((lo >> 6) << 4)], axis=-1)
+    mins = np.concatenate([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], axis=-1)
+    return scales, mins
+
+
+def unpack_k(stored: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    """K-type rows uint8 [..., row_bytes] -> their super-blocks [..., K/256] taken apart (as C's
+    moecc_unpack_k): d, dmin float32 [..., nb]; q int8 [..., nb, 256]; scale, min int16
+    [..., nb, 16] (one per 16 values) with w[v] = d * scale[v // 16] * q[v] - dmin * min[v // 16]."""
+    bb = storage.get(name).block_bytes
+    *lead, nbytes = stored.shape
+    blk = np.asarray(stored, np.uint8).reshape(*lead, nbytes // bb, bb)
+    if name in ("q4_k", "q5_k"):
+        sc, mn = q4_k_scales(blk[..., 4:16])
+        at = 16 if name == "q4_k" else 48
+        qs = blk[..., at:at + 128].reshape(*blk.shape[:-1], 4, 32)
+        q = np.stack([qs & 15, qs >> 4], axis=-2).reshape(*blk.shape[:-1], 8, 32)  # [sub-block j, l]
+        if name == "q5_k":
+            qh = blk[..., None, 16:48]  # bit j of qh[l]: value 32j + l
+            q = q | (((qh >> np.arange(8, dtype=np.uint8)[:, None]) & 1) << 4)
+        q = q.reshape(*blk.shape[:-1], 256)
+        return {"d": _fp16(blk[..., 0:2]), "dmin": _fp16(blk[..., 2:4]), "q": q.astype(np.int8),
+                "scale": np.repeat(sc, 2, axis=-1).astype(np.int16),
+                "min": np.repeat(mn, 2, axis=-1).astype(np.int16)}
+    if name == "q6_k":
+        ql = blk[..., 0:128].reshape(*blk.shape[:-1], 2, 1, 2, 32)  # [half, -, i % 2, l]
+        qh = blk[..., 128:192].reshape(*blk.shape[:-1], 2, 1, 32)  # [half, -, l]
+        low4 = np.concatenate([ql & 15, ql >> 4], axis=-3).reshape(*blk.shape[:-1], 2, 4, 32)  # i = 2 (i // 2) + i % 2
+        up2 = (qh >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3
+        q = (low4 | (up2 << 4)).astype(np.int16) - 32
+        nb = blk.shape[:-1]
+        return {"d": _fp16(blk[..., 208:210]), "dmin": np.zeros(nb, np.float32),
+                "q": q.reshape(*nb, 256).astype(np.int8),
+                "scale": blk[..., 192:208].view(np.int8).astype(np.int16),
+                "min": np.zeros((*nb, 16), np.int16)}
+    raise storage.StorageError(f"{name} is not a K type ({', '.join(K_TYPES)})")
+
+
+def dequantize_k(stored: np.ndarray, name: str) -> np.ndarray:
+    """K-type rows uint8 [..., row_bytes] -> float32 [..., K], as ggml's dequantize_row_*_K."""
+    u = unpack_k(stored, name)
+    per16 = (u["d"][..., None] * u["scale"].astype(np.float32))[..., None]  # [..., nb, 16, 1]
+    mins = (u["dmin"][..., None] * u["min"].astype(np.float32))[..., None]
+    q = u["q"].astype(np.float32).reshape(*u["q"].shape[:-1], 16, 16)
+    w = per16 * q - mins
+    return w.reshape(*stored.shape[:-1], -1)
+
+
+def unpack_01(stored: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q4_1 / q5_0 / q5_1 rows uint8 [..., row_bytes] -> (q int8 [..., K/32, 32], d, m float32
+    [..., K/32]) with w = q * d + m (q5_0: q - 16, m = 0), as C's moecc_unpack_01."""
+    bb = storage.get(name).block_bytes
+    *lead, nbytes = stored.shape
+    blk = np.asarray(stored, np.uint8).reshape(*lead, nbytes // bb, bb)
+    qs = blk[..., bb - 16:]
+    q = np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.int8)
+    if name != "q4_1":
+        at = 2 if name == "q5_0" else 4
+        qh = np.ascontiguousarray(blk[..., at:at + 4]).view("<u4")  # [..., nb, 1]
+        q |= (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.int8)
+    if name == "q5_0":
+        return q - np.int8(16), _fp16(blk[..., 0:2]), np.zeros(blk.shape[:-1], np.float32)
+    return q, _fp16(blk[..., 0:2]), _fp16(blk[..., 2:4])
+
+
+def dequantize_01(stored: np.ndarray, name: str) -> np.ndarray:
+    """q4_1 / q5_0 / q5_1 rows uint8 [..., row_bytes] -> float32 [..., K], as ggml's
+    dequantize_row_*."""
+    q, d, m = unpack_01(stored, name)
+    w = q.astype(np.float32) * d[..., None]
+    if name != "q5_0":
+        w = w + m[..., None]
+    return w.reshape(*stored.shape[:-1], -1)
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -202,7 +322,8 @@ def decode(stored: np.ndarray, name: str, K: int = 0) -> np.ndarray:
 
 def quantize_activations(x: np.ndarray, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """The reference for the kernels' activation quantization: float32 [..., K] -> int8 values
-    and float32 scales [..., K/block], x ~= scale * q, scale = max|x| / 127 per block."""
+    and float32 scales [..., K/block], x ~= scale * q, scale = max|x| / 127 per block (block 32:
+    the q8_32 rows of q8 / q4 / q4p; 256: the q8_k rows of the K types)."""
     x = np.asarray(x, dtype=np.float32)
     blocks = x.reshape(*x.shape[:-1], -1, block)
     scale = np.abs(blocks).max(axis=-1) / np.float32(127)

@@ -6,17 +6,28 @@ header (the `.moecc` header's `dtype` key); everything else follows from this ta
 
 Each type stores a row of K values as K / block_values blocks of block_bytes bytes:
 
-    name  block (values -> bytes)   bits/weight  rows looked up alone  what
-    f32   1 -> 4                    32           yes                   IEEE float32
-    bf16  1 -> 2                    16           yes                   bfloat16 bits (uint16)
-    f16   1 -> 2                    16           yes                   IEEE half (uint16 in files)
-    q8    32 -> 34                  8.5          yes                   ggml's Q8_0 block: fp16 d, int8 q[32]
-    q4    32 -> 18                  4.5          yes                   ggml's Q4_0 block: fp16 d, 16 bytes of nibbles
-    q4p   32 -> 18                  4.5          no (panels of 16)     q4 blocks of 16 rows interleaved
+    name  block (values -> bytes)   bits/weight  rows looked up alone  activations  what
+    f32   1 -> 4                    32           yes                   f32          IEEE float32
+    bf16  1 -> 2                    16           yes                   f32          bfloat16 bits (uint16)
+    f16   1 -> 2                    16           yes                   f32          IEEE half (uint16 in files)
+    q8    32 -> 34                  8.5          yes                   q8_32        ggml's Q8_0
+    q4    32 -> 18                  4.5          yes                   q8_32        ggml's Q4_0
+    q4p   32 -> 18                  4.5          no (panels of 16)     q8_32        q4 blocks of 16 rows interleaved
+    q4_k  256 -> 144                4.5          yes                   q8_k         ggml's Q4_K
+    q6_k  256 -> 210                6.5625       yes                   q8_k         ggml's Q6_K
+    q5_k  256 -> 176                5.5          yes                   q8_k         ggml's Q5_K
+    q5_0  32 -> 22                  5.5          yes                   q8_32        ggml's Q5_0
+    q5_1  32 -> 24                  6            yes                   q8_32        ggml's Q5_1
+    q4_1  32 -> 20                  5            yes                   q8_32        ggml's Q4_1
+
+"activations" is the form the kernels meet the type's rows with: `f32` the float32 rows as they
+are; `q8_32` int8 per block of 32 with a float scale and the block's sum (what ggml pairs Q8_0 /
+Q4_0 with); `q8_k` int8 per block of 256 with a float scale and sums per 16 (ggml's Q8_K, what
+its K types read).  Weights of two types with the same kind read the same quantized rows.
 
 The byte layouts and their NumPy encoders and decoders (the oracle the C kernels are tested
 against) are in `moecc.quant`.  Adding a type means a row here, a row in storage.c, its
-quant.py encoder / decoder and its kernels.
+quant.py decoder (and encoder, if moecc writes it) and its kernels.
 """
 from __future__ import annotations
 
@@ -39,7 +50,7 @@ class StorageType:
     view_dtype: np.dtype  # the NumPy dtype of the view the kernels take (quantized: bytes)
     row_lookup: bool  # a row can be read on its own (an embedding table can be stored so)
     panel_rows: int = 1  # rows interleaved block by block; a matrix has a multiple of them
-    quantized_activations: bool = False  # the kernels meet it with activations quantized to 8 bits
+    activations: str = "f32"  # the activation rows its kernels read: one of ACTIVATIONS
     ggml_type: int | None = None  # the same bytes as this ggml type (GGUF files name types so); None: moecc's own
 
     @property
@@ -77,18 +88,32 @@ class StorageType:
         return (*shape[:-1], self.row_bytes(shape[-1]) // self.view_dtype.itemsize)
 
 
-QBLOCK = 32  # values per block of every quantized type, and per block of quantized activations
+QBLOCK = 32  # values per block of q8 / q4 / q4p / q4_1 / q5_0 / q5_1, and of q8_32 activations
+KBLOCK = 256  # values per super-block of the K types, and per block of q8_k activations
+ACTIVATIONS = ("f32", "q8_32", "q8_k")  # activation kinds, in the order of C's moecc_act
 
 TYPES: dict[str, StorageType] = {t.name: t for t in (
     StorageType("f32", 0, 1, 4, np.dtype(np.float32), row_lookup=True, ggml_type=0),
     StorageType("bf16", 1, 1, 2, np.dtype(np.uint16), row_lookup=True, ggml_type=30),
     StorageType("f16", 2, 1, 2, np.dtype(np.float16), row_lookup=True, ggml_type=1),
-    StorageType("q8", 3, QBLOCK, 34, np.dtype(np.uint8), row_lookup=True, quantized_activations=True,
+    StorageType("q8", 3, QBLOCK, 34, np.dtype(np.uint8), row_lookup=True, activations="q8_32",
                 ggml_type=8),  # Q8_0
-    StorageType("q4", 4, QBLOCK, 18, np.dtype(np.uint8), row_lookup=True, quantized_activations=True,
+    StorageType("q4", 4, QBLOCK, 18, np.dtype(np.uint8), row_lookup=True, activations="q8_32",
                 ggml_type=2),  # Q4_0
     StorageType("q4p", 5, QBLOCK, 18, np.dtype(np.uint8), row_lookup=False, panel_rows=16,
-                quantized_activations=True),
+                activations="q8_32"),
+    StorageType("q4_k", 6, KBLOCK, 144, np.dtype(np.uint8), row_lookup=True, activations="q8_k",
+                ggml_type=12),  # Q4_K
+    StorageType("q6_k", 7, KBLOCK, 210, np.dtype(np.uint8), row_lookup=True, activations="q8_k",
+                ggml_type=14),  # Q6_K
+    StorageType("q5_k", 8, KBLOCK, 176, np.dtype(np.uint8), row_lookup=True, activations="q8_k",
+                ggml_type=13),  # Q5_K
+    StorageType("q5_0", 9, QBLOCK, 22, np.dtype(np.uint8), row_lookup=True, activations="q8_32",
+                ggml_type=6),  # Q5_0
+    StorageType("q5_1", 10, QBLOCK, 24, np.dtype(np.uint8), row_lookup=True, activations="q8_32",
+                ggml_type=7),  # Q5_1
+    StorageType("q4_1", 11, QBLOCK, 20, np.dtype(np.uint8), row_lookup=True, activations="q8_32",
+                ggml_type=3),  # Q4_1
 )}
 
 

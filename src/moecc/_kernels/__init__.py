@@ -2,9 +2,10 @@
 
 Every parallel kernel takes a required keyword `threads`. Weights are stored in one of the
 types of moecc.storage (storage_types() is the C side of that table): float32, uint16 holding
-bf16 bits, float16, or uint8 rows of q8 / q4 / q4p blocks (pass storage="q8" etc.; row_bytes()
-gives a row's size, moecc.quant is the NumPy oracle). Activations are float32 (quantized per
-block of 32 inside the kernels for q8 / q4 / q4p).
+bf16 bits, float16, or uint8 rows of quantized blocks (q8, q4, q4p, ggml's K types and
+q4_1 / q5_0 / q5_1: pass storage="q8" etc.; row_bytes() gives a row's size, moecc.quant is the
+NumPy oracle). Activations are float32 (quantized inside the kernels to the kind the weights'
+type reads: per block of 32, or of 256 for the K types).
 The instruction set is chosen once from cpuid (best of avx512vnni > avx512 > avx2 > generic);
 MOECC_ISA=generic|avx2|avx512|avx512vnni forces one at import, set_isa() at run time.
 read_bandwidth() is the machine's, not a model's: the memory read bandwidth that bounds decode

@@ -6,7 +6,7 @@ dtype, ValueError for anything else), release the GIL, call C. All maths is in C
 """
 import numpy as np
 
-from moecc.storage import TYPES
+from moecc.storage import ACTIVATIONS, KBLOCK, QBLOCK, TYPES
 
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
@@ -26,8 +26,11 @@ cdef extern from "moecc.h" nogil:
         int block_bytes
         int panel_rows
         int row_lookup
-        int quantized_activations
+        int activations
     const moecc_storage_info moecc_storage_types[]
+    ctypedef enum moecc_act:
+        MOECC_ACT_Q8_32
+        MOECC_ACT_Q8_K
     enum:
         MOECC_OK
         MOECC_ERR_INDEX
@@ -41,7 +44,8 @@ cdef extern from "moecc.h" nogil:
     int moecc_storage_check(moecc_storage s, int64_t N, int64_t K)
     int64_t moecc_row_bytes(moecc_storage s, int64_t K)
     int64_t moecc_xq_bytes(int64_t K)
-    void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq)
+    int64_t moecc_act_kind_bytes(moecc_act a, int64_t K)
+    void moecc_quantize_rows(moecc_act a, const float *x, int64_t T, int64_t K, void *xq)
 
     void moecc_dispatch_init()
     int moecc_isa_count()
@@ -168,7 +172,7 @@ def storage_types():
         rows.append({"name": t.name.decode(), "code": i, "block_values": t.block_values,
                      "block_bytes": t.block_bytes, "panel_rows": t.panel_rows,
                      "row_lookup": bool(t.row_lookup),
-                     "quantized_activations": bool(t.quantized_activations)})
+                     "activations": ACTIVATIONS[t.activations]})
     return rows
 
 
@@ -194,7 +198,8 @@ cdef moecc_storage _weights(cnp.ndarray w, str name, object storage, int64_t K,
     cdef int t = cnp.PyArray_TYPE(w)
     if storage is None:
         if t == U8:
-            raise TypeError(f"{name} is uint8: quantized weights need storage='q8', 'q4' or 'q4p'")
+            quantized = ", ".join(repr(n) for n, st in TYPES.items() if st.view_dtype == np.uint8)
+            raise TypeError(f"{name} is uint8: quantized weights need storage= one of {quantized}")
         if t not in _INFERRED:
             raise TypeError(f"{name} must be float32, uint16 (bf16 bits) or float16, "
                             f"got {(<object>w).dtype}")
@@ -308,30 +313,42 @@ def row_bytes(str storage, int64_t K):
     return int(moecc_row_bytes(s, K))
 
 
-def quantize_activations(x):
-    """The kernels' activation quantization (what q8 / q4 / q4p weights are multiplied with), on
-    the ISA in use: x float32 [T, K], K % 32 == 0 -> (q int8 [T, K], scales float32 [T, K/32]),
-    x ~ scale * q per block of 32, q in the order of the values (reference:
-    moecc.quant.quantize_activations)."""
+_ACT_KINDS = {"q8_32": (MOECC_ACT_Q8_32, QBLOCK, 32, np.int32),  # block, values per sum, sum type
+              "q8_k": (MOECC_ACT_Q8_K, KBLOCK, 16, np.int16)}
+
+
+def quantize_activations(x, *, kind="q8_32"):
+    """The kernels' activation quantization of a kind (moecc.storage.ACTIVATIONS: what the
+    quantized types are multiplied with), on the ISA in use: x float32 [T, K] -> (q int8 [T, K],
+    scales float32 [T, K/block], sums [T, K/n]), x ~ scale * q per block, q in the order of the
+    values, sums the sums of each n consecutive q. q8_32: blocks of 32, int32 sums per 32; q8_k:
+    blocks of 256, int16 sums per 16 (reference: moecc.quant.quantize_activations)."""
+    if kind not in _ACT_KINDS:
+        raise ValueError(f"unknown activation kind {kind!r}; expected one of {', '.join(_ACT_KINDS)}")
+    act, block, per_sum, sum_dtype = _ACT_KINDS[kind]
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef int64_t T = _dim(ax, 0), K = _dim(ax, 1)
-    if K % MOECC_QBLOCK:
-        raise ValueError(f"the row length must be a multiple of {MOECC_QBLOCK}, got {K}")
-    cdef int64_t xb = moecc_xq_bytes(K)
+    if K % block:
+        raise ValueError(f"{kind}: the row length must be a multiple of {block}, got {K}")
+    cdef int64_t xb = moecc_act_kind_bytes(act, K)
     cdef cnp.ndarray buf = np.empty(T * xb, np.uint8)
     cdef const float *p_x = <const float *>_ptr(ax)
     cdef char *p_b = <char *>_ptr(buf)
+    cdef moecc_act a = act
     with nogil:
-        moecc_quantize_rows(p_x, T, K, p_b)
+        moecc_quantize_rows(a, p_x, T, K, p_b)
     rows = buf.reshape(T, xb)
+    at = K + 4 * (K // block)
     q = rows[:, :K].view(np.int8).copy()
-    d = rows[:, K:K + 4 * (K // MOECC_QBLOCK)].copy().view(np.float32)
-    return q, d
+    d = rows[:, K:at].copy().view(np.float32)
+    sums = rows[:, at:at + np.dtype(sum_dtype).itemsize * (K // per_sum)].copy().view(sum_dtype)
+    return q, d, sums
 
 
 def matmul(x, w, out, *, int threads, storage=None):
     """out[T, N] = x[T, K] @ w[N, K].T. w: float32, uint16 holding bf16 or float16 (storage None
-    infers these), or uint8 [N, row_bytes(storage, K)] with storage "q8", "q4" or "q4p"."""
+    infers these), or uint8 [N, row_bytes(storage, K)] with storage a quantized type ("q8",
+    "q4", "q4p", "q4_k", ...)."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef cnp.ndarray aw = _array(w, "w", -1, 2)
     cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
@@ -350,8 +367,8 @@ def matmul(x, w, out, *, int threads, storage=None):
 
 def embedding(table, ids, out, *, int threads, storage=None):
     """out[t] = table[ids[t]] as float32; table [V, D] float32 or uint16 (bf16), or uint8
-    [V, row_bytes(storage, D)] with storage "q8" / "q4" (rows dequantized; q4p panels cannot be
-    looked up by row); D is out's."""
+    [V, row_bytes(storage, D)] with storage a quantized type (rows dequantized; q4p panels cannot
+    be looked up by row); D is out's."""
     cdef cnp.ndarray at = _array(table, "table", -1, 2)
     cdef cnp.ndarray ai = _array(ids, "ids", I32, 1)
     cdef cnp.ndarray ao = _array(out, "out", F32, 2, True)
@@ -359,7 +376,7 @@ def embedding(table, ids, out, *, int threads, storage=None):
     cdef moecc_storage f = _weights(at, "table", storage, D, (V,))
     if not moecc_storage_types[<int>f].row_lookup:
         raise ValueError(f"table: {storage} rows cannot be looked up one by one (store the "
-                         f"embedding as q4, q8 or a float type)")
+                         f"embedding as a type whose rows can be, q4 say)")
     _shape(ao, "out", (T, D))
     cdef int nt = _threads(threads), rc
     cdef const void *p_at = <const void *>_ptr(at)
@@ -502,8 +519,8 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, stora
     e = idx[t, j], over the pairs whose expert e is in range(*experts) (default: all E; a
     narrower range is one process's share under expert parallelism). gate and up [E, I, D]
     share `storage`, down [E, D, I] is `down_storage` (None: the same as gate's); a float type
-    (None infers it from the dtype) or "q8" / "q4" / "q4p" as uint8 [..., row_bytes(storage,
-    row length)]. scratch: float32, at least moe_scratch_floats(T, k, D, I) elements (enough for
+    (None infers it from the dtype) or a quantized type as uint8 [..., row_bytes(storage, row
+    length)]. scratch: float32, at least moe_scratch_floats(T, k, D, I) elements (enough for
     every storage type)."""
     cdef cnp.ndarray ax = _array(x, "x", F32, 2)
     cdef cnp.ndarray ag = _array(gate, "gate", -1, 3)
@@ -558,7 +575,8 @@ def moe_ffn(x, gate, up, down, idx, weights, scratch, out, *, int threads, stora
 # ---- the forward step -----------------------------------------------------------------------
 
 def xq_bytes(int64_t K):
-    """Bytes of one row of K activations quantized for q8 / q4 / q4p weights (moecc.h)."""
+    """Bytes of one row of K activations quantized per 32 (q8_32, moecc.h): the
+    most any kind of quantized activation rows of K values takes (buffers sized by it hold any)."""
     if K < 0 or K % MOECC_QBLOCK:
         raise ValueError(f"K must be a non-negative multiple of {MOECC_QBLOCK}, got {K}")
     return int(moecc_xq_bytes(K))

@@ -1,5 +1,5 @@
 /* dot_avx2.c -- AVX2 + FMA inner products (the q8 / q4 tiles are in qdot_x86.c, q4p in
- * qpanel_avx2.c).
+ * qpanel_avx2.c, the K types in kdot_x86.c).
  * Compiled only on x86 and only through per-function target attributes. */
 #include "moecc.h"
 
@@ -251,11 +251,15 @@ const moecc_isa moecc_isa_avx2 = {
     .name = "avx2",
     .tile = {[MOECC_F32] = tile_f32, [MOECC_BF16] = tile_bf16, [MOECC_F16] = tile_f16,
              [MOECC_Q8] = moecc_tile_q8_avx2, [MOECC_Q4] = moecc_tile_q4_avx2,
-             [MOECC_Q4P] = moecc_tile_q4p_avx2},
+             [MOECC_Q4P] = moecc_tile_q4p_avx2, [MOECC_Q4_K] = moecc_tile_q4_k_avx2,
+             [MOECC_Q6_K] = moecc_tile_q6_k_avx2,
+             [MOECC_Q5_K] = moecc_tile_q5_k_avx2, [MOECC_Q5_0] = moecc_tile_q5_0_avx2,
+             [MOECC_Q5_1] = moecc_tile_q5_1_avx2, [MOECC_Q4_1] = moecc_tile_q4_1_avx2},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
-    .quantize_x = moecc_quantize_x_avx2,
+    .quantize_x = {[MOECC_ACT_Q8_32] = moecc_quantize_x_avx2,
+                   [MOECC_ACT_Q8_K] = moecc_quantize_xk_avx2},
 };
 
 #endif /* MOECC_X86 */

@@ -1,5 +1,5 @@
 /* dot_avx512.c -- AVX-512 inner products (F/BW/VL/DQ; the q8 / q4 tiles are in qdot_x86.c,
- * q4p in qpanel_avx512.c).
+ * q4p in qpanel_avx512.c, the K types in kdot_x86.c).
  * Compiled only on x86 and only through per-function target attributes: the rest of the library
  * stays baseline x86-64. */
 #include "moecc.h"
@@ -244,23 +244,32 @@ const moecc_isa moecc_isa_avx512 = {
     .name = "avx512",
     .tile = {[MOECC_F32] = tile_f32, [MOECC_BF16] = tile_bf16, [MOECC_F16] = tile_f16,
              [MOECC_Q8] = moecc_tile_q8_avx512, [MOECC_Q4] = moecc_tile_q4_avx512,
-             [MOECC_Q4P] = moecc_tile_q4p_avx512},
+             [MOECC_Q4P] = moecc_tile_q4p_avx512, [MOECC_Q4_K] = moecc_tile_q4_k_avx512,
+             [MOECC_Q6_K] = moecc_tile_q6_k_avx512,
+             [MOECC_Q5_K] = moecc_tile_q5_k_avx512, [MOECC_Q5_0] = moecc_tile_q5_0_avx512,
+             [MOECC_Q5_1] = moecc_tile_q5_1_avx512, [MOECC_Q4_1] = moecc_tile_q4_1_avx512},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
-    .quantize_x = moecc_quantize_x_avx2,
+    .quantize_x = {[MOECC_ACT_Q8_32] = moecc_quantize_x_avx2,
+                   [MOECC_ACT_Q8_K] = moecc_quantize_xk_avx2},
 };
 
-/* the same, with the q8 / q4 integer products on VNNI (dispatch.c checks avx512vnni) */
+/* the same, with the integer products of the quantized types on VNNI (dispatch.c checks
+ * avx512vnni) */
 const moecc_isa moecc_isa_avx512vnni = {
     .name = "avx512vnni",
     .tile = {[MOECC_F32] = tile_f32, [MOECC_BF16] = tile_bf16, [MOECC_F16] = tile_f16,
              [MOECC_Q8] = moecc_tile_q8_avx512vnni, [MOECC_Q4] = moecc_tile_q4_avx512vnni,
-             [MOECC_Q4P] = moecc_tile_q4p_avx512vnni},
+             [MOECC_Q4P] = moecc_tile_q4p_avx512vnni, [MOECC_Q4_K] = moecc_tile_q4_k_avx512vnni,
+             [MOECC_Q6_K] = moecc_tile_q6_k_avx512vnni,
+             [MOECC_Q5_K] = moecc_tile_q5_k_avx512vnni, [MOECC_Q5_0] = moecc_tile_q5_0_avx512vnni,
+             [MOECC_Q5_1] = moecc_tile_q5_1_avx512vnni, [MOECC_Q4_1] = moecc_tile_q4_1_avx512vnni},
     .wsum_rows = wsum_rows,
     .exp_sum = exp_sum,
     .swiglu = swiglu,
-    .quantize_x = moecc_quantize_x_avx2,
+    .quantize_x = {[MOECC_ACT_Q8_32] = moecc_quantize_x_avx2,
+                   [MOECC_ACT_Q8_K] = moecc_quantize_xk_avx2},
 };
 
 #endif /* MOECC_X86 */

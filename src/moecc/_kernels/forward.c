@@ -39,15 +39,15 @@ static void project(const moecc_weight *w, int64_t T, int64_t K, const void *xa,
 }
 
 /* The activation rows weights of type f read for x[T, K]: x itself for a float type, else x
- * quantized into a->xq by the team (which ends in a barrier). */
+ * quantized to f's kind into a->xq by the team (which ends in a barrier). */
 static const void *activations(const moecc_activations *a, moecc_storage f, const float *x,
                                int64_t T, int64_t K, int64_t *ldx) {
-    if (!moecc_act_bytes(f, K)) {
+    if (moecc_act_of(f) == MOECC_ACT_F32) {
         *ldx = K * (int64_t)sizeof(float);
         return x;
     }
-    moecc_quantize_team(x, T, K, a->xq);
-    *ldx = moecc_xq_bytes(K);
+    moecc_quantize_team(moecc_act_of(f), x, T, K, a->xq);
+    *ldx = moecc_act_bytes(f, K);
     return a->xq;
 }
 
@@ -73,13 +73,13 @@ static void attention_block(const moecc_model *m, const moecc_activations *a,
     const int64_t D = m->D, hd = m->hd, Hq = m->Hq, Hkv = m->Hkv;
     const int64_t qw = Hq * hd, kvw = Hkv * hd;
     moecc_rmsnorm_team(a->x, T, D, w->input_layernorm, m->eps, a->h);
-    /* q, k and v from one quantization of the normed input (every quantized type reads the
-     * same activation rows), unless float and quantized types are mixed */
+    /* q, k and v from one quantization of the normed input when their types read the same
+     * kind of activation rows (a Q4_K_M file's q4_k q and k with a q6_k v do), else each its own */
     int64_t ldx;
     const void *xa = activations(a, w->q_proj.type, a->h, T, D, &ldx);
     project(&w->q_proj, T, D, xa, ldx, qw, a->q, qw);
-    const int64_t q_reads = moecc_act_bytes(w->q_proj.type, D);
-    if (moecc_act_bytes(w->k_proj.type, D) != q_reads || moecc_act_bytes(w->v_proj.type, D) != q_reads) {
+    const moecc_act q_reads = moecc_act_of(w->q_proj.type);
+    if (moecc_act_of(w->k_proj.type) != q_reads || moecc_act_of(w->v_proj.type) != q_reads) {
 #pragma omp barrier /* q's activation rows are read until here */
         linear(a, &w->k_proj, a->h, T, D, kvw, a->k);
         linear(a, &w->v_proj, a->h, T, D, kvw, a->v);

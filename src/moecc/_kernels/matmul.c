@@ -4,8 +4,8 @@
  * Within a thread, tokens go in blocks that fit in L2 and each group of MOECC_TILE_ROWS weight
  * rows is reused for the whole token block: decode (T == 1) streams W once, prefill reads W
  * once per token block instead of once per token.
- * q8 / q4 / q4p weights read activations quantized once per call (isa->quantize_x): on the stack for a
- * decode row of up to MOECC_XQ_STACK bytes, on the heap otherwise. */
+ * Quantized weights read activations quantized once per call to their kind (isa->quantize_x):
+ * on the stack for a decode row of up to MOECC_XQ_STACK bytes, on the heap otherwise. */
 #include <stdlib.h>
 
 #include "moecc.h"
@@ -26,10 +26,11 @@ void moecc_gemm_rows(const moecc_isa *isa, moecc_storage f, int64_t T, int64_t K
     }
 }
 
-void moecc_quantize_team(const float *x, int64_t T, int64_t K, void *xq) {
+void moecc_quantize_team(moecc_act a, const float *x, int64_t T, int64_t K, void *xq) {
     const moecc_isa *isa = moecc_active_isa();
+    const int64_t xb = moecc_act_kind_bytes(a, K);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; t++) isa->quantize_x(K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
+    for (int64_t t = 0; t < T; t++) isa->quantize_x[a](K, x + t * K, (char *)xq + t * xb);
 }
 
 void moecc_gemm_share(moecc_storage f, int64_t T, int64_t K, const void *xa, int64_t ldx,
@@ -56,15 +57,15 @@ int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_stor
     const int64_t ldx = xb ? xb : K * (int64_t)sizeof(float);
 #pragma omp parallel num_threads(threads) if (T * N * K >= MOECC_PAR_MIN)
     {
-        if (xb) moecc_quantize_team(x, T, K, buf);
+        if (xb) moecc_quantize_team(moecc_act_of(f), x, T, K, buf);
         moecc_gemm_share(f, T, K, xa, ldx, w, N, out, N);
     }
     free(heap);
     return MOECC_OK;
 }
 
-void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq) {
+void moecc_quantize_rows(moecc_act a, const float *x, int64_t T, int64_t K, void *xq) {
     const moecc_isa *isa = moecc_active_isa();
-    for (int64_t t = 0; t < T; t++)
-        isa->quantize_x(K, x + t * K, (char *)xq + t * moecc_xq_bytes(K));
+    const int64_t xb = moecc_act_kind_bytes(a, K);
+    for (int64_t t = 0; t < T; t++) isa->quantize_x[a](K, x + t * K, (char *)xq + t * xb);
 }

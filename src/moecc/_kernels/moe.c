@@ -18,16 +18,16 @@
  * parallelism forward.c sums the processes' doubles and rounds once: each row gets the float
  * one process gets, and quantized activations downstream (which turn a float ulp into a whole
  * quantization step now and then) see the same values.
- * q8 / q4 experts read quantized activations: phase 1 quantizes each pair's row of x (decode:
- * the one row of x, once) instead of copying it, and between phases 2 and 3 the rows of h are
- * quantized, each by one thread.
+ * Quantized experts read quantized activations (gate / up and down each of its own type's kind):
+ * phase 1 quantizes each pair's row of x (decode: the one row of x, once) instead of copying it,
+ * and between phases 2 and 3 the rows of h are quantized, each by one thread.
  * With expert parallelism (a process computes only experts [e0, e1) of the layer, parallel.py) the
  * pairs routed elsewhere are skipped: after the sort, this process's pairs are one contiguous run
  * of `order`, so nothing of another range is read and its rows of out get nothing from it.
  * Decode with a number of pairs the threads divide (8 experts, 1, 2, 4 or 8 threads) goes by
  * expert instead: each thread runs whole experts, gate/up then down, each pair's output into its
- * own row of `partial` (double), and the rows are summed in pair order at the end (the same sum whatever
- * the thread count). A thread then streams 3 whole matrices per expert with no barrier between
+ * own row of `partial` (double), and the rows are summed in pair order at the end (the same sum
+ * whatever the thread count). A thread then streams 3 whole matrices per expert with no barrier between
  * them (q4, Qwen3-30B-A3B shapes: 72% -> 77% of the read bandwidth, phases 2 and 3 by rows).
  * Scratch (from the caller, reused across calls, nothing allocated here):
  *     order[P], tmp[P] (int32); xg: P rows of D floats (f32 / bf16, prefill) or (1 or P)
@@ -37,7 +37,8 @@
 
 static int64_t pad16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
-/* floats taken by n quantized rows of K values (K rounded up to whole blocks) */
+/* floats taken by n quantized rows of K values of any kind (K rounded up to whole blocks of 32;
+ * moecc_xq_bytes covers the q8_k rows too) */
 static int64_t xq_floats(int64_t n, int64_t K) {
     return n * moecc_xq_bytes((K + MOECC_QBLOCK - 1) / MOECC_QBLOCK * MOECC_QBLOCK) / 4;
 }
@@ -167,10 +168,11 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
     const void *hs = xqI ? (const void *)hq : (const void *)h;
     const int64_t ldh = xqI ? xqI : I * (int64_t)sizeof(float);
     const moecc_isa *isa = moecc_active_isa();
+    const moecc_act actD = moecc_act_of(fgu), actI = moecc_act_of(fd);
 #pragma omp single
     {
         sort_by_expert(P, idx, order, tmp);
-        if (xqD && !gathered) isa->quantize_x(D, x, xg);
+        if (xqD && !gathered) isa->quantize_x[actD](D, x, xg);
     }
     /* this process's pairs: sorted pairs [lo, hi) (all of them unless experts are sharded) */
     const int64_t lo = first_pair_from(order, idx, P, e0), hi = first_pair_from(order, idx, P, e1);
@@ -183,7 +185,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
         for (int64_t p = lo; p < hi; p++) {
             const float *xt = x + (order[p] / k) * D;
             if (xqD)
-                isa->quantize_x(D, xt, xg + p * xqD);
+                isa->quantize_x[actD](D, xt, xg + p * xqD);
             else
                 memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
         }
@@ -194,7 +196,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
             const int64_t p = order[j], e = idx[p];
             gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1, 0, I,
                          h + p * I, I);
-            if (xqI) isa->quantize_x(I, h + p * I, hq + p * xqI);
+            if (xqI) isa->quantize_x[actI](I, h + p * I, hq + p * xqI);
             const int32_t pair = (int32_t)p;
             memset(partial + p * D, 0, (size_t)D * sizeof(double));
             down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh, 1, 0, D,
@@ -223,7 +225,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
 #pragma omp barrier
         if (xqI) {
 #pragma omp for schedule(static)
-            for (int64_t p = lo; p < hi; p++) isa->quantize_x(I, h + p * I, hq + p * xqI);
+            for (int64_t p = lo; p < hi; p++) isa->quantize_x[actI](I, h + p * I, hq + p * xqI);
         }
         for (int64_t p = lo, q; p < hi; p = q) {
             q = segment_end(order, idx, p, hi);

@@ -11,10 +11,11 @@
  *     return an error code (MOECC_OK == 0) before doing any work.
  *
  * The only weight-type-specific code is the register tile (moecc_tile_fn: dot_*.c for f32 / bf16 / f16,
- * qdot_*.c for q8 / q4, qpanel_*.c for q4p) and the row layouts in storage.c; the loops of
- * matmul.c and moe.c never look at the type. They only ask how many bytes an activation row for
- * it takes (moecc_act_bytes: 0 = the float32 rows as they are; q8 / q4 / q4p read activations
- * quantized once per call by the ISA's quantize_x).
+ * qdot_*.c for q8 / q4, qpanel_*.c for q4p, kdot_*.c for the K types) and the row layouts in
+ * storage.c; the loops of matmul.c and moe.c never look at the type. They only ask which
+ * activation rows it reads (moecc_act_of) and how many bytes one takes (moecc_act_bytes: 0 = the
+ * float32 rows as they are; the quantized types read activations quantized once per call by the
+ * ISA's quantize_x of their kind).
  */
 #ifndef MOECC_H
 #define MOECC_H
@@ -72,8 +73,24 @@ typedef enum {
     MOECC_Q8 = 3,   /* 8-bit blocks of 32 with an fp16 scale (ggml's Q8_0): w = d * q */
     MOECC_Q4 = 4,   /* 4-bit blocks of 32 with an fp16 scale (ggml's Q4_0): w = d * (nibble - 8) */
     MOECC_Q4P = 5,  /* q4 in panels of 16 rows (below) */
+    MOECC_Q4_K = 6, /* ggml's Q4_K super-blocks of 256 (below) */
+    MOECC_Q6_K = 7, /* ggml's Q6_K super-blocks of 256 (below) */
+    MOECC_Q5_K = 8, /* ggml's Q5_K super-blocks of 256 (below) */
+    MOECC_Q5_0 = 9, /* 5-bit blocks of 32 with an fp16 scale (ggml's Q5_0): w = d * (q - 16) */
+    MOECC_Q5_1 = 10, /* 5-bit blocks of 32, fp16 scale and min (ggml's Q5_1): w = d * q + m */
+    MOECC_Q4_1 = 11, /* 4-bit blocks of 32, fp16 scale and min (ggml's Q4_1): w = d * q + m */
     MOECC_STORAGE_COUNT
 } moecc_storage;
+
+/* The activation rows a type's tiles read (moecc/storage.py ACTIVATIONS, in order; layouts under
+ * "quantized activations" below) */
+typedef enum {
+    MOECC_ACT_F32 = 0,   /* the float32 rows as they are */
+    MOECC_ACT_Q8_32 = 1, /* int8 per block of 32, float scales, int32 block sums (q8, q4, q4p and
+                            the _0 / _1 types) */
+    MOECC_ACT_Q8_K = 2,  /* int8 per block of 256, float scales, int16 sums per 16 (K types) */
+    MOECC_ACT_KINDS
+} moecc_act;
 
 typedef struct {
     const char *name;          /* as files and moecc/storage.py name it */
@@ -81,12 +98,13 @@ typedef struct {
     int block_bytes;           /* bytes per block */
     int panel_rows;            /* rows interleaved block by block (a matrix has a multiple) */
     int row_lookup;            /* a row can be read on its own (embedding lookup) */
-    int quantized_activations; /* the tiles read activations quantized to 8 bits (below) */
+    int activations;           /* the moecc_act its tiles read */
 } moecc_storage_info;
 
 extern const moecc_storage_info moecc_storage_types[MOECC_STORAGE_COUNT];
 
-#define MOECC_QBLOCK 32 /* values per block of q8 / q4 / q4p, and of quantized activations */
+#define MOECC_QBLOCK 32 /* values per block of q8 / q4 / q4p / q4_1 / q5_0 / q5_1, of q8_32 acts */
+#define MOECC_KBLOCK 256 /* values per super-block of the K types, and per block of q8_k ones */
 
 /* q8 and q4 are ggml's Q8_0 and Q4_0 blocks, byte for byte, so a GGUF file's tensors run as they
  * lie: a row of K values is K/32 blocks back to back, each its fp16 scale d and then its 32
@@ -106,6 +124,34 @@ typedef struct {
 } moecc_block_q4;
 _Static_assert(sizeof(moecc_block_q4) == 18, "a q4 block is ggml's block_q4_0: 2 + 16 bytes");
 
+/* ggml's other blocks of 32 (ggml-common.h block_q4_1, block_q5_0, block_q5_1), read as q8 / q4
+ * are: d (and m) first, then the values. Byte j of qs holds value j in its low nibble and value
+ * j + 16 in its high nibble (as q4's); the 5-bit types add 16 to value i where bit i of qh (a
+ * little-endian uint32) is set. */
+typedef struct {
+    uint16_t d, m;                 /* fp16 scale and min: w = d * q + m, q in 0..15 */
+    uint8_t qs[MOECC_QBLOCK / 2];
+} moecc_block_q4_1;
+_Static_assert(sizeof(moecc_block_q4_1) == 20, "a q4_1 block is ggml's block_q4_1: 2 + 2 + 16 bytes");
+
+typedef struct {
+    uint16_t d;                    /* fp16 scale: w = d * (q - 16), q in 0..31 */
+    uint8_t qh[4];                 /* the fifth bits */
+    uint8_t qs[MOECC_QBLOCK / 2];
+} moecc_block_q5_0;
+_Static_assert(sizeof(moecc_block_q5_0) == 22, "a q5_0 block is ggml's block_q5_0: 2 + 4 + 16 bytes");
+
+typedef struct {
+    uint16_t d, m;                 /* fp16 scale and min: w = d * q + m, q in 0..31 */
+    uint8_t qh[4];
+    uint8_t qs[MOECC_QBLOCK / 2];
+} moecc_block_q5_1;
+_Static_assert(sizeof(moecc_block_q5_1) == 24, "a q5_1 block is ggml's block_q5_1: 2 + 2 + 4 + 16 bytes");
+
+/* a q4_1 / q5_0 / q5_1 block unpacked (storage.c): w[j] = q[j] * d + m (q5_0: q - 16, m = 0) */
+void moecc_unpack_01(moecc_storage s, const void *block, int8_t q[MOECC_QBLOCK], float *d,
+                     float *m);
+
 /* q4p: a matrix [N, K] of q4, N % 16 == 0, as N/16 panels of MOECC_PANEL_ROWS rows,
  * back to back (panel p at byte 16 * p * row_bytes). A panel is K/32 block columns of
  * MOECC_PANEL_BLOCK_BYTES: for block b, four chunks c = 0..3 of 16 rows x 4 bytes (row r's q4
@@ -122,6 +168,57 @@ typedef struct {
 _Static_assert(sizeof(moecc_block_q4p) == MOECC_PANEL_ROWS * sizeof(moecc_block_q4),
                "a q4p block column is 16 q4 blocks");
 #define MOECC_PANEL_BLOCK_BYTES ((int64_t)sizeof(moecc_block_q4p))
+
+/* The K types are ggml's, byte for byte (ggml-common.h block_q4_K, _q5_K, _q6_K): a row of K values
+ * (K % 256 == 0) is K/256 super-blocks back to back, at any address (read them with memcpy).
+ *
+ * q4_k: 8 sub-blocks of 32 values, w = d * sc[j] * q - dmin * m[j], q in 0..15, sc and m 6-bit
+ * (scales: sub-blocks j < 4 have sc = scales[j] & 63, m = scales[j + 4] & 63; j >= 4 the low
+ * nibble (sc) and the high nibble (m) of scales[j + 4], topped by the upper 2 bits of
+ * scales[j - 4] (sc) and scales[j] (m)). Values 64c .. 64c+31 are the low nibbles of qs[32c ..
+ * 32c+31] (sub-block 2c), values 64c+32 .. 64c+63 their high nibbles (sub-block 2c+1). */
+#define MOECC_K_SCALE_BYTES 12
+typedef struct {
+    uint16_t d, dmin;                       /* fp16 scales of the sub-block scales and mins */
+    uint8_t scales[MOECC_K_SCALE_BYTES];    /* 8 6-bit scales and 8 6-bit mins, packed */
+    uint8_t qs[MOECC_KBLOCK / 2];
+} moecc_block_q4_k;
+_Static_assert(sizeof(moecc_block_q4_k) == 144, "a q4_k super-block is ggml's block_q4_K: 144 bytes");
+
+/* q5_k: q4_k's sub-blocks, scales and nibbles, q in 0..31: value 64c + l (l < 32) adds 16 if
+ * bit 2c of qh[l] is set, value 64c + 32 + l if bit 2c+1 is. */
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t scales[MOECC_K_SCALE_BYTES]; /* as q4_k's */
+    uint8_t qh[MOECC_KBLOCK / 8];        /* the fifth bits */
+    uint8_t qs[MOECC_KBLOCK / 2];        /* the low 4 bits, as q4_k's */
+} moecc_block_q5_k;
+_Static_assert(sizeof(moecc_block_q5_k) == 176, "a q5_k super-block is ggml's block_q5_K: 176 bytes");
+
+/* q6_k: 16 sub-blocks of 16 values, w = d * scales[v / 16] * (q - 32), q in 0..63. Each half h of
+ * 128 values takes ql[64h .. 64h+63] and qh[32h .. 32h+31]: value 128h + 32i + l (i < 4, l < 32)
+ * has its low 4 bits in ql[64h + l + 32 (i & 1)] (the low nibble for i < 2, the high one for
+ * i >= 2) and its upper 2 bits in bits 2i, 2i+1 of qh[32h + l]. */
+typedef struct {
+    uint8_t ql[MOECC_KBLOCK / 2]; /* low 4 bits */
+    uint8_t qh[MOECC_KBLOCK / 4]; /* upper 2 bits */
+    int8_t scales[MOECC_KBLOCK / 16];
+    uint16_t d; /* fp16 */
+} moecc_block_q6_k;
+_Static_assert(sizeof(moecc_block_q6_k) == 210, "a q6_k super-block is ggml's block_q6_K: 210 bytes");
+
+/* A K-type super-block unpacked (storage.c), what every K tile and lookup reads:
+ *     w[v] = d * scale[v / 16] * q[v] - dmin * min[v / 16]
+ * (q4_k / q5_k: q the 4 / 5 bits, scale and min those of its sub-block of 32, twice; q6_k: the
+ * 6 bits - 32, min 0) */
+typedef struct {
+    float d, dmin;
+    int8_t q[MOECC_KBLOCK];
+    int16_t scale[MOECC_KBLOCK / 16], min[MOECC_KBLOCK / 16];
+} moecc_kblock;
+void moecc_unpack_k(moecc_storage s, const void *block, moecc_kblock *out);
+/* q4_k's 8 scales (out[0..7]) and 8 mins (out[8..15]) from its 12 packed bytes */
+void moecc_q4_k_scales(const uint8_t packed[MOECC_K_SCALE_BYTES], uint8_t out[16]);
 
 /* MOECC_OK if a matrix [N, K] can be stored as s: MOECC_ERR_STORAGE for an unknown type,
  * MOECC_ERR_SHAPE if K is not a whole number of blocks or N of panels. The bindings call it
@@ -180,8 +277,8 @@ static inline uint16_t moecc_f32_to_f16(float f) {
 
 /* ---- quantized activations ---------------------------------------------------------------- */
 
-/* q8 / q4 / q4p weights meet activations quantized once per call (x ~ d * q per block of 32), so
- * the inner products are integer. One row of K float32 activations (K % 32 == 0) becomes:
+/* Quantized weights meet activations quantized once per call (x ~ d * q per block), so the inner
+ * products are integer. q8_32 (the blocks of 32): one row of K float32 activations (K % 32 == 0) is
  *     int8_t  q[K]          q = round(x / d) (to nearest even), |q| <= 127, in the values' order
  *     float   d[K/32]       d = max|x| / 127 over the block (0 for an all-zero block)
  *     int32_t sum[K/32]     the sum of the block's q (for kernels that bias weights to unsigned)
@@ -192,19 +289,40 @@ static inline uint16_t moecc_f32_to_f16(float f) {
 static inline int64_t moecc_xq_bytes(int64_t K) {
     return (K + 8 * (K / MOECC_QBLOCK) + 63) & ~(int64_t)63;
 }
+/* q8_k (the K types, as ggml's Q8_K): K % 256 == 0, blocks of 256 with the same d and q, and
+ *     int8_t  q[K]          in the values' order
+ *     float   d[K/256]
+ *     int16_t bsum[K/16]    the sum of each 16 consecutive q (the K types' mins and biases)
+ * padded to 64 bytes: never more than moecc_xq_bytes(K), so buffers sized by it hold either. */
+static inline int64_t moecc_xk_bytes(int64_t K) {
+    return (K + 4 * (K / MOECC_KBLOCK) + 2 * (K / 16) + 63) & ~(int64_t)63;
+}
+static inline const float *moecc_xk_scales(const void *xk, int64_t K) {
+    return (const float *)((const char *)xk + K);
+}
+static inline const int16_t *moecc_xk_bsums(const void *xk, int64_t K) {
+    return (const int16_t *)((const char *)xk + K + 4 * (K / MOECC_KBLOCK));
+}
 static inline const float *moecc_xq_scales(const void *xq, int64_t K) {
     return (const float *)((const char *)xq + K);
 }
 static inline const int32_t *moecc_xq_sums(const void *xq, int64_t K) {
     return (const int32_t *)((const char *)xq + K + 4 * (K / MOECC_QBLOCK));
 }
-/* quantize one row (storage.c: the reference; the ISA tables have a vector one) */
-void moecc_quantize_x(int64_t K, const float *x, void *xq);
+/* quantize one row (storage.c: the references; the ISA tables have vector ones) */
+void moecc_quantize_x(int64_t K, const float *x, void *xq);  /* q8_32 */
+void moecc_quantize_xk(int64_t K, const float *x, void *xk); /* q8_k */
 
-/* Bytes of the activation row the tiles of f read: 0 for f32 / bf16 / f16 (the float32 rows in
- * place), moecc_xq_bytes(K) for q8 / q4 / q4p. */
+static inline moecc_act moecc_act_of(moecc_storage f) {
+    return (moecc_act)moecc_storage_types[f].activations;
+}
+/* Bytes of an activation row of K values of kind a: 0 for MOECC_ACT_F32 (the rows in place). */
+static inline int64_t moecc_act_kind_bytes(moecc_act a, int64_t K) {
+    return a == MOECC_ACT_Q8_32 ? moecc_xq_bytes(K) : a == MOECC_ACT_Q8_K ? moecc_xk_bytes(K) : 0;
+}
+/* Bytes of the activation row the tiles of f read */
 static inline int64_t moecc_act_bytes(moecc_storage f, int64_t K) {
-    return moecc_storage_types[f].quantized_activations ? moecc_xq_bytes(K) : 0;
+    return moecc_act_kind_bytes(moecc_act_of(f), K);
 }
 
 /* ---- the per-ISA table -------------------------------------------------------------------- */
@@ -222,8 +340,8 @@ static inline int moecc_tile_rows(moecc_storage f) {
  *     out[t*ldo + r] = sum_{k<K} W[r][k] * X[t][k]      r < nr (1..moecc_tile_rows), t < nt (>= 1)
  * W row r starts at (const char *)w + r*ldw, X row t at (const char *)x + t*ldx (byte strides);
  * for q4p, w is a panel and ldw the row bytes (nr is always 16).
- * X rows are what moecc_act_bytes() says: float32 for f32 / bf16 / f16, quantized activation rows
- * (moecc_xq_bytes) for q8 / q4 / q4p, hence the untyped pointer and the byte stride.
+ * X rows are of the kind moecc_act_of(type) says: float32 for f32 / bf16 / f16, quantized
+ * activation rows otherwise, hence the untyped pointer and the byte stride.
  * A tile streams each of its nr weight rows once per few tokens (the ISA picks how many), so
  * prefill reuses weights from cache and decode (nt == 1) streams them. */
 typedef void (*moecc_tile_fn)(int64_t K, const void *w, int64_t ldw, int nr,
@@ -242,8 +360,8 @@ typedef struct {
     float (*exp_sum)(int n, float *s, float m);
     /* g[i] = silu(g[i]) * u[i] for i < n, silu(z) = z / (1 + exp(-z))  (SwiGLU) */
     void (*swiglu)(int64_t n, float *g, const float *u);
-    /* moecc_quantize_x, bit for bit */
-    void (*quantize_x)(int64_t K, const float *x, void *xq);
+    /* moecc_quantize_x (q8_32) and moecc_quantize_xk (q8_k), bit for bit, by moecc_act */
+    void (*quantize_x[MOECC_ACT_KINDS])(int64_t K, const float *x, void *xq);
 } moecc_isa;
 
 /* exp(x) is computed as 2^i * p(r), x = i*ln2 + r, |r| <= ln2/2, p a degree-6 polynomial */
@@ -266,11 +384,18 @@ extern const moecc_isa moecc_isa_avx512;     /* dot_avx512.c: AVX-512 F/BW/VL/DQ
 extern const moecc_isa moecc_isa_avx512vnni; /* dot_avx512.c: the same + VNNI for q8 / q4 */
 #endif
 
-/* The q8 / q4 tiles (the ISA tables point at them): qdot_generic.c, qdot_x86.c */
+/* The q8 / q4 / q4_1 / q5_0 / q5_1 tiles (the ISA tables point at them): qdot_generic.c,
+ * qdot_x86.c */
 void moecc_tile_q8_generic(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_generic(int64_t K, const void *w, int64_t ldw, int nr,
                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_1_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_0_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_1_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* q4p panels (MOECC_Q4P): qpanel_generic.c, qpanel_avx2.c, qpanel_avx512.c */
 void moecc_tile_q4p_generic(int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
@@ -282,23 +407,71 @@ void moecc_tile_q4p_avx512(int64_t K, const void *w, int64_t ldw, int nr,
 void moecc_tile_q4p_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #endif
+/* the K types (MOECC_Q4_K, MOECC_Q5_K, MOECC_Q6_K): kdot_generic.c, kdot_x86.c */
+void moecc_tile_q4_k_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_k_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q6_k_generic(int64_t K, const void *w, int64_t ldw, int nr,
+                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #if MOECC_X86
+/* maddubs + madd (AVX2) */
+void moecc_tile_q4_k_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_k_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q6_k_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+/* the same with 32 registers (AVX-512 BW/VL) */
+void moecc_tile_q4_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q6_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+/* maddubs + dpwssd (AVX-512 VNNI) */
+void moecc_tile_q4_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q6_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+/* qdot_x86.c: the activation quantization of every x86 table (q8_32, q8_k) */
 void moecc_quantize_x_avx2(int64_t K, const float *x, void *xq);
+void moecc_quantize_xk_avx2(int64_t K, const float *x, void *xk);
 /* qdot_x86.c, one loop on 256-bit vectors for all three tables; maddubs (AVX2) */
 void moecc_tile_q8_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_avx2(int64_t K, const void *w, int64_t ldw, int nr,
                         const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_1_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_0_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_1_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                          const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* maddubs (AVX-512 BW/VL: 32 registers, four tokens a register block) */
 void moecc_tile_q8_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                           const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_1_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_0_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_1_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                            const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 /* dpbusd (AVX-512 VNNI) */
 void moecc_tile_q8_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                               const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q4_1_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_0_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
+void moecc_tile_q5_1_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo);
 #endif
 
 /* dispatch.c: cpuid once at init; the active table is read once at the start of each kernel */
@@ -350,13 +523,12 @@ static inline int64_t moecc_token_block(int64_t ldx) {
 /* matmul.c: out[T, N] = x[T, K] @ W[N, K]^T; MOECC_OK, or MOECC_ERR_NOMEM (prefill, q8 / q4) */
 int moecc_matmul(const float *x, int64_t T, int64_t K, const void *w, moecc_storage f, int64_t N,
                  float *out, int threads);
-/* the T rows of x[T, K] quantized as the matmul of q8 / q4 / q4p weights does, moecc_xq_bytes(K)
- * apart */
-void moecc_quantize_rows(const float *x, int64_t T, int64_t K, void *xq);
-void moecc_quantize_team(const float *x, int64_t T, int64_t K, void *xq);
+/* the T rows of x[T, K] quantized to kind a (not MOECC_ACT_F32) as the matmul of weights that
+ * read it does, moecc_act_kind_bytes(a, K) apart */
+void moecc_quantize_rows(moecc_act a, const float *x, int64_t T, int64_t K, void *xq);
+void moecc_quantize_team(moecc_act a, const float *x, int64_t T, int64_t K, void *xq);
 /* rows [n0, n1) of a matmul with the given table, on the calling thread, from activation rows
- * xa, ldx bytes apart: x itself for f32 / bf16 / f16, rows made by moecc_quantize_x for q8 / q4
- * / q4p */
+ * xa, ldx bytes apart: x itself for f32 / bf16 / f16, rows of kind moecc_act_of(f) otherwise */
 void moecc_gemm_rows(const moecc_isa *isa, moecc_storage f, int64_t T, int64_t K, const void *xa,
                      int64_t ldx, const void *w, int64_t n0, int64_t n1, float *out, int64_t ldo);
 /* the calling thread's share of the N rows (no barrier) */
@@ -472,7 +644,7 @@ typedef struct {
     float *expert_weights;         /* [rows, top_k] */
     const int32_t *dense_ids;      /* [rows]: all 0 (a dense MLP is expert 0 ...) */
     const float *dense_weights;    /* [rows]: all 1 (... with weight 1) */
-    void *xq;                      /* rows x moecc_xq_bytes(max(D, Hq*hd)) bytes */
+    void *xq;                      /* rows x moecc_xq_bytes(max(D, Hq*hd)) bytes (any kind) */
     float *moe_scratch;            /* moecc_moe_scratch_floats(rows, top_k, D, max I) floats */
 } moecc_activations;
 

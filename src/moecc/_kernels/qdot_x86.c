@@ -1,5 +1,5 @@
-/* qdot_x86.c -- q8 / q4 weights against quantized activations with x86 integer SIMD, for the
- * tables avx2, avx512 and avx512vnni. The oracle is qdot_generic.c.
+/* qdot_x86.c -- blocks of 32 (q8, q4, q4_1, q5_0, q5_1) against q8_32 activations with x86
+ * integer SIMD, for the tables avx2, avx512 and avx512vnni. The oracle is qdot_generic.c.
  *
  * One copy of the loops, on 256-bit vectors, serves the three tables: the loops are compiled
  * for AVX2 and inlined (always_inline) into each table's entry points, which pass the int8 dot
@@ -14,9 +14,12 @@
  *
  * The int8 products take one unsigned and one signed operand:
  *   - q4: the nibble u = q + 8 is the unsigned operand, u . a = q . a + 8 sum(a);
+ *   - q5_0: u = q + 16 (nibble + 16 * fifth bit), u . a = q . a + 16 sum(a);
+ *   - q4_1, q5_1: u = q itself, w = d * u + m: the m * dx * sum(a) terms come off as the
+ *     biases do, under a vector of the blocks' fp16 mins;
  *   - q8 with dpbusd: u = q + 128 (q xor 0x80), u . a = q . a + 128 sum(a);
  *   - q8 with maddubs: |q| . (a with the sign of q) (q + 128 would overflow maddubs' int16).
- * One vector of 8 int32 partial sums per block (q4: the block's low nibbles, values 0..15, in
+ * One vector of 8 int32 partial sums per block (q4 and co: the low nibbles, values 0..15, in
  * the first 128-bit lane and its high nibbles, 16..31, in the second, so the 32 activations meet
  * them as they lie) is converted to float and accumulated with the block's scale
  * s = dx * dw, the bias * sum(a) terms coming off once per step:
@@ -48,14 +51,30 @@
 #define MAX_NT 4      /* tokens of a register block (2 with AVX2's 16 registers) */
 #define MAX_ACC 16    /* NR * NT * U never exceeds this */
 #define PF_BYTES 8192 /* a tile of rows prefetches the first whole tile this far on */
-#define QS 2          /* offset of the values in a q8 / q4 block (after the fp16 scale) */
-_Static_assert(offsetof(moecc_block_q8, qs) == QS && offsetof(moecc_block_q4, qs) == QS,
-               "q8 / q4 blocks: d, then the values");
+_Static_assert(offsetof(moecc_block_q4_1, m) == 2 && offsetof(moecc_block_q5_1, m) == 2 &&
+                   offsetof(moecc_block_q5_0, qh) == 2 && offsetof(moecc_block_q5_1, qh) == 4,
+               "the offsets block() and row_block() read: d at 0, then m, then qh");
 
 /* bytes of a block of wt */
 INLINE int block_bytes(const int wt) {
-    return wt == MOECC_Q8 ? (int)sizeof(moecc_block_q8) : (int)sizeof(moecc_block_q4);
+    return wt == MOECC_Q8     ? (int)sizeof(moecc_block_q8)
+           : wt == MOECC_Q4   ? (int)sizeof(moecc_block_q4)
+           : wt == MOECC_Q4_1 ? (int)sizeof(moecc_block_q4_1)
+           : wt == MOECC_Q5_0 ? (int)sizeof(moecc_block_q5_0)
+                              : (int)sizeof(moecc_block_q5_1);
 }
+
+/* offset of the values (qs) in a block of wt */
+INLINE int values_at(const int wt) {
+    return wt == MOECC_Q8     ? (int)offsetof(moecc_block_q8, qs)
+           : wt == MOECC_Q4   ? (int)offsetof(moecc_block_q4, qs)
+           : wt == MOECC_Q4_1 ? (int)offsetof(moecc_block_q4_1, qs)
+           : wt == MOECC_Q5_0 ? (int)offsetof(moecc_block_q5_0, qs)
+                              : (int)offsetof(moecc_block_q5_1, qs);
+}
+
+/* the types whose weights are d * q + m: an fp16 min after d */
+INLINE int has_min(const int wt) { return wt == MOECC_Q4_1 || wt == MOECC_Q5_1; }
 
 /* ---- the int8 dot products (the tables' entry points pass theirs) ------------------------ */
 
@@ -137,19 +156,30 @@ INLINE TARGET_AVX2 __m256i step_d(const int bb, const char *p, int nb) {
 #define ACC(r, t, u) acc[((u) * NR + (r)) * NT + (t)]
 
 /* The block at blk of a row as the unsigned weight operand wu of the int8 products, and (q8)
- * its signed values wq: q8 q + 128 (q8_xor) or |q|; q4 the nibbles, values 0..15 (low) in the
- * first 128-bit lane, 16..31 (high) in the second, so they meet the block's 32 activations as
- * they lie. */
+ * its signed values wq: q8 q + 128 (q8_xor) or |q|; the others the nibbles, values 0..15 (low)
+ * in the first 128-bit lane, 16..31 (high) in the second, so they meet the block's 32
+ * activations as they lie, plus 16 where the fifth bit of a q5 value (bit i of qh) is set. */
 INLINE TARGET_AVX2 void row_block(const int wt, const int q8_xor, const char *blk, __m256i *wu,
                                   __m256i *wq) {
     if (wt == MOECC_Q8) {
-        *wq = _mm256_loadu_si256((const __m256i *)(blk + QS));
+        *wq = _mm256_loadu_si256((const __m256i *)(blk + values_at(wt)));
         *wu = q8_xor ? _mm256_xor_si256(*wq, _mm256_set1_epi8((char)0x80))
                      : _mm256_abs_epi8(*wq); /* -128 -> 128 unsigned: exact */
         return;
     }
-    const __m128i q = _mm_loadu_si128((const __m128i *)(blk + QS));
+    const __m128i q = _mm_loadu_si128((const __m128i *)(blk + values_at(wt)));
     *wu = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(15));
+    if (wt == MOECC_Q5_0 || wt == MOECC_Q5_1) {
+        int qh; /* byte i of the vector gets byte i / 8 of qh, then tests its bit i % 8 */
+        memcpy(&qh, blk + (wt == MOECC_Q5_0 ? offsetof(moecc_block_q5_0, qh)
+                                            : offsetof(moecc_block_q5_1, qh)), sizeof qh);
+        const __m256i byte_of = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2,
+                                                 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+        const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), byte_of);
+        const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+        *wu = _mm256_or_si256(*wu, _mm256_and_si256(set, _mm256_set1_epi8(16)));
+    }
     *wq = *wu; /* unused: the activations are the signed operand */
 }
 
@@ -185,19 +215,28 @@ INLINE int step_blocks_at(int64_t nblocks, int64_t b0) {
 }
 
 /* s[r*NT + t][j] = dx * dw of block j of the step at b0 (nb blocks; the others 0; d[r]: row r's
- * fp16 scales, step_d), and the bias correction acc(r, t, 0) -= bias * s * sum(a) */
+ * fp16 scales, step_d), and the bias correction acc(r, t, 0) -= bias * s * sum(a), or for the
+ * types with mins (m[r]: row r's fp16 mins) acc(r, t, 0) += dx * mw * sum(a) */
 INLINE TARGET_AVX2 void step_scales(const int wt, const int q8_xor, cvt16_fn cvt16, const int NR,
                                     const int NT, int nb, int64_t K, int64_t b0, const __m256i *d,
-                                    const char *x, int64_t ldx, float (*s)[STEP], __m256 *acc) {
-    const int bias = wt == MOECC_Q4 ? 8 : q8_xor ? 128 : 0;
-    __m256 dw[MOECC_TILE_ROWS][2];
+                                    const __m256i *m, const char *x, int64_t ldx,
+                                    float (*s)[STEP], __m256 *acc) {
+    const int bias = wt == MOECC_Q4     ? 8
+                     : wt == MOECC_Q5_0 ? 16
+                     : wt == MOECC_Q8   ? (q8_xor ? 128 : 0)
+                                        : 0;
+    __m256 dw[MOECC_TILE_ROWS][2], mw[MOECC_TILE_ROWS][2];
     for (int r = 0; r < NR; r++) cvt16(d[r], &dw[r][0], &dw[r][1]);
+    if (has_min(wt))
+        for (int r = 0; r < NR; r++) cvt16(m[r], &mw[r][0], &mw[r][1]);
     for (int hf = 0; hf < (nb > HALF ? 2 : 1); hf++) {
         const int j0 = HALF * hf;
         const __m256i live = live_lanes(nb - j0);
         if (nb < STEP) /* a scale may be inf: 0 * inf would spoil the sums */
-            for (int r = 0; r < NR; r++)
+            for (int r = 0; r < NR; r++) {
                 dw[r][hf] = _mm256_and_ps(dw[r][hf], _mm256_castsi256_ps(live));
+                if (has_min(wt)) mw[r][hf] = _mm256_and_ps(mw[r][hf], _mm256_castsi256_ps(live));
+            }
         for (int t = 0; t < NT; t++) {
             const char *xt = x + t * ldx;
             const float *dxp = moecc_xq_scales(xt, K) + b0 + j0;
@@ -205,11 +244,15 @@ INLINE TARGET_AVX2 void step_scales(const int wt, const int q8_xor, cvt16_fn cvt
             const __m256 dx = nb == STEP ? _mm256_loadu_ps(dxp) : _mm256_maskload_ps(dxp, live);
             const __m256i sum = nb == STEP ? _mm256_loadu_si256((const __m256i *)sump)
                                            : _mm256_maskload_epi32(sump, live);
-            const __m256 corr = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(-bias));
+            const __m256 sumf = _mm256_cvtepi32_ps(sum);
+            const __m256 corr = _mm256_mul_ps(sumf, _mm256_set1_ps(-bias));
             for (int r = 0; r < NR; r++) {
                 const __m256 sv = _mm256_mul_ps(dx, dw[r][hf]);
                 _mm256_store_ps(s[r * NT + t] + j0, sv);
                 if (bias) ACC(r, t, 0) = _mm256_fmadd_ps(sv, corr, ACC(r, t, 0));
+                if (has_min(wt))
+                    ACC(r, t, 0) =
+                        _mm256_fmadd_ps(_mm256_mul_ps(dx, mw[r][hf]), sumf, ACC(r, t, 0));
             }
         }
     }
@@ -229,25 +272,35 @@ INLINE TARGET_AVX2 void block(const int wt, const int q8_xor, idot_fn idot, cvt1
     const char *pf = w + (PF_BYTES + NR * ldw - 1) / (NR * ldw) * NR * ldw;
     const int64_t pf_step = NR > 1 ? (NR * ldw * STEP / nblocks + 63) & ~(int64_t)63 : 0;
 
-    /* the fp16 scales of the rows' next step are loaded a step ahead: their cache misses then
-     * overlap this step's work instead of stalling it (decode from DRAM: 2.3x faster) */
-    const int bb = block_bytes(wt);
-    __m256i d[MOECC_TILE_ROWS], dnext[MOECC_TILE_ROWS];
-    for (int r = 0; r < NR; r++) dnext[r] = step_d(bb, w + r * ldw, step_blocks_at(nblocks, 0));
+    /* the fp16 scales (and mins) of the rows' next step are loaded a step ahead: their cache
+     * misses then overlap this step's work instead of stalling it (decode from DRAM: 2.3x
+     * faster); a min is the fp16 after its block's d */
+    const int bb = block_bytes(wt), mins = 2;
+    __m256i d[MOECC_TILE_ROWS], dnext[MOECC_TILE_ROWS], m[MOECC_TILE_ROWS], mnext[MOECC_TILE_ROWS];
+    for (int r = 0; r < NR; r++) {
+        dnext[r] = step_d(bb, w + r * ldw, step_blocks_at(nblocks, 0));
+        if (has_min(wt)) mnext[r] = step_d(bb, w + r * ldw + mins, step_blocks_at(nblocks, 0));
+    }
     for (int64_t b0 = 0; b0 < nblocks; b0 += STEP) {
         const int nb = step_blocks_at(nblocks, b0);
         for (int64_t b = 0; b < pf_step; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
         pf += pf_step;
-        for (int r = 0; r < NR; r++) d[r] = dnext[r];
+        for (int r = 0; r < NR; r++) {
+            d[r] = dnext[r];
+            if (has_min(wt)) m[r] = mnext[r];
+        }
         if (b0 + STEP < nblocks)
-            for (int r = 0; r < NR; r++)
-                dnext[r] = step_d(bb, w + r * ldw + bb * (b0 + STEP),
-                                  step_blocks_at(nblocks, b0 + STEP));
+            for (int r = 0; r < NR; r++) {
+                const char *next = w + r * ldw + bb * (b0 + STEP);
+                dnext[r] = step_d(bb, next, step_blocks_at(nblocks, b0 + STEP));
+                if (has_min(wt))
+                    mnext[r] = step_d(bb, next + mins, step_blocks_at(nblocks, b0 + STEP));
+            }
         if (nb == STEP) { /* the sizes known at compile time but for the row's last step */
-            step_scales(wt, q8_xor, cvt16, NR, NT, STEP, K, b0, d, x, ldx, s, acc);
+            step_scales(wt, q8_xor, cvt16, NR, NT, STEP, K, b0, d, m, x, ldx, s, acc);
             step_blocks(wt, q8_xor, idot, NR, NT, U, STEP, b0, w, ldw, x, ldx, s, acc);
         } else {
-            step_scales(wt, q8_xor, cvt16, NR, NT, nb, K, b0, d, x, ldx, s, acc);
+            step_scales(wt, q8_xor, cvt16, NR, NT, nb, K, b0, d, m, x, ldx, s, acc);
             step_blocks(wt, q8_xor, idot, NR, NT, 1, nb, b0, w, ldw, x, ldx, s, acc);
         }
     }
@@ -302,6 +355,21 @@ TARGET_AVX2 void moecc_tile_q4_avx2(int64_t K, const void *w, int64_t ldw, int n
     tile_q(MOECC_Q4, 0, idot_maddubs, cvt16_f16c, 2, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
+TARGET_AVX2 void moecc_tile_q4_1_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    tile_q(MOECC_Q4_1, 0, idot_maddubs, cvt16_f16c, 2, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_AVX2 void moecc_tile_q5_0_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    tile_q(MOECC_Q5_0, 0, idot_maddubs, cvt16_f16c, 2, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_AVX2 void moecc_tile_q5_1_avx2(int64_t K, const void *w, int64_t ldw, int nr,
+                                      const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+    tile_q(MOECC_Q5_1, 0, idot_maddubs, cvt16_f16c, 2, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
 TARGET_512 void moecc_tile_q8_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                      const void *x, int64_t ldx, int nt, float *out,
                                      int64_t ldo) {
@@ -313,6 +381,24 @@ TARGET_512 void moecc_tile_q4_avx512(int64_t K, const void *w, int64_t ldw, int 
                                      const void *x, int64_t ldx, int nt, float *out,
                                      int64_t ldo) {
     tile_q(MOECC_Q4, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_512 void moecc_tile_q4_1_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                                       const void *x, int64_t ldx, int nt, float *out,
+                                       int64_t ldo) {
+    tile_q(MOECC_Q4_1, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_512 void moecc_tile_q5_0_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                                       const void *x, int64_t ldx, int nt, float *out,
+                                       int64_t ldo) {
+    tile_q(MOECC_Q5_0, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_512 void moecc_tile_q5_1_avx512(int64_t K, const void *w, int64_t ldw, int nr,
+                                       const void *x, int64_t ldx, int nt, float *out,
+                                       int64_t ldo) {
+    tile_q(MOECC_Q5_1, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_VNNI void moecc_tile_q8_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
@@ -327,46 +413,97 @@ TARGET_VNNI void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw,
     tile_q(MOECC_Q4, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
+TARGET_VNNI void moecc_tile_q4_1_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                            const void *x, int64_t ldx, int nt, float *out,
+                                            int64_t ldo) {
+    tile_q(MOECC_Q4_1, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_VNNI void moecc_tile_q5_0_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                            const void *x, int64_t ldx, int nt, float *out,
+                                            int64_t ldo) {
+    tile_q(MOECC_Q5_0, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
+TARGET_VNNI void moecc_tile_q5_1_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
+                                            const void *x, int64_t ldx, int nt, float *out,
+                                            int64_t ldo) {
+    tile_q(MOECC_Q5_1, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+}
+
 /* ---- activation quantization ------------------------------------------------------------- */
 
-/* As moecc_quantize_x (storage.c), eight lanes at a time: the same float32 operations, and
- * cvtps rounds to nearest even (the default MXCSR mode), so the results are identical. Used by
- * the AVX-512 tables too (it is not where the time goes). */
+/* As moecc_quantize_x / moecc_quantize_xk (storage.c), eight lanes at a time: the same float32
+ * operations, and cvtps rounds to nearest even (the default MXCSR mode), so the results are
+ * identical. Used by the AVX-512 tables too (it is not where the time goes). */
+
+/* max |x| over the n values at x (n % 8 == 0) */
+INLINE TARGET_AVX2 float amax(const float *x, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8)
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    return _mm_cvtss_f32(m4);
+}
+
+INLINE TARGET_AVX2 int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* q[j] = round(x[j] * inv), |q| <= 127, for the 32 values at x; sum[h] = the sum of the q of
+ * values 16h .. 16h+15 */
+INLINE TARGET_AVX2 void quantize32(const float *x, float inv, int8_t *q, int32_t sum[2]) {
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undo lane-wise packs */
+    __m256i i32[4];
+    for (int i = 0; i < 4; i++) {
+        const __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i),
+                                                           _mm256_set1_ps(inv)));
+        i32[i] = _mm256_max_epi32(_mm256_min_epi32(r, _mm256_set1_epi32(127)),
+                                  _mm256_set1_epi32(-127));
+    }
+    sum[0] = hsum_epi32(_mm256_add_epi32(i32[0], i32[1]));
+    sum[1] = hsum_epi32(_mm256_add_epi32(i32[2], i32[3]));
+    const __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]);
+    const __m256i p16b = _mm256_packs_epi32(i32[2], i32[3]);
+    const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), order);
+    _mm256_storeu_si256((__m256i *)q, p8);
+}
+
 TARGET_AVX2 void moecc_quantize_x_avx2(int64_t K, const float *x, void *xq) {
     int8_t *q = (int8_t *)xq;
-    float *d = (float *)((char *)xq + K);
-    int32_t *sum = (int32_t *)((char *)xq + K + 4 * (K / MOECC_QBLOCK));
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undo lane-wise packs */
+    float *d = (float *)moecc_xq_scales(xq, K);
+    int32_t *sum = (int32_t *)moecc_xq_sums(xq, K);
     for (int64_t b = 0; b < K / MOECC_QBLOCK; b++) {
         const float *xb = x + b * MOECC_QBLOCK;
-        __m256 v[4], m = _mm256_setzero_ps();
-        for (int i = 0; i < 4; i++) {
-            v[i] = _mm256_loadu_ps(xb + 8 * i);
-            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
-        }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const float scale = _mm_cvtss_f32(m4) / 127.0f;
-        const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
-        __m256i i32[4];
-        for (int i = 0; i < 4; i++) {
-            const __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
-            i32[i] = _mm256_max_epi32(_mm256_min_epi32(r, _mm256_set1_epi32(127)),
-                                      _mm256_set1_epi32(-127));
-        }
-        const __m256i s2 = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]),
-                                            _mm256_add_epi32(i32[2], i32[3]));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s2), _mm256_extracti128_si256(s2, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
-        const __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]);
-        const __m256i p16b = _mm256_packs_epi32(i32[2], i32[3]);
-        const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), order);
-        _mm256_storeu_si256((__m256i *)(q + b * MOECC_QBLOCK), p8);
+        const float scale = amax(xb, MOECC_QBLOCK) / 127.0f;
+        int32_t halves[2];
+        quantize32(xb, scale > 0.0f ? 1.0f / scale : 0.0f, q + b * MOECC_QBLOCK, halves);
         d[b] = scale;
-        sum[b] = _mm_cvtsi128_si32(s4);
+        sum[b] = halves[0] + halves[1];
+    }
+}
+
+TARGET_AVX2 void moecc_quantize_xk_avx2(int64_t K, const float *x, void *xk) {
+    int8_t *q = (int8_t *)xk;
+    float *d = (float *)moecc_xk_scales(xk, K);
+    int16_t *bsum = (int16_t *)moecc_xk_bsums(xk, K);
+    for (int64_t b = 0; b < K / MOECC_KBLOCK; b++) {
+        const float *xb = x + b * MOECC_KBLOCK;
+        const float scale = amax(xb, MOECC_KBLOCK) / 127.0f;
+        const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        for (int j = 0; j < MOECC_KBLOCK / 32; j++) {
+            int32_t halves[2];
+            quantize32(xb + 32 * j, inv, q + b * MOECC_KBLOCK + 32 * j, halves);
+            bsum[b * (MOECC_KBLOCK / 16) + 2 * j] = (int16_t)halves[0];
+            bsum[b * (MOECC_KBLOCK / 16) + 2 * j + 1] = (int16_t)halves[1];
+        }
+        d[b] = scale;
     }
 }
 
