@@ -142,6 +142,9 @@ def abort(message: str, code: int = 1) -> None:
     world = MPI.COMM_WORLD
     print(f"moecc: rank {world.Get_rank()} of {world.Get_size()}: {message}; ending the job", file=sys.stderr,
           flush=True)
+    # the launcher forwards this rank's stderr from a pipe that MPI_Abort's kill can cut short:
+    # give it a moment to carry the message out first
+    time.sleep(0.5)
     world.Abort(code)
     os._exit(code)  # MPICH's MPI_Abort can return before the launcher has ended this process
 
