@@ -132,3 +132,19 @@ def test_template_special_tokens_and_sampling_from_the_file(bf16_model):
     assert bf16_model.eos_token_ids == frozenset(hf_generation["eos_token_id"])
     for key in ("temperature", "top_k", "top_p"):
         assert bf16_model.generation_config[key] == hf_generation[key]
+
+
+def test_inspect_shows_the_tables_and_says_there_is_nothing_to_verify(capsys):
+    from moecc import inspect_file
+    assert inspect_file.main([path_of("moe256-Q4_K_M"), "--json", "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["verify"] == inspect_file.GGUF_NO_CHECKSUMS
+    assert info["config"]["num_experts"] == 4 and info["file_bytes"] == MANIFEST["moe256-Q4_K_M"]["bytes"]
+    assert info["classes"]["experts"]["dtypes"] == ["Q4_K", "Q6_K"] and info["classes"]["lm_head"]["dtypes"] == ["Q6_K"]
+    counts = {}
+    for t in info["tensors"]:
+        counts[t["dtype"]] = counts.get(t["dtype"], 0) + 1
+    assert counts == MANIFEST["moe256-Q4_K_M"]["tensor_types"]
+    assert inspect_file.main([path_of("gqa16-BF16"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "blk.1.ffn_down_exps.weight" in out and "verify: GGUF files carry no checksums" in out
