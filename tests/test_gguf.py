@@ -148,3 +148,15 @@ def test_inspect_shows_the_tables_and_says_there_is_nothing_to_verify(capsys):
     assert inspect_file.main([path_of("gqa16-BF16"), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "blk.1.ffn_down_exps.weight" in out and "verify: GGUF files carry no checksums" in out
+
+
+def test_generate_and_chat_take_a_gguf():
+    import subprocess
+    import sys
+    common = ["--model", path_of("gqa16-BF16"), "--temperature", "0", "--max-tokens", "6", "--threads", "1"]
+    r = subprocess.run([sys.executable, "-m", "moecc.generate", *common, "--raw", "--prompt", "The"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "generated: 6 tokens" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "moecc.chat", *common, "--no-think"], input="hello\n/exit\n",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "prompt tokens processed" in r.stdout + r.stderr, r.stdout + r.stderr

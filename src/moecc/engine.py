@@ -353,7 +353,7 @@ class _StopFilter:
 
 def load(path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
          kv_cache: str = "f16") -> Model:
-    """Map a .moecc file and make it ready to run.  `threads` defaults to the CPUs this process
+    """Map a .moecc or GGUF file and make it ready to run.  `threads` defaults to the CPUs this process
     may use; `ctx` (the KV cache length) to the model's max_position_embeddings, at most 4096;
     `kv_cache` stores keys and values as "f16" (half the memory and the bytes a long context
     reads per token, as llama.cpp does; keys are RMS-normed, values would overflow only past
