@@ -6,12 +6,11 @@
     source.weights["model.norm.weight"]  # model.Weight: a zero-copy view of the mapped file
     source.close()
 
-Each file kind has a reader in `moecc.formats` (`moecc_file`; `gguf`, llama.cpp's files, whose
-tokenizer `gguf_tokenizer` hands over as the files a checkpoint carries), told apart here by
-the file's first bytes; each
-hands over the same ModelSource, whose weights are checked here, once, against the config's
-tensor inventory (`config.tensor_specs`) before anything runs.  What the engine does with them is
-`moecc.engine`'s business.
+Each file kind has a reader in `moecc.formats` (`moecc_file`; `gguf` for llama.cpp's files,
+whose tokenizer `gguf_tokenizer` hands over as the files a checkpoint carries), told apart here
+by the file's first bytes; each hands over the same ModelSource, whose weights are checked here,
+once, against the config's tensor inventory (`config.tensor_specs`) before anything runs.  What
+the engine does with them is `moecc.engine`'s business.
 """
 from __future__ import annotations
 
@@ -91,6 +90,7 @@ def _open_gguf(path: str) -> ModelSource:
         tensors = gguf.read_weights(f, config)
         check_weights(path, config, {t.name: (t.storage, t.shape) for t in tensors})
         files = gguf_tokenizer.tokenizer_files(f)
+        f.drop_metadata()
     except BaseException:
         f.close()
         raise

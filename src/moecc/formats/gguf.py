@@ -79,21 +79,29 @@ class GGUFTensor:
 
 class GGUFFile:
     """A GGUF file mapped read-only, its header parsed by the `gguf` package: metadata by key,
-    tensors by llama.cpp name, and zero-copy views of their data."""
+    tensors by llama.cpp name, and zero-copy views of their data.
+
+    The reader describes every element of every metadata array with numpy views (for Qwen3's
+    151,936 tokens and 151,387 merges, ~0.5 GB); only their values are kept, as Python objects,
+    and the reader itself is dropped once read.  Those values still pin ~200 MB of the Python
+    heap interleaved with them; `drop_metadata` lets it go once the tokenizer is built, so a
+    loaded model holds little more than the mapping."""
 
     def __init__(self, path: str | os.PathLike):
         import gguf  # imported here: only a GGUF needs it
         self.path = os.fspath(path)
         try:
             self.file_size = os.path.getsize(self.path)
-            self._reader = gguf.GGUFReader(self.path, "r")
+            reader = gguf.GGUFReader(self.path, "r")
         except OSError as e:
             raise FormatError(f"{self.path}: cannot be read ({e.strerror or e})") from None
         except Exception as e:  # the reader raises what numpy or struct raise on bad bytes
             raise FormatError(f"{self.path} is a damaged or truncated GGUF file (the gguf reader: "
                               f"{_one_line(e)}); download it again") from None
+        self._data = reader.data  # numpy.memmap of the whole file, read-only
         try:
-            self.tensors = {t.name: self._tensor(t) for t in self._reader.tensors}
+            self._metadata = {key: _contents(field) for key, field in reader.fields.items()}
+            self.tensors = {t.name: self._tensor(t) for t in reader.tensors}
         except BaseException:
             self.close()
             raise
@@ -111,13 +119,11 @@ class GGUFFile:
     def value(self, key: str, kind: type, default=None):
         """The metadata value at `key` as `kind` (int, float, bool, str, or list for arrays);
         `default` if absent; FormatError if present with another type."""
-        field = self._reader.fields.get(key)
-        if field is None:
+        if key not in self._metadata:
             return default
-        try:
-            value = field.contents()
-        except Exception as e:
-            raise FormatError(f"{self.path}: metadata {key} is unreadable ({_one_line(e)}); the file is damaged") from None
+        value = self._metadata[key]
+        if isinstance(value, _Unreadable):
+            raise FormatError(f"{self.path}: metadata {key} is unreadable ({value.reason}); the file is damaged")
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if kind is int and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -127,22 +133,38 @@ class GGUFFile:
         raise FormatError(f"{self.path}: metadata {key} is {value!r:.60}, not a {kind.__name__}; the file is damaged")
 
     def keys(self) -> list[str]:
-        return list(self._reader.fields)
+        return list(self._metadata)
+
+    def drop_metadata(self) -> None:
+        """Forget the metadata (everything moecc needs of it has been read)."""
+        self._metadata = {}
 
     def view(self, name: str, st: storage.StorageType) -> np.ndarray:
         """A read-only view of tensor `name` as the kernels take it in storage type `st`."""
         t = self.tensors[name]
-        return self._reader.data[t.offset:t.offset + t.size].view(st.view_dtype).reshape(st.view_shape(t.shape))
+        return self._data[t.offset:t.offset + t.size].view(st.view_dtype).reshape(st.view_shape(t.shape))
 
     def close(self) -> None:
         """Unmap the file.  Views handed out before must no longer be used."""
-        mapping = getattr(getattr(self, "_reader", None), "data", None)
-        mm = getattr(mapping, "_mmap", None)  # numpy.memmap's mapping
+        mm = getattr(getattr(self, "_data", None), "_mmap", None)  # numpy.memmap's mapping
         if mm is not None:
             try:
                 mm.close()
             except BufferError:  # views still exported: the mapping goes when the last one does
                 pass
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    reason: str
+
+
+def _contents(field):
+    """A metadata field's value as Python objects (an _Unreadable saying why, if damaged)."""
+    try:
+        return field.contents()
+    except Exception as e:
+        return _Unreadable(_one_line(e))
 
 
 def _one_line(e: BaseException) -> str:

@@ -64,7 +64,11 @@ def tokenizer_files(f) -> dict[str, bytes]:
     add_eos = f.value("tokenizer.ggml.add_eos_token", bool, False)
 
     added = {i: t for i, (t, kind) in enumerate(zip(tokens, types)) if kind in (TOKEN_CONTROL, TOKEN_USER_DEFINED)}
-    vocab = {t: i for i, t in enumerate(tokens) if i not in added}
+    # every token in the BPE's vocabulary at its id, the added ones too (which then keep those
+    # ids): a file may place tokens after them (llama.cpp pads Qwen3's 151,669 to 151,936 rows)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise FormatError(f"{f.path}: tokenizer.ggml.tokens holds a token twice; the file is damaged")
     try:
         tok = Tokenizer(models.BPE(vocab, [tuple(m.split(" ")) for m in merges], byte_fallback=False,
                                    ignore_merges=False))
@@ -76,11 +80,8 @@ def tokenizer_files(f) -> dict[str, bytes]:
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    # added in id order, so that each gets the id it has in the file (checked below)
     tok.add_tokens([AddedToken(added[i], special=types[i] == TOKEN_CONTROL, normalized=False)
                     for i in sorted(added)])
-    if any(tok.token_to_id(t) != i for i, t in added.items()):
-        raise FormatError(f"{f.path}: its tokens repeat or its added tokens are out of order; the file is damaged")
     specials = [(tokens[i], i) for i in (bos, eos) if i is not None]
     single = " ".join(([tokens[bos]] if add_bos and bos is not None else []) + ["$A"] +
                       ([tokens[eos]] if add_eos and eos is not None else []))

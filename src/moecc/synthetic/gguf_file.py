@@ -80,17 +80,19 @@ def _tensor_data(spec: TensorSpec, type_name: str, seed: int, normal: np.ndarray
     return _random_blocks(type_name, count, rng)
 
 
-def _add_tokenizer(writer, files: dict[str, bytes]) -> None:
-    """The tokenizer keys llama.cpp's converter writes for a Qwen3 tokenizer.json."""
+def _add_tokenizer(writer, files: dict[str, bytes], vocab_size: int) -> None:
+    """The tokenizer keys llama.cpp's converter writes for a Qwen3 tokenizer.json: as it does,
+    the token list is padded to the embedding's rows (Qwen3: 151,669 tokens, 151,936 rows) with
+    UNUSED tokens "[PADi]"."""
     import gguf
     tok = json.loads(files["tokenizer.json"])
     config = json.loads(files["tokenizer_config.json"])
     added = {t["id"]: t for t in tok["added_tokens"]}
     by_id = {i: t for t, i in tok["model"]["vocab"].items()} | {i: t["content"] for i, t in added.items()}
-    tokens = [by_id[i] for i in range(len(by_id))]
-    types = [gguf.TokenType.NORMAL if i not in added else
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
+    types = [gguf.TokenType.UNUSED if i not in by_id else gguf.TokenType.NORMAL if i not in added else
              gguf.TokenType.CONTROL if added[i]["special"] else gguf.TokenType.USER_DEFINED
-             for i in range(len(tokens))]
+             for i in range(vocab_size)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     ids = {t: i for i, t in enumerate(tokens)}
     writer.add_tokenizer_model("gpt2")
@@ -139,7 +141,7 @@ def write_gguf_model(path: str, layers: int, mix: str = "Q4_K_M", seed: int = 0,
         w.add_sampling_top_k(gen["top_k"])
         w.add_sampling_top_p(gen["top_p"])
         w.add_sampling_temp(gen["temperature"])
-        _add_tokenizer(w, files)
+        _add_tokenizer(w, files, cfg.vocab_size)
         specs = tensor_specs(cfg)
         types = {s.name: mix_type(mix, s, cfg.num_hidden_layers) for s in specs}
         for s in specs:
