@@ -232,3 +232,36 @@ def test_damaged_gguf_never_crashes(q8_file, tmp_path_factory, data):
         return
     with model:
         assert model.logits([1, 2, 3]).shape == (3, model.config.vocab_size)  # what loaded must also run
+
+
+def test_tokens_padded_after_the_added_ones_keep_their_ids(tmp_path):
+    """llama.cpp's converter pads Qwen3's 151,669 tokens to the embedding's 151,936 rows with
+    UNUSED "[PADi]" tokens after the added ones: here the fixture tokenizer's 768 tokens, padded
+    to 780, in a GGUF holding only tokenizer metadata."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from moecc.formats import gguf_tokenizer
+    from moecc.synthetic.gguf_file import add_tokenizer_metadata
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "gqa16", "hf")
+    files = {name: open(os.path.join(fixture, name), "rb").read() for name in ("tokenizer.json", "tokenizer_config.json")}
+    path = str(tmp_path / "tokenizer.gguf")
+    w = gguf.GGUFWriter(path, "qwen3moe")
+    add_tokenizer_metadata(w, files, 780)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    f = GGUFFile(path)
+    try:
+        built = Tokenizer.from_str(gguf_tokenizer.tokenizer_files(f)["tokenizer.json"].decode())
+        config = json.loads(gguf_tokenizer.tokenizer_files(f)["tokenizer_config.json"])
+    finally:
+        f.close()
+    hf = Tokenizer.from_str(files["tokenizer.json"].decode())
+    text = "Hello <|im_start|>user\n日本語 🙂 <think>x</think><|im_end|> [PAD770]"
+    assert built.encode(text).ids == hf.encode(text).ids
+    assert built.token_to_id("<|im_end|>") == 744 and built.token_to_id("[PAD779]") == 779
+    assert built.decode([770]) == "[PAD770]" and built.get_vocab_size() == 780
+    assert config["eos_token"] == "<|im_end|>"

@@ -80,7 +80,7 @@ def _tensor_data(spec: TensorSpec, type_name: str, seed: int, normal: np.ndarray
     return _random_blocks(type_name, count, rng)
 
 
-def _add_tokenizer(writer, files: dict[str, bytes], vocab_size: int) -> None:
+def add_tokenizer_metadata(writer, files: dict[str, bytes], vocab_size: int) -> None:
     """The tokenizer keys llama.cpp's converter writes for a Qwen3 tokenizer.json: as it does,
     the token list is padded to the embedding's rows (Qwen3: 151,669 tokens, 151,936 rows) with
     UNUSED tokens "[PADi]"."""
@@ -141,7 +141,7 @@ def write_gguf_model(path: str, layers: int, mix: str = "Q4_K_M", seed: int = 0,
         w.add_sampling_top_k(gen["top_k"])
         w.add_sampling_top_p(gen["top_p"])
         w.add_sampling_temp(gen["temperature"])
-        _add_tokenizer(w, files, cfg.vocab_size)
+        add_tokenizer_metadata(w, files, cfg.vocab_size)
         specs = tensor_specs(cfg)
         types = {s.name: mix_type(mix, s, cfg.num_hidden_layers) for s in specs}
         for s in specs:
