@@ -34,10 +34,10 @@ def q8_file(tmp_path_factory):
 
 
 def rewrite(source: str, out: str, *, arch: str | None = None, drop: tuple[str, ...] = (),
-            retype: dict | None = None, keys: dict | None = None) -> str:
+            retype: dict | None = None, keys: dict | None = None, add: bool = False) -> str:
     """`source` written again to `out`: with another general.architecture, without the tensors
     `drop`, with tensors of `retype` ({name: (ggml type, values as float32)}) re-encoded, with
-    metadata `keys` ({key: (value, GGUFValueType)}) replaced."""
+    metadata `keys` ({key: (value, GGUFValueType)}) replaced (`add`: added)."""
     reader = gguf.GGUFReader(source)
     arch = arch or reader.fields["general.architecture"].contents()
     w = gguf.GGUFWriter(out, arch)
@@ -49,6 +49,8 @@ def rewrite(source: str, out: str, *, arch: str | None = None, drop: tuple[str, 
             continue
         sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         w.add_key_value(key, field.contents(), field.types[0], sub)
+    for key, (value, vtype) in (keys or {}).items() if add else ():
+        w.add_key_value(key, value, vtype)
     for t in reader.tensors:
         if t.name in drop:
             continue
@@ -125,6 +127,14 @@ def test_mix_types_follow_the_inventory():
 def test_another_architecture(q8_file, tmp_path):
     path = rewrite(q8_file, str(tmp_path / "llama.gguf"), arch="llama")
     with pytest.raises(FormatError, match="general.architecture is 'llama'; moecc runs qwen3moe"):
+        moecc.load(path)
+
+
+def test_a_split_file_is_named(q8_file, tmp_path):
+    u16 = gguf.GGUFValueType.UINT16
+    path = rewrite(q8_file, str(tmp_path / "split.gguf"), keys={"split.count": (3, u16), "split.no": (0, u16)},
+                   add=True)
+    with pytest.raises(FormatError, match="part 1 of a GGUF split in 3 files; .*llama-gguf-split --merge"):
         moecc.load(path)
 
 

@@ -173,6 +173,10 @@ def _one_line(e: BaseException) -> str:
 
 def config_from_gguf(f: GGUFFile) -> Qwen3MoeConfig:
     """The model config from the file's `qwen3moe.*` keys, checked as a config.json is."""
+    parts = f.value("split.count", int, 1)
+    if parts > 1:
+        raise FormatError(f"{f.path} is part {f.value('split.no', int, 0) + 1} of a GGUF split in {parts} files; "
+                          "moecc reads one file: join them with llama.cpp's `llama-gguf-split --merge FIRST OUT`")
     arch = f.value("general.architecture", str)
     if arch != ARCHITECTURE:
         raise FormatError(f"{f.path}: general.architecture is {arch!r}; moecc runs {ARCHITECTURE} "
