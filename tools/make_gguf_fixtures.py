@@ -16,7 +16,10 @@ the fixture's prompts, one thread, every position's logits.  Written to tests/fi
                            rounding, ~1e-3 of a logit, is far below the errors compared)
     llamacpp.json          how they were made: llama-cpp-python version, types, tensor types
 
-Tests never build llama.cpp: they read what this wrote.
+Tests never build llama.cpp: they read what this wrote.  The bf16 conversions in between go to
+a temporary folder under $MOECC_SCRATCH (default: the system's); $MOECC_PEER_TOOLS names the
+folder of llamacpp_tools.py if it is not ../shared/peer beside the checkout.  moe256's
+checkpoint is not committed: make it first with `python tools/make_fixtures.py moe256`.
 """
 from __future__ import annotations
 
@@ -33,9 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 OUT = FIXTURES / "gguf"
-PEER = ROOT.parent / "shared" / "peer"
-if not PEER.is_dir():
-    PEER = Path("/work/shared/peer")
+PEER = Path(os.environ.get("MOECC_PEER_TOOLS", ROOT.parent / "shared" / "peer"))  # llamacpp_tools.py's folder
 sys.path.insert(0, str(PEER))
 import llamacpp_tools as peer_tools  # noqa: E402
 

@@ -33,8 +33,8 @@ from . import FormatError
 ARCHITECTURE = "qwen3moe"
 
 # llama.cpp's tensor names, by the inventory's field (config.TensorSpec.field); a layer's are
-# prefixed "blk.L.", and every one ends in ".weight".  qwen3moe has no dense layers, so the
-# dense MLP fields have none.
+# prefixed "blk.L.", and every one ends in ".weight".  qwen3moe has no dense layers
+# (config_from_gguf makes every layer sparse), so gate / up / down_proj are the stacked experts.
 GGUF_NAMES = {
     "embed_tokens": "token_embd",
     "input_layernorm": "attn_norm",

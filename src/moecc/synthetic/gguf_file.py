@@ -31,7 +31,6 @@ MIXES = ("Q4_K_M", "Q8_0")
 # min; Q6_K: d * int8 scale * (6-bit value - 32).
 _SCALE_FIELDS = {
     "Q8_0": ((0, quantized_scale("q8")),),
-    "Q4_0": ((0, quantized_scale("q4")),),
     "Q4_K": ((0, WEIGHT_STD / (72 * 4.6)), (2, WEIGHT_STD / (72 * 7.5))),
     "Q6_K": ((208, WEIGHT_STD / (74 * 18.5)),),
 }
