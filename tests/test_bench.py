@@ -32,6 +32,7 @@ from moecc.synthetic.quantized import quantized_scale, write_quantized_model
 TINY = {"vocab_size": 512, "hidden_size": 64, "head_dim": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
         "moe_intermediate_size": 32, "intermediate_size": 64, "num_experts": 8, "num_experts_per_tok": 2}
 LAYERS = 2
+GGUF_FILE = os.path.join(os.path.dirname(__file__), "fixtures", "gguf", "moe256-Q8_0.gguf")
 
 
 @pytest.fixture(scope="module", params=["q4", "q8"])
@@ -238,8 +239,13 @@ def test_lists_and_single_values():
     (["--synthetic", "qwen3-30b-a3b", "--layers", "4", "--quant", "bf16"], "quantized"),
     (["--synthetic", "qwen3-30b-a3b", "--layers", "4", "--quant", "q4", "--peer-quant", "q4"], "moecc only"),
     (["--layers", "4,8", "--moecc-file", "x.moecc", "--no-peer"], "one file"),
+    (["--layers", "4", "--no-repack"], "--no-repack goes with --gguf"),
+    (["--gguf", "missing.gguf", "--no-peer"], "no such file"),
+    (["--gguf", GGUF_FILE, "--quant", "q4", "--no-peer"], "as it is"),
+    (["--gguf", GGUF_FILE, "--layers", "8"], "not allowed with argument"),
 ])
 def test_bad_arguments_are_refused(argv, message, capsys):
+    """(GGUF_FILE: a llama.cpp-made fixture file.)"""
     with pytest.raises(SystemExit):
         bench.parse_args([*argv, "--bandwidth", "40"])
     assert message in capsys.readouterr().err
@@ -253,6 +259,29 @@ def test_without_the_llama_cpp_harness_the_command_says_so_and_runs_moecc_alone(
     assert "llama.cpp comparison" in err and "source checkout" in err and "--no-peer" in err
     assert bench.parse_args(["--layers", "8", "--no-peer"]).peers == []  # no --bandwidth needed
     assert bench.parse_args(["--synthetic", "qwen3-30b-a3b", "--layers", "48", "--quant", "q4"]).peers == []
+
+
+def test_gguf_mode_times_both_engines_on_the_file(monkeypatch, tmp_path):
+    harness = tmp_path / "llamacpp_bench.py"
+    harness.write_text("")
+    monkeypatch.setattr(bench, "PEER_SCRIPT", str(harness))
+    args = bench.parse_args(["--gguf", GGUF_FILE, "--bandwidth", "40"])
+    assert args.peers == ["gguf"] and args.quant == "gguf"
+    assert bench.parse_args(["--gguf", GGUF_FILE, "--no-repack", "--bandwidth", "40"]).peers == ["gguf-norepack"]
+    [subject] = bench.prepare_subjects(args)
+    assert subject.path == GGUF_FILE and subject.layers == 2 and subject.hf is None
+    # both engines read the file's own tensors: the count is the same for both, from its table
+    assert subject.decode_bytes["moecc"] == subject.decode_bytes["llama.cpp gguf"]
+    gguf = pytest.importorskip("gguf")
+    sizes = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(GGUF_FILE).tensors}
+    experts = sum(v for k, v in sizes.items() if "_exps" in k)
+    per_row = sizes["token_embd.weight"] // 768
+    assert subject.decode_bytes["moecc"]["total"] == sum(sizes.values()) - experts // 2 - sizes["token_embd.weight"] + per_row
+
+
+def test_the_worker_times_a_gguf():
+    out = bench.worker(GGUF_FILE, threads=1, pp=8, tg=2, reps=1, seed=0)
+    assert out["pp_tok_s"] > 0 and out["tg_tok_s"] > 0
 
 
 def test_a_turn_probes_the_bandwidth_with_the_packages_kernel(monkeypatch):

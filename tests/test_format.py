@@ -49,9 +49,9 @@ def test_wrong_magic(tmp_path, converted):
         moecc.load(path)
 
 
-def test_gguf_file_is_named(tmp_path, converted):
+def test_gguf_magic_goes_to_the_gguf_reader(tmp_path, converted):
     path = _damaged(tmp_path, converted("odd", "bf16"), lambda d: b"GGUF" + d[4:])
-    with pytest.raises(FormatError, match="is a GGUF file"):
+    with pytest.raises(FormatError, match="is a damaged or truncated GGUF file"):
         moecc.load(path)
 
 

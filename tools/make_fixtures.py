@@ -354,18 +354,24 @@ PROMPTS = {
         "Qwen3-235B-A22B: 64 heads / 4 KV heads of 128 — ελληνικά ✓ 🙂.",
         LONG_TEXT[698:1100],
     ],
+    "moe256": [
+        "It",
+        "A GGUF file names llama.cpp's block types: Q4_K, Q5_K, Q6_K, Q8_0.",
+        "Every width is a multiple of 256 — 中文 ✓ 🙂 naïve.",
+        LONG_TEXT[1000:1400],
+    ],
 }
 CASES = tuple(PROMPTS)
 GREEDY_PROMPTS = [1, 2]  # indices into PROMPTS[case]
 # tied case: small embeddings so that the residual stream is not dominated by the input token's own
 # embedding (else the tied lm_head mostly repeats the last token), and a final norm around 8 so the
 # logits still spread widely
-INIT_EMBED_SCALE = {"main": 1.0, "odd": 0.05, "gqa": 1.0, "gqa16": 1.0}
-INIT_FINAL_NORM_SCALE = {"main": 1.0, "odd": 8.0, "gqa": 1.0, "gqa16": 1.0}
-BASE_SEED = {"main": 1000, "odd": 2000, "gqa": 3000, "gqa16": 4000}
+INIT_EMBED_SCALE = {"main": 1.0, "odd": 0.05, "gqa": 1.0, "gqa16": 1.0, "moe256": 1.0}
+INIT_FINAL_NORM_SCALE = {"main": 1.0, "odd": 8.0, "gqa": 1.0, "gqa16": 1.0, "moe256": 1.0}
+BASE_SEED = {"main": 1000, "odd": 2000, "gqa": 3000, "gqa16": 4000, "moe256": 5000}
 # "published": Qwen3-30B-A3B's files (per-expert keys, sharded + index, Qwen config spelling);
 # "fused": one model.safetensors with fused experts, transformers-5 config spelling
-LAYOUT = {"main": "published", "odd": "fused", "gqa": "published", "gqa16": "published"}
+LAYOUT = {"main": "published", "odd": "fused", "gqa": "published", "gqa16": "published", "moe256": "published"}
 
 TOOL = {
     "type": "function",
@@ -563,7 +569,19 @@ def case_configs(vocab_size: int, ids: dict) -> dict:
         num_experts=16,
         num_experts_per_tok=4,
     )
-    return {"main": main, "odd": odd, "gqa": gqa, "gqa16": gqa16}
+    # what llama.cpp's quantizer needs for its K types (every row length a multiple of 256) and
+    # its usual mixes (not 8 experts, which it special-cases); few experts keep the GGUFs small
+    moe256 = dict(
+        gqa,
+        hidden_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=256,
+    )
+    return {"main": main, "odd": odd, "gqa": gqa, "gqa16": gqa16, "moe256": moe256}
 
 
 def make_hf_config(c: dict) -> Qwen3MoeConfig:
@@ -1247,6 +1265,20 @@ added tokens (`<|endoftext|>` = {eot}, `<|im_start|>`, `<|im_end|>` = {ime}, ...
   head_dim 128 (q width 8192), hidden 32, 2 MoE layers of 16 experts, top-4,
   moe_intermediate 32, norm_topk_prob true, otherwise as `gqa/` (published layout). Prompts of
   at most 155 tokens, to keep the case ~3 MB.
+- `moe256/`: for llama.cpp's GGUF files (`gguf/`): every row length a multiple of 256
+  (llama.cpp's K types), all layers MoE, norm_topk_prob true, not 8 experts (llama-quantize
+  special-cases 8). hidden 256, 4 heads / 2 KV heads, head_dim 64, 2 layers of 4 experts,
+  top-2, moe_intermediate 256, untied lm_head, published layout. Its safetensors shards are not
+  committed (the same weights are in its GGUFs; `make_fixtures.py moe256` remakes them,
+  deterministically): only config, tokenizer and reference files are.
+
+`gguf/`: GGUF files that llama.cpp's own converter and llama-quantize made from `gqa16/` and
+`moe256/`, and llama.cpp's logits on each (`<name>.llama.npz`, float16, every position of the
+case's prompts; llama-cpp-python, one thread), made by `tools/make_gguf_fixtures.py` (which
+needs `../shared/peer`'s llama.cpp build; the tests never build it). `llamacpp.json` lists each
+file's case, llama-quantize type and tensor types. gqa16's hidden width 32 is not a multiple of
+256, so its K-type files hold llama-quantize's fallbacks (Q5_0, Q5_1, Q8_0) beside K-type
+`attn_output` tensors (rows of 8192).
 
 Each case: `hf/` (checkpoint + tokenizer files + generation_config.json),
 `reference.npz` (`ids_i` int32, `logits_i` float32 [T, V] for all positions,

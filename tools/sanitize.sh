@@ -25,6 +25,6 @@ export PYTHONPATH="$work/src"
 python -c "from moecc import _kernels; print('sanitized build:', _kernels.build_info())"
 if [ "$#" -eq 0 ]; then
     set -- tests/test_kernels.py tests/test_quant_kernels.py tests/test_ggml_types.py tests/test_engine.py \
-        tests/test_fuzz_loader.py -q -p no:cacheprovider
+        tests/test_fuzz_loader.py tests/test_gguf_errors.py -q -p no:cacheprovider
 fi
 python -m pytest "$@"

@@ -4,6 +4,7 @@
     moecc-bench --layers 4,8 --quant q4 ...          cost per layer (ms/token per added layer)
     moecc-bench --layers 8 --threads 1,2 --quant q4 ...  speedup from 1 to 2 threads
     moecc-bench --synthetic qwen3-30b-a3b --layers 48 --quant q4 ...  the full model, moecc only
+    moecc-bench --gguf syn8-Q4_K_M.gguf [--no-repack] ...  both engines on the very same GGUF file
 
 Steps: make (or reuse) a synthetic checkpoint with Qwen3-30B-A3B's geometry for each of
 `--layers N[,N...]` (moecc.synthetic.checkpoint) or take `--hf DIR`; convert it with moecc-convert
@@ -12,7 +13,11 @@ peer harness (../shared/peer/llamacpp_bench.py) for each `--peer-quant`, on ever
 `--threads` count, alternating from round to round which engine (and which model) goes first.
 `--synthetic` skips the checkpoint: it writes the q4 / q8 .moecc file straight from random
 quantized data (moecc.synthetic.quantized), so the 48-layer model needs no 61 GB
-bf16 source; llama.cpp, which needs that source, is not run.  Before each engine runs, the other
+bf16 source; llama.cpp, which needs that source, is not run.  `--gguf FILE` times moecc and
+llama.cpp (`llamacpp_bench.py --gguf FILE`) on one GGUF file, which both read as it is: llama.cpp
+makes its repacked copy of the weights at load as it does by default, or not with `--no-repack`
+(the peer is then named "gguf-norepack"; `moecc.synthetic --gguf` writes such files of the real
+geometry).  Before each engine runs, the other
 engine's files are dropped from the page cache and the machine's read bandwidth is measured (it
 swings by 2x from minute to minute here).  Both engines see random token ids:
 
@@ -109,10 +114,48 @@ def decode_bytes_per_token(cfg, size_of, part_of=None, names=tuple(PARTS_BY_ROLE
 def moecc_decode_bytes(path: str) -> dict:
     from .config import Qwen3MoeConfig
     from .formats.moecc_file import ModelFile
+    if is_gguf(path):
+        return gguf_decode_bytes(path)
     mf = ModelFile(path)
     try:
         cfg = Qwen3MoeConfig.from_dict(mf.config_dict)
         return decode_bytes_per_token(cfg, lambda name: mf.tensors[name].size)
+    finally:
+        mf.close()
+
+
+def is_gguf(path: str) -> bool:
+    from .loader import GGUF_MAGIC
+    with open(path, "rb") as f:
+        return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+
+
+def gguf_decode_bytes(path: str) -> dict:
+    """The count for a GGUF file, from its tensor table (both engines read the same tensors)."""
+    from .config import tensor_specs
+    from .formats.gguf import GGUFFile, config_from_gguf, gguf_name
+    f = GGUFFile(path)
+    try:
+        cfg = config_from_gguf(f)
+        sizes = {s.name: f.tensors[gguf_name(s)].size for s in tensor_specs(cfg) if gguf_name(s) in f.tensors}
+        return decode_bytes_per_token(cfg, sizes.__getitem__)
+    finally:
+        f.close()
+
+
+def file_layers(path: str) -> int:
+    from .config import Qwen3MoeConfig
+    from .formats.gguf import GGUFFile, config_from_gguf
+    from .formats.moecc_file import ModelFile
+    if is_gguf(path):
+        f = GGUFFile(path)
+        try:
+            return config_from_gguf(f).num_hidden_layers
+        finally:
+            f.close()
+    mf = ModelFile(path)
+    try:
+        return Qwen3MoeConfig.from_dict(mf.config_dict).num_hidden_layers
     finally:
         mf.close()
 
@@ -207,8 +250,14 @@ def run_moecc(path: str, threads: int, pp: int, tg: int, reps: int, seed: int) -
 # the other measurements
 
 
-def run_peer(hf_dir: str, quant: str, threads: int, pp: int, tg: int, reps: int) -> dict:
-    cmd = [sys.executable, PEER_SCRIPT, hf_dir, "--quant", quant, "--threads", str(threads),
+GGUF_PEERS = {"gguf": [], "gguf-norepack": ["--no-repack"]}  # llama.cpp on the GGUF itself: its flags
+
+
+def run_peer(subject: "Subject", peer: str, threads: int, pp: int, tg: int, reps: int) -> dict:
+    """llama.cpp's turn: `peer` is a type it quantizes the checkpoint to (q4, q8) or, on a GGUF
+    subject, one of GGUF_PEERS."""
+    source = ["--gguf", subject.path, *GGUF_PEERS[peer]] if peer in GGUF_PEERS else [subject.hf, "--quant", peer]
+    cmd = [sys.executable, PEER_SCRIPT, *source, "--threads", str(threads),
            "--pp", str(pp), "--tg", str(tg), "--reps", str(reps)]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if r.returncode != 0:
@@ -352,8 +401,8 @@ def prepare_synthetic_file(args, layers: int) -> tuple[str, float | None]:
 
 @dataclass
 class Subject:
-    """One model under test: its .moecc file, and the checkpoint it came from (None for a file
-    written straight from random data, which llama.cpp cannot read)."""
+    """One model under test: its .moecc (or GGUF) file, and the checkpoint it came from (None for
+    a file written straight from random data, and for a GGUF, which llama.cpp reads itself)."""
     label: str
     layers: int
     path: str
@@ -363,10 +412,13 @@ class Subject:
 
 
 def prepare_subjects(args) -> list[Subject]:
-    from .config import Qwen3MoeConfig
     from .formats.huggingface import Checkpoint
-    from .formats.moecc_file import ModelFile
     subjects = []
+    if args.gguf:
+        decode_bytes = gguf_decode_bytes(args.gguf)
+        label = os.path.splitext(os.path.basename(args.gguf))[0]
+        return [Subject(label, file_layers(args.gguf), args.gguf, None, None,
+                        {"moecc": decode_bytes, **{f"llama.cpp {q}": decode_bytes for q in args.peers}})]
     for layers in args.layers or [None]:
         if args.synthetic:
             hf = None
@@ -379,12 +431,7 @@ def prepare_subjects(args) -> list[Subject]:
             cfg = Checkpoint(hf).config
             decode_bytes.update({f"llama.cpp {q}": peer_decode_bytes(cfg, q) for q in args.peers})
         label = os.path.basename(os.path.abspath(hf)) if hf else f"syn{layers}"
-        mf = ModelFile(path)
-        try:
-            file_layers = Qwen3MoeConfig.from_dict(mf.config_dict).num_hidden_layers
-        finally:
-            mf.close()
-        subjects.append(Subject(label, file_layers, path, hf, seconds, decode_bytes))
+        subjects.append(Subject(label, file_layers(path), path, hf, seconds, decode_bytes))
     return subjects
 
 
@@ -419,6 +466,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--hf", help="a Hugging Face qwen3_moe checkpoint folder to benchmark")
+    src.add_argument("--gguf", metavar="FILE",
+                     help="a GGUF file: moecc and llama.cpp both run it as it is (no conversion)")
     src.add_argument("--layers", type=_positive_ints, metavar="N[,N...]",
                      help="make (or reuse) a synthetic checkpoint of this many layers; a list (4,8) "
                           "measures each and reports the cost per layer")
@@ -437,6 +486,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="llama.cpp types to compare with, comma-separated from q4,q8 "
                          "(default: --quant when it is q4 or q8, else q4,q8)")
     ap.add_argument("--no-peer", action="store_true", help="time moecc only")
+    ap.add_argument("--no-repack", action="store_true",
+                    help="with --gguf: llama.cpp without its repacked copy of the weights (less memory, "
+                         "slower prefill on x86), as llamacpp_bench.py --no-repack")
     ap.add_argument("--reps", type=int, default=3,
                     help="runs of each test inside one engine's turn, median taken (both engines); default 3, "
                          "as the llama.cpp harness: its first decode run after a prefill is often far slower")
@@ -462,8 +514,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         return args
     if args.synthetic and args.layers is None:
         ap.error("--synthetic needs --layers N (it makes the model; --hf reads one)")
-    if args.hf is None and args.layers is None:
-        ap.error("give --hf DIR (a checkpoint) or --layers N (a synthetic one)")
+    if args.hf is None and args.layers is None and args.gguf is None:
+        ap.error("give --hf DIR (a checkpoint), --layers N (a synthetic one) or --gguf FILE")
+    if args.no_repack and not args.gguf:
+        ap.error("--no-repack goes with --gguf (llama.cpp's own pure Q4_0 / Q8_0 files are timed as the harness makes them)")
+    if args.gguf:
+        if args.synthetic or args.peer_quant or args.moecc_file or args.quant != "bf16":
+            ap.error("--gguf times the file as it is: drop --synthetic, --peer-quant, --moecc-file and --quant")
+        if not os.path.isfile(args.gguf):
+            ap.error(f"--gguf {args.gguf}: no such file")
+        args.quant = "gguf"  # what the reports call moecc's side
     if args.synthetic:
         if args.quant not in QUANTIZED:
             ap.error(f"--synthetic writes a quantized file: give --quant {' or '.join(QUANTIZED)}")
@@ -479,9 +539,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--rounds must be at least 1")
     if args.pp < 0 or args.tg < 0 or args.reps < 1:
         ap.error("--pp and --tg must be at least 0, --reps at least 1")
-    args.peers = [] if args.no_peer else (args.peer_quant.split(",") if args.peer_quant else
+    args.peers = [] if args.no_peer else (["gguf-norepack" if args.no_repack else "gguf"] if args.gguf else
+                                          args.peer_quant.split(",") if args.peer_quant else
                                           [args.quant] if args.quant in PEER_QUANTS else list(PEER_QUANTS))
-    if any(q not in PEER_QUANTS for q in args.peers):
+    if not args.gguf and any(q not in PEER_QUANTS for q in args.peers):
         ap.error(f"--peer-quant takes {', '.join(PEER_QUANTS)}")
     if args.peers and not os.path.exists(PEER_SCRIPT):
         ap.error(f"the llama.cpp comparison needs its harness, llamacpp_bench.py, which comes with a "
@@ -497,7 +558,7 @@ def run_turn(engine: str, subject: Subject, threads: int, args, seed: int) -> di
     with OtherLoad() as other:
         bw = args.bandwidth if args.bandwidth is not None else bandwidth.measure(threads)["gb_s"]
         result = (run_moecc(subject.path, threads, args.pp, args.tg, args.reps, seed=seed) if engine == "moecc"
-                  else run_peer(subject.hf, engine, threads, args.pp, args.tg, args.reps))
+                  else run_peer(subject, engine, threads, args.pp, args.tg, args.reps))
     result["other_cpu"] = round(other.fraction, 3)
     result["bandwidth_gb_s"] = bw
     if result.get("tg_tok_s"):
@@ -531,7 +592,7 @@ def _main(argv: list[str] | None) -> int:
     for s in subjects:
         for q in peers:  # the first run converts and quantizes; keep that out of the rounds
             log(f"preparing llama.cpp {q} for {s.label} (the first time: build ~15 min, convert and quantize a few min)")
-            run_peer(s.hf, q, max(args.threads), 0, 0, 1)
+            run_peer(s, q, max(args.threads), 0, 0, 1)
 
     by_label = {s.label: s for s in subjects}
     cases = [Case(s.label, s.layers, t) for s in subjects for t in args.threads]
@@ -546,9 +607,10 @@ def _main(argv: list[str] | None) -> int:
             for engine in (["moecc"] + peers if i % 2 == 0 else peers + ["moecc"]):
                 wait_until_idle(args.wait_idle)
                 # the engine gets the page cache to itself: drop the checkpoints, the other
-                # engine's files and the other models' (see evict)
-                others = peer_files() + [s.path for s in subjects if s is not subject] if engine == "moecc" \
-                    else [s.path for s in subjects]
+                # engine's files and the other models' (see evict); a GGUF both engines read stays
+                others = [p for p in peer_files() if os.path.abspath(p) != os.path.abspath(subject.path)] + \
+                    [s.path for s in subjects if s is not subject] if engine == "moecc" \
+                    else [s.path for s in subjects if not (args.gguf and s is subject)]
                 evict(checkpoint_files + others)
                 result = run_turn(engine, subject, case.threads, args, seed=i)
                 if engine == "moecc":
@@ -567,7 +629,7 @@ def _main(argv: list[str] | None) -> int:
     print_summary(summary, rounds, cases, peers, args.quant, decode_totals)
     if args.json:
         report = {
-            "quant": args.quant, "synthetic": args.synthetic,
+            "quant": args.quant, "synthetic": args.synthetic, "gguf": args.gguf,
             "threads": args.threads, "pp": args.pp, "tg": args.tg, "reps": args.reps, "peers": peers,
             "models": [{"label": s.label, "layers": s.layers, "checkpoint": s.hf and os.path.abspath(s.hf),
                         "moecc_file": s.path, "moecc_file_bytes": os.path.getsize(s.path),

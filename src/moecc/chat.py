@@ -73,7 +73,7 @@ def answer(model, messages: list[dict], args, out, err=None, stoppable: bool = T
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("python -m moecc.chat", "Chat with a Qwen3-MoE model (.moecc file).")
+    parser = build_parser("python -m moecc.chat", "Chat with a Qwen3-MoE model (.moecc or GGUF file).")
     parser.set_defaults(max_tokens=2048)
     parser.add_argument("--hide-thinking", action="store_true", help="do not show the thinking text")
     args = parser.parse_args(argv)

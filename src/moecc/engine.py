@@ -447,7 +447,7 @@ class _StopFilter:
 
 def load(path: str | os.PathLike, threads: int | None = None, ctx: int | None = None,
          kv_cache: str = "f16", comm=None) -> Model:
-    """Map a .moecc file and make it ready to run.  `threads` defaults to the CPUs this process
+    """Map a .moecc or GGUF file and make it ready to run.  `threads` defaults to the CPUs this process
     may use (with `comm`, shared by the ranks on this machine); `ctx` (the KV cache length) to
     the model's max_position_embeddings, at most 4096; `kv_cache` stores keys and values as
     "f16" (half the memory and the bytes a long context reads per token, as llama.cpp does; keys

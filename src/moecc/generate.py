@@ -20,7 +20,7 @@ DEMO_MODEL = os.path.join(os.path.dirname(__file__), "demo", "demo.moecc")
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The options every moecc command that runs a model shares."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--model", help="the .moecc file (default: the bundled demo model, random weights)")
+    p.add_argument("--model", help="the .moecc or .gguf file (default: the bundled demo model, random weights)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all this process may use)")
     p.add_argument("--ctx", type=int, default=None,
                    help="context length in tokens (default: the model's, at most 4096)")
@@ -92,7 +92,7 @@ def print_stats(stats) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("python -m moecc.generate", "Generate text with a Qwen3-MoE model (.moecc file).")
+    parser = build_parser("python -m moecc.generate", "Generate text with a Qwen3-MoE model (.moecc or GGUF file).")
     parser.add_argument("--prompt", default="Once upon a time", help="the prompt text (default: %(default)r)")
     parser.add_argument("--raw", action="store_true",
                         help="send the prompt as it is, without the model's chat template")

@@ -6,10 +6,11 @@
     source.weights["model.norm.weight"]  # model.Weight: a zero-copy view of the mapped file
     source.close()
 
-Each file kind has a reader in `moecc.formats`, told apart here by the file's first bytes; each
-hands over the same ModelSource, whose weights are checked here, once, against the config's
-tensor inventory (`config.tensor_specs`) before anything runs.  What the engine does with them is
-`moecc.engine`'s business.
+Each file kind has a reader in `moecc.formats` (`moecc_file`; `gguf` for llama.cpp's files,
+whose tokenizer `gguf_tokenizer` hands over as the files a checkpoint carries), told apart here
+by the file's first bytes; each hands over the same ModelSource, whose weights are checked here,
+once, against the config's tensor inventory (`config.tensor_specs`) before anything runs.  What
+the engine does with them is `moecc.engine`'s business.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from . import storage
 from .config import ConfigError, Qwen3MoeConfig, tensor_specs
-from .formats import FormatError, moecc_file
+from .formats import FormatError, gguf, gguf_tokenizer, moecc_file
 from .model import Weight
 
 GGUF_MAGIC = b"GGUF"
@@ -88,11 +89,10 @@ def open_model(path: str | os.PathLike) -> ModelSource:
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise FormatError(f"{path} is a folder; give the path of a .moecc file "
+        raise FormatError(f"{path} is a folder; give the path of a .moecc or .gguf file "
                           "(moecc-convert makes one from a Hugging Face folder)") from None
     if magic.startswith(GGUF_MAGIC):
-        raise FormatError(f"{path} is a GGUF file, which this moecc does not read yet; convert the "
-                          "Hugging Face checkpoint with moecc-convert")
+        return _open_gguf(path)
     return _open_moecc(path)
 
 
@@ -109,6 +109,22 @@ def _open_moecc(path: str) -> ModelSource:
         raise
     return ModelSource(path, config, weights, files, hashlib.sha256(mf.header_bytes).hexdigest(), mf.close,
                        mf.advise_unread)
+
+
+def _open_gguf(path: str) -> ModelSource:
+    f = gguf.GGUFFile(path)
+    try:
+        config = gguf.config_from_gguf(f)
+        tensors = gguf.read_weights(f, config)
+        check_weights(path, config, {t.name: (t.storage, t.shape) for t in tensors})
+        files = gguf_tokenizer.tokenizer_files(f)
+        f.drop_metadata()
+    except BaseException:
+        f.close()
+        raise
+    gguf_names = {t.name: t.gguf_name for t in tensors}
+    return ModelSource(path, config, {t.name: Weight(t.data, t.storage) for t in tensors}, files, f.header_digest,
+                       f.close, lambda name, start, end: f.advise_unread(gguf_names[name], start, end))
 
 
 def _config(path: str, raw: dict) -> Qwen3MoeConfig:

@@ -2,6 +2,7 @@
 
     python -m moecc.synthetic --layers 8 --out /work/scratch/syn8             (a checkpoint)
     python -m moecc.synthetic --quant q4 --layers 48 --out syn48-q4.moecc      (a .moecc file)
+    python -m moecc.synthetic --gguf Q4_K_M --layers 48 --out syn48.gguf       (a GGUF file)
 
 The package owns the model these make -- Qwen/Qwen3-30B-A3B's config.json and
 generation_config.json, with the layer count (and, for tests, any key) replaced -- and every
@@ -12,6 +13,8 @@ non-weight file of it (`synthetic_files`).  One module per job:
                 which both moecc-convert and llama.cpp's converter read
     quantized   the q4 / q8 .moecc file moecc-convert would make from one, straight from random
                 quantized data (write_quantized_model), so 48 layers need no 61 GB bf16 source
+    gguf_file   the GGUF file llama.cpp's converter and llama-quantize would make from one, in the
+                Q4_K_M or Q8_0 type mix, straight from random quantized blocks (write_gguf_model)
     __main__    the command line (also tools/make_synthetic.py)
 """
 from __future__ import annotations
