@@ -88,13 +88,10 @@ def bpe_vocab_and_merges(n_regular: int, seed: int = 0) -> tuple[dict[str, int],
     return vocab, merges
 
 
-def build_tokenizer(n_regular: int = QWEN_REGULAR_TOKENS):
-    """A `tokenizers.Tokenizer` laid out like Qwen3's: BPE ids 0..n_regular-1, added tokens after."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    vocab, merges = bpe_vocab_and_merges(n_regular)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None,
-                               continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
-                               byte_fallback=False, ignore_merges=False))
+def set_qwen3_pipeline(tok) -> None:
+    """Give a `tokenizers.Tokenizer` (a byte-level BPE model) Qwen3's pipeline: NFC, Qwen2's
+    pre-tokenizer regex, then byte-level pre-tokenizer, decoder and post-processor."""
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
@@ -102,11 +99,42 @@ def build_tokenizer(n_regular: int = QWEN_REGULAR_TOKENS):
     ])
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+
+
+def add_qwen3_tokens(tok, n_regular: int) -> None:
+    """Append Qwen3's added tokens to a tokenizer of `n_regular` BPE tokens (ids n_regular..)."""
+    from tokenizers import AddedToken
     for content, special in QWEN3_ADDED_TOKENS:
         at = AddedToken(content, single_word=False, lstrip=False, rstrip=False, normalized=False, special=special)
         (tok.add_special_tokens if special else tok.add_tokens)([at])
     for i, (content, _) in enumerate(QWEN3_ADDED_TOKENS):
         assert tok.token_to_id(content) == n_regular + i, content
+
+
+def tokenizer_config(n_regular: int, chat_template: str = CHAT_TEMPLATE) -> dict:
+    """tokenizer_config.json of a Qwen3-layout tokenizer with `n_regular` BPE tokens."""
+    added = {str(n_regular + i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
+                                  "single_word": False, "special": s}
+             for i, (c, s) in enumerate(QWEN3_ADDED_TOKENS)}
+    return {
+        "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
+        "additional_special_tokens": [c for c, _ in QWEN3_ADDED_TOKENS[1:14]],
+        "bos_token": None, "chat_template": chat_template, "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>", "errors": "replace", "model_max_length": 131072,
+        "pad_token": "<|endoftext|>", "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+
+
+def build_tokenizer(n_regular: int = QWEN_REGULAR_TOKENS):
+    """A `tokenizers.Tokenizer` laid out like Qwen3's: BPE ids 0..n_regular-1, added tokens after."""
+    from tokenizers import Tokenizer, models
+    vocab, merges = bpe_vocab_and_merges(n_regular)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None,
+                               continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
+                               byte_fallback=False, ignore_merges=False))
+    set_qwen3_pipeline(tok)
+    add_qwen3_tokens(tok, n_regular)
     return tok, vocab, merges
 
 
@@ -117,17 +145,7 @@ def tokenizer_files(vocab_size: int) -> tuple[dict[str, bytes], int]:
     if n_regular < 256 + 4 + 52:
         raise ValueError(f"vocab_size {vocab_size} is too small for a byte-level BPE with Qwen's added tokens")
     tok, vocab, merges = build_tokenizer(n_regular)
-    added = {str(n_regular + i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
-                                  "single_word": False, "special": s}
-             for i, (c, s) in enumerate(QWEN3_ADDED_TOKENS)}
-    config = {
-        "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
-        "additional_special_tokens": [c for c, _ in QWEN3_ADDED_TOKENS[1:14]],
-        "bos_token": None, "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
-        "eos_token": "<|im_end|>", "errors": "replace", "model_max_length": 131072,
-        "pad_token": "<|endoftext|>", "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer",
-        "unk_token": None,
-    }
+    config = tokenizer_config(n_regular)
     files = {
         "tokenizer.json": tok.to_str(pretty=True).encode(),
         "vocab.json": json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode(),
