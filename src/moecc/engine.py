@@ -338,7 +338,7 @@ class Model(LoadedModel):
             logits = self._feed(ids, reused, None)
             self._cached_ids = ids.tolist()
             stats.prefill_seconds = time.perf_counter() - started
-            decoding = Decoding(self, ids, max_tokens, params, stops)
+            decoding = Decoding(self, ids, max_tokens, params, stops, shard=self.net.shard)
             started = time.perf_counter()
             while True:
                 step = decoding.next(logits)
@@ -359,14 +359,17 @@ class Decoding:
     generated ("length"), or the context full ("context")."""
 
     def __init__(self, model: LoadedModel, ids: np.ndarray, max_tokens: int, params: SamplingParams,
-                 stops: list[str]):
+                 stops: list[str], *, shard: parallel.ExpertShard | None = None):
+        """`shard`: given when every rank of an expert-parallel job runs this Decoding (Model's
+        SPMD calls), so that rank 0's token is sent to all; the server's other ranks run none
+        (the next step's rows bring them its tokens)."""
         self.prompt_tokens = len(ids)
         self.max_tokens = max_tokens
         self.generated = 0
         self._eos = model.eos_token_ids
         self._ctx = model.ctx
         self._sampler = Sampler(params, ids)
-        self._shard = model.net.shard
+        self._shard = shard
         self._text = _StopFilter(StreamDecoder(model.tokenizer), stops)
 
     @property
