@@ -7,6 +7,7 @@ Skipped only where no MPI can be had, as tests/test_mpi.py (a failure under MOEC
 """
 import collections
 import concurrent.futures
+import itertools
 import os
 import signal
 import subprocess
@@ -167,12 +168,19 @@ def test_a_follower_killed_or_signalled_alone_ends_the_job(mpiexec, model_path, 
             server.stop()
 
 
-def test_health_waits_for_every_rank_and_reports_one_that_could_not_load(mpiexec, model_path, tmp_path):
-    """Rank 0's file loads, rank 1's is missing: /health never says ok, every rank exits with 1
-    and rank 0 names rank 1."""
-    rank0 = (sys.executable, "-m", "moecc.serve", "--host", "127.0.0.1", "--port", "0", *FLAGS, "--model", model_path)
+@pytest.mark.parametrize("changes, message", [
+    ({"--model": "{tmp}/absent.moecc"}, "rank 1 of 2 could not load the model: {tmp}/absent.moecc: no such file"),
+    ({"--kv-cache": "f16"}, "rank 1 runs with ctx=512, slots=4, kv_cache='f16' but rank 0 with ctx=512, slots=4, "
+                            "kv_cache='f32'; give every rank the same"),
+], ids=["missing-file", "other-kv-cache"])
+def test_health_waits_for_every_rank_and_reports_one_that_cannot_run(mpiexec, model_path, tmp_path, changes, message):
+    """Rank 0 loads, rank 1 cannot, or would run another KV cache: /health never says ok, every
+    rank exits with 1 and rank 0 says why, naming rank 1."""
+    flags = {**dict(zip(FLAGS[::2], FLAGS[1::2])), "--model": model_path}
+    rank0 = (sys.executable, "-m", "moecc.serve", "--host", "127.0.0.1", "--port", "0", *itertools.chain(*flags.items()))
+    rank1 = {**flags, **{flag: value.format(tmp=tmp_path) for flag, value in changes.items()}}
     # rank 1 runs the Server's own command line, after the launcher's ":"
-    server = Server(*FLAGS, "--model", str(tmp_path / "absent.moecc"), launcher=(mpiexec, "-n", "1", *rank0, ":", "-n", "1"))
+    server = Server(*itertools.chain(*rank1.items()), launcher=(mpiexec, "-n", "1", *rank0, ":", "-n", "1"))
     try:
         server.wait_listening()
         seen, deadline = set(), time.monotonic() + START_TIMEOUT
@@ -185,8 +193,8 @@ def test_health_waits_for_every_rank_and_reports_one_that_could_not_load(mpiexec
         _ended(server, END_TIMEOUT)
         output = "".join(server.lines)
         assert "ok" not in seen and server.proc.returncode == 1, (seen, output)
-        assert "moecc-serve: error: the model failed to load: rank 1 of 2 could not load the model" in output
-        assert "no such file" in output and "BAD TERMINATION" not in output, output
+        errors = [line for line in output.splitlines() if line.startswith(("moecc-serve: error", "moecc: "))]
+        assert errors == [f"moecc-serve: error: the model failed to load: {message.format(tmp=tmp_path)}"], output
     finally:
         if server.proc.poll() is None:
             server.stop()

@@ -84,9 +84,9 @@ class LoadedModel:
             self._load(path, default_threads() if threads is None else threads, ctx, kv_cache, slots, comm=None)
 
     def _load_shard(self, path, threads: int | None, ctx: int | None, kv_cache: str, slots: int, comm) -> None:
-        """Every rank loads its shard, then the ranks agree: if any failed, or their files differ,
-        every rank raises the same ShardError (so that none is left waiting for the others).  The
-        ranks on one machine share its cores by default."""
+        """Every rank loads its shard, then the ranks agree: if any failed, or their files or
+        caches differ, every rank raises the same ShardError (so that none is left waiting for
+        the others).  The ranks on one machine share its cores by default."""
         per_rank = max(default_threads() // parallel.ranks_on_this_host(comm), 1)
         error = None
         try:
@@ -94,7 +94,8 @@ class LoadedModel:
         except Exception as e:
             error = e
         try:
-            parallel.agree(comm, None if error else self.source.digest, error)
+            parallel.agree(comm, None if error else self.source.digest, error,
+                           None if error else {"ctx": self.ctx, "slots": self.net.cache.slots, "kv_cache": kv_cache})
         except parallel.ShardError:
             if error is None:
                 self.source.close()

@@ -79,21 +79,30 @@ def expert_range(experts: int, rank: int, ranks: int) -> tuple[int, int]:
     return rank * experts // ranks, (rank + 1) * experts // ranks
 
 
-def agree(comm, digest: str | None, error: BaseException | None) -> None:
-    """Collectively: every rank raises the same ShardError if any rank failed to load (`error`)
-    or if the ranks' model files differ (`digest`: ModelSource.digest, of the file's header);
-    returns on every rank otherwise."""
-    outcomes = comm.allgather((digest, None if error is None else f"{error}"))
-    messages = {message for _, message in outcomes}
+def agree(comm, digest: str | None, error: BaseException | None, settings: dict | None = None) -> None:
+    """Collectively: every rank raises the same ShardError if any rank failed to load (`error`),
+    if the ranks' model files differ (`digest`: ModelSource.digest, of the file's header) or if
+    their `settings` do (what every rank must run alike, e.g. the KV cache's length, slots and
+    type: each rank runs attention over its own); returns on every rank otherwise."""
+    outcomes = comm.allgather((digest, settings, None if error is None else f"{error}"))
+    messages = {message for _, _, message in outcomes}
     if len(messages) == 1 and None not in messages:  # every rank failed alike
         raise ShardError(messages.pop()) from error
-    for rank, (_, message) in enumerate(outcomes):
+    for rank, (_, _, message) in enumerate(outcomes):
         if message is not None:
             raise ShardError(f"rank {rank} of {comm.Get_size()} could not load the model: {message}") from error
-    for rank, (other, _) in enumerate(outcomes):
-        if other != outcomes[0][0]:
+    first_digest, first_settings, _ = outcomes[0]
+    for rank, (other, other_settings, _) in enumerate(outcomes):
+        if other != first_digest:
             raise ShardError(f"rank {rank} has a different model file than rank 0 (header digests "
-                             f"{other[:12]} and {outcomes[0][0][:12]}); give every rank the same file")
+                             f"{other[:12]} and {first_digest[:12]}); give every rank the same file")
+        if other_settings != first_settings:
+            raise ShardError(f"rank {rank} runs with {_listed(other_settings)} but rank 0 with "
+                             f"{_listed(first_settings)}; give every rank the same")
+
+
+def _listed(settings: dict) -> str:
+    return ", ".join(f"{name}={value!r}" for name, value in settings.items())
 
 
 @dataclass
