@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
 
+import httpx
 import numpy as np
 import pytest
 
@@ -11,6 +18,7 @@ from moecc import _kernels as K
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CASES = ("main", "odd", "gqa", "gqa16")
+START_TIMEOUT = 60  # seconds for a server to answer /health with 200
 
 
 class Reference:
@@ -112,3 +120,82 @@ def weights_only_checkpoint(case: str, kind: str, folder) -> None:
             values = quant.dequantize(quant.quantize(values, stored), stored, values.shape[-1])
         tensors[name] = ("F32", np.ascontiguousarray(values))
     save_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+
+
+# ---- MPI (tests/test_mpi.py, tests/test_mpi_server.py) -------------------------------------------
+
+def find_mpiexec() -> tuple[str | None, str | None]:
+    """(mpiexec's path, None), or (None, why MPI cannot be had)."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None, "mpi4py is not installed (pip install '.[test]' brings it and the mpich wheel)"
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
+    if found is None:
+        return None, f"no mpiexec next to {sys.executable} or on PATH (the mpich wheel supplies one)"
+    return found, None
+
+
+@pytest.fixture(scope="module")
+def mpiexec() -> str:
+    """mpiexec's path; the test is skipped where no MPI can be had (a failure under MOECC_REQUIRE_MPI=1)."""
+    path, missing = find_mpiexec()
+    if missing:
+        if os.environ.get("MOECC_REQUIRE_MPI") == "1":
+            pytest.fail(f"MOECC_REQUIRE_MPI=1 but MPI cannot be had: {missing}")
+        pytest.skip(missing)
+    return path
+
+
+# ---- the server (tests/test_server.py, tests/test_mpi_server.py) --------------------------------
+
+class Server:
+    """`python -m moecc.serve ARGS --port 0` running (under `launcher`, e.g. mpiexec -n 2, if
+    given); its port read from its first line, its output (stdout and stderr, where mpiexec and
+    the server write) kept in `lines`."""
+
+    def __init__(self, *args, launcher: tuple[str, ...] = ()):
+        self.proc = subprocess.Popen([*launcher, sys.executable, "-m", "moecc.serve", "--host", "127.0.0.1",
+                                      "--port", "0", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._port_known = threading.Event()
+        self.port = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                self._port_known.set()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_listening(self):
+        assert self._port_known.wait(START_TIMEOUT), "".join(self.lines)
+
+    def wait_ready(self):
+        self.wait_listening()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            assert self.proc.poll() is None, "".join(self.lines)
+            time.sleep(0.05)
+        raise AssertionError("the server did not become ready: " + "".join(self.lines))
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)

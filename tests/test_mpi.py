@@ -10,7 +10,6 @@ MOECC_REQUIRE_MPI=1 (CI) that is a failure instead.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,29 +26,6 @@ RANKS_PROGRAM = os.path.join(HERE, "mpi_ranks.py")
 TOLERANCE = 1e-5  # float32 sums of the experts' outputs in another order than one process's
 RUN_TIMEOUT = 60  # seconds any one mpiexec job may take before the test fails (a hang)
 GREEDY_TOKENS = 12
-
-
-def find_mpiexec() -> tuple[str | None, str | None]:
-    """(mpiexec's path, None), or (None, why MPI cannot be had)."""
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return None, "mpi4py is not installed (pip install '.[test]' brings it and the mpich wheel)"
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
-    if found is None:
-        return None, f"no mpiexec next to {sys.executable} or on PATH (the mpich wheel supplies one)"
-    return found, None
-
-
-@pytest.fixture(scope="module")
-def mpiexec() -> str:
-    path, missing = find_mpiexec()
-    if missing:
-        if os.environ.get("MOECC_REQUIRE_MPI") == "1":
-            pytest.fail(f"MOECC_REQUIRE_MPI=1 but MPI cannot be had: {missing}")
-        pytest.skip(missing)
-    return path
 
 
 def launch(mpiexec: str, ranks: int, *args: str) -> list[str]:

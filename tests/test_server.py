@@ -3,63 +3,16 @@ driven with the official `openai` client and raw HTTP (SSE framing, errors). Eve
 import concurrent.futures
 import json
 import re
-import subprocess
-import sys
-import threading
 import time
 
 import httpx
 import openai
 import pytest
 
+from conftest import START_TIMEOUT, Server
+
 KEY = "test-key"
-START_TIMEOUT = 60  # seconds for a server to answer /health with 200
 REQUEST_TIMEOUT = 60
-
-
-class Server:
-    """`python -m moecc.serve ARGS --port 0` running; its port read from its first line."""
-
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "moecc.serve", "--host", "127.0.0.1", "--port", "0",
-                                      *args], stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._port_known = threading.Event()
-        self.port = None
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                self._port_known.set()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self):
-        assert self._port_known.wait(START_TIMEOUT), "".join(self.lines)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, "".join(self.lines)
-            time.sleep(0.05)
-        raise AssertionError("the server did not become ready: " + "".join(self.lines))
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")

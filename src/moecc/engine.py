@@ -84,9 +84,9 @@ class LoadedModel:
             self._load(path, default_threads() if threads is None else threads, ctx, kv_cache, slots, comm=None)
 
     def _load_shard(self, path, threads: int | None, ctx: int | None, kv_cache: str, slots: int, comm) -> None:
-        """Every rank loads its shard, then the ranks agree: if any failed, or their files differ,
-        every rank raises the same ShardError (so that none is left waiting for the others).  The
-        ranks on one machine share its cores by default."""
+        """Every rank loads its shard, then the ranks agree: if any failed, or their files or
+        caches differ, every rank raises the same ShardError (so that none is left waiting for
+        the others).  The ranks on one machine share its cores by default."""
         per_rank = max(default_threads() // parallel.ranks_on_this_host(comm), 1)
         error = None
         try:
@@ -94,7 +94,8 @@ class LoadedModel:
         except Exception as e:
             error = e
         try:
-            parallel.agree(comm, None if error else self.source.digest, error)
+            parallel.agree(comm, None if error else self.source.digest, error,
+                           None if error else {"ctx": self.ctx, "slots": self.net.cache.slots, "kv_cache": kv_cache})
         except parallel.ShardError:
             if error is None:
                 self.source.close()
@@ -338,7 +339,7 @@ class Model(LoadedModel):
             logits = self._feed(ids, reused, None)
             self._cached_ids = ids.tolist()
             stats.prefill_seconds = time.perf_counter() - started
-            decoding = Decoding(self, ids, max_tokens, params, stops)
+            decoding = Decoding(self, ids, max_tokens, params, stops, shard=self.net.shard)
             started = time.perf_counter()
             while True:
                 step = decoding.next(logits)
@@ -359,14 +360,17 @@ class Decoding:
     generated ("length"), or the context full ("context")."""
 
     def __init__(self, model: LoadedModel, ids: np.ndarray, max_tokens: int, params: SamplingParams,
-                 stops: list[str]):
+                 stops: list[str], *, shard: parallel.ExpertShard | None = None):
+        """`shard`: given when every rank of an expert-parallel job runs this Decoding (Model's
+        SPMD calls), so that rank 0's token is sent to all; the server's other ranks run none
+        (the next step's rows bring them its tokens)."""
         self.prompt_tokens = len(ids)
         self.max_tokens = max_tokens
         self.generated = 0
         self._eos = model.eos_token_ids
         self._ctx = model.ctx
         self._sampler = Sampler(params, ids)
-        self._shard = model.net.shard
+        self._shard = shard
         self._text = _StopFilter(StreamDecoder(model.tokenizer), stops)
 
     @property

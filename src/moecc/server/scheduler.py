@@ -14,6 +14,10 @@ used), and only the rest of the prompt is run.
 The HTTP side talks to this thread only through `submit` and `Job.cancel`; results come back
 through each job's `emit` callback, called on this thread, which must not block (the server
 passes one that hands the output to its event loop with call_soon_threadsafe).
+
+Under expert parallelism (the model loaded with a communicator) this runs on rank 0 only: each
+step goes to the other ranks first (parallel.StepBroadcast), which run it too; sampling stays
+here.  Once the thread has stopped, `broadcast.end()` lets them return.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import parallel
 from ..engine import Decoding, LoadedModel, reusable_prefix
 from ..sampler import SamplingParams, log_softmax
 from .metrics import Metrics
@@ -107,6 +112,8 @@ class Scheduler:
         net = model.net
         self.slots = [Slot(i) for i in range(net.cache.slots)]
         self._rows = net.rows
+        self.broadcast = parallel.StepBroadcast(net) if net.shard is not None else None
+        self._forward = net.forward if self.broadcast is None else self.broadcast.forward
         self._step_rows = {name: np.zeros(net.rows, np.int32) for name in ("tokens", "slots", "positions")}
         self._logit_rows = np.zeros(len(self.slots), np.int32)  # one per sequence at most
         self._logits = np.zeros((len(self.slots), model.config.vocab_size), np.float32)
@@ -141,12 +148,14 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="moecc-engine", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """End the engine thread after its current step; whether it ended within `timeout` seconds."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
 
     @property
     def busy_slots(self) -> int:
@@ -229,7 +238,7 @@ class Scheduler:
                     self._logit_rows[len(owners)] = T - 1
                     owners.append(job)
         n = len(owners)
-        self.model.net.forward(tokens[:T], slots[:T], positions[:T], self._logit_rows[:n], self._logits[:n])
+        self._forward(tokens[:T], slots[:T], positions[:T], self._logit_rows[:n], self._logits[:n])
         return owners
 
     def _sample(self, job: Job, logits: np.ndarray, now: float) -> None:
