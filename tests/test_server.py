@@ -167,7 +167,8 @@ def test_a_disconnect_mid_stream_frees_its_slot_and_the_others_finish(server, cl
     expected = run("keep going")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         others = [pool.submit(run, "keep going") for _ in range(2)]
-        body = {"messages": MESSAGES, "max_tokens": 4000, "temperature": 0, "stream": True}
+        # ignore_eos: the stream must still run when the client goes (this prompt reaches EOS soon)
+        body = {"messages": MESSAGES, "max_tokens": 4000, "temperature": 0, "stream": True, "ignore_eos": True}
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=REQUEST_TIMEOUT,
                           headers={"Authorization": f"Bearer {KEY}"}) as r:
             lines = r.iter_lines()
@@ -180,6 +181,16 @@ def test_a_disconnect_mid_stream_frees_its_slot_and_the_others_finish(server, cl
         time.sleep(0.05)
     assert _metric(server, "moecc_slots_busy") == 0 and _metric(server, "moecc_requests_running") == 0
     assert _metric(server, cancelled) == before + 1  # stopped by the disconnect, not by finishing
+
+
+def test_ignore_eos_generates_past_eos(client):
+    """This prompt reaches EOS within 40 tokens; with ignore_eos the request runs to max_tokens."""
+    def run(**extra):
+        return client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=40, temperature=0,
+                                              extra_body=extra)
+    natural, forced = run(), run(ignore_eos=True)
+    assert natural.choices[0].finish_reason == "stop" and natural.usage.completion_tokens < 40
+    assert forced.choices[0].finish_reason == "length" and forced.usage.completion_tokens == 40
 
 
 def test_metrics_move(server, client):

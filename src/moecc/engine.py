@@ -360,14 +360,15 @@ class Decoding:
     generated ("length"), or the context full ("context")."""
 
     def __init__(self, model: LoadedModel, ids: np.ndarray, max_tokens: int, params: SamplingParams,
-                 stops: list[str], *, shard: parallel.ExpertShard | None = None):
+                 stops: list[str], *, shard: parallel.ExpertShard | None = None, ignore_eos: bool = False):
         """`shard`: given when every rank of an expert-parallel job runs this Decoding (Model's
         SPMD calls), so that rank 0's token is sent to all; the server's other ranks run none
-        (the next step's rows bring them its tokens)."""
+        (the next step's rows bring them its tokens).  `ignore_eos`: EOS tokens are text like
+        any other and do not end the sequence."""
         self.prompt_tokens = len(ids)
         self.max_tokens = max_tokens
         self.generated = 0
-        self._eos = model.eos_token_ids
+        self._eos = frozenset() if ignore_eos else model.eos_token_ids
         self._ctx = model.ctx
         self._sampler = Sampler(params, ids)
         self._shard = shard

@@ -185,7 +185,7 @@ def _job(model: LoadedModel, req, ids, prompt_field: str, emit: Emit) -> Job:
         raise RequestError(str(e)) from None
     limit = req.token_limit
     return Job(ids=ids, max_tokens=model.ctx if limit is None else limit, params=params, stops=req.stops(),
-               emit=emit, top_logprobs=req.logprobs_wanted, id=protocol.new_id("req"))
+               emit=emit, top_logprobs=req.logprobs_wanted, id=protocol.new_id("req"), ignore_eos=req.ignore_eos)
 
 
 class _Run:

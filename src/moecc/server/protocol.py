@@ -78,6 +78,7 @@ class SamplingFields(_Request):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: Annotated[int, Field(ge=1)] = 1
+    ignore_eos: bool = False  # generate past EOS tokens (vLLM's and llama-server's extension; benchmarks)
 
     def sampling(self) -> dict:
         """Keyword arguments of LoadedModel.sampling_params (None keeps the model's default)."""

@@ -81,6 +81,7 @@ class Job:
     emit: Emit
     top_logprobs: int | None = None  # None: no logprobs; k: the token's and the k most likely
     id: str = ""
+    ignore_eos: bool = False  # EOS tokens do not end it
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     # set by the scheduler
@@ -208,7 +209,8 @@ class Scheduler:
                 del slot.cached[reused:]
                 slot.job, slot.last_used = job, next(self._uses)
                 job.slot, job.fed, job.cached_tokens = slot, reused, reused
-                job.decoding = Decoding(self.model, job.ids, job.max_tokens, job.params, job.stops)
+                job.decoding = Decoding(self.model, job.ids, job.max_tokens, job.params, job.stops,
+                                        ignore_eos=job.ignore_eos)
                 self._running.append(job)
                 self.metrics.prompt_tokens.inc(len(job.ids))
             self.metrics.queued.set(len(self._waiting))
