@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --hf (to make the GGUF) or --gguf, or --no-peer")
     gguf = args.gguf
     if args.hf:
-        gguf = bench.run_peer(args.hf, "q4", args.threads, 0, 0, 1)["file"]  # made once, then reused
+        hf = bench.Subject(label="peer", layers=0, path="", hf=args.hf, prepare_s=None, decode_bytes={})
+        gguf = bench.run_peer(hf, "q4", args.threads, 0, 0, 1)["file"]  # made once, then reused
     import moecc
     with moecc.load(args.moecc, threads=1, ctx=16) as model:
         vocab = model.config.vocab_size
