@@ -6,16 +6,13 @@
 #if MOECC_X86
 #include <immintrin.h>
 
-#define TARGET __attribute__((target("avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline))
-
 #define LANES 8
 #define TILE_TOKENS 2 /* 4 rows x 2 tokens = 8 accumulators of the 16 ymm registers */
 #define UNROLL 4      /* accumulators along K when streaming one row for one token */
 #define MAX_ACC 16    /* NR * NT * U never exceeds this */
 
 /* 8 weights of a row starting at element k, widened to float32 */
-INLINE TARGET __m256 load_w(const int wt, const char *row, int64_t k) {
+INLINE TARGET_AVX2 __m256 load_w(const int wt, const char *row, int64_t k) {
     if (wt == MOECC_BF16) {
         const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + k));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -31,7 +28,7 @@ INLINE float scalar_w(const int wt, const char *row, int64_t k) {
     return ((const float *)row)[k];
 }
 
-INLINE TARGET float hsum(__m256 v) {
+INLINE TARGET_AVX2 float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -45,7 +42,7 @@ INLINE TARGET float hsum(__m256 v) {
  * along K (NR, NT, U compile-time constants). 4 x 2 is the prefill block; 1 x NT with U > 1
  * streams a single weight row, which the hardware prefetcher likes best. The K % 8 tail is
  * scalar. */
-INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, const int PF,
+INLINE TARGET_AVX2 void block(const int wt, const int NR, const int NT, const int U, const int PF,
                          int64_t K, const char *w, int64_t ldw, const char *x, int64_t ldx,
                          float *out, int64_t ldo) {
     __m256 acc[MAX_ACC];
@@ -88,7 +85,7 @@ INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, 
 
 #undef ACC
 
-INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw, int nr,
+INLINE TARGET_AVX2 void tile_any(const int wt, int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
     const char *wp = (const char *)w, *xp = (const char *)x;
     int t0 = 0;
@@ -108,21 +105,21 @@ INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw,
     }
 }
 
-static TARGET void tile_f32(int64_t K, const void *w, int64_t ldw,
+static TARGET_AVX2 void tile_f32(int64_t K, const void *w, int64_t ldw,
                             int nr, const void *x, int64_t ldx, int nt, float *out,
                             int64_t ldo) {
 
     tile_any(MOECC_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_bf16(int64_t K, const void *w, int64_t ldw,
+static TARGET_AVX2 void tile_bf16(int64_t K, const void *w, int64_t ldw,
                              int nr, const void *x, int64_t ldx, int nt, float *out,
                              int64_t ldo) {
 
     tile_any(MOECC_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_f16(int64_t K, const void *w, int64_t ldw,
+static TARGET_AVX2 void tile_f16(int64_t K, const void *w, int64_t ldw,
                             int nr, const void *x, int64_t ldx, int nt, float *out,
                             int64_t ldo) {
 
@@ -131,7 +128,7 @@ static TARGET void tile_f16(int64_t K, const void *w, int64_t ldw,
 
 /* NR rows of y += a @ X, X rows of type wt (f32 / f16), K values each: each vector of X is
  * loaded (and widened) once for the NR rows; 2 vectors per row at a time fit the 16 registers */
-INLINE TARGET void wsum_block(const int wt, const int NR, int64_t K, int n, const float *a,
+INLINE TARGET_AVX2 void wsum_block(const int wt, const int NR, int64_t K, int n, const float *a,
                               int64_t lda, const char *X, float *y, int64_t ldy) {
     const int64_t ldx = K * (wt == MOECC_F32 ? 4 : 2);
     int64_t k = 0;
@@ -164,7 +161,7 @@ INLINE TARGET void wsum_block(const int wt, const int NR, int64_t K, int n, cons
         }
 }
 
-INLINE TARGET void wsum_type(const int wt, int64_t K, int n, int rows, const float *a,
+INLINE TARGET_AVX2 void wsum_type(const int wt, int64_t K, int n, int rows, const float *a,
                              int64_t lda, const char *X, float *y, int64_t ldy) {
     switch (rows) {
     case 1: wsum_block(wt, 1, K, n, a, lda, X, y, ldy); break;
@@ -174,7 +171,7 @@ INLINE TARGET void wsum_type(const int wt, int64_t K, int n, int rows, const flo
     }
 }
 
-static TARGET void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda,
+static TARGET_AVX2 void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda,
                              const void *X, moecc_storage xt, float *y, int64_t ldy) {
     if (xt == MOECC_F16)
         wsum_type(MOECC_F16, K, n, rows, a, lda, (const char *)X, y, ldy);
@@ -183,7 +180,7 @@ static TARGET void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t
 }
 
 /* exp(x) for x <= 0, 8 lanes (as exp_nonpos in dot_generic.c) */
-INLINE TARGET __m256 exp_nonpos(__m256 x) {
+INLINE TARGET_AVX2 __m256 exp_nonpos(__m256 x) {
     const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(MOECC_EXP_MIN), _CMP_GE_OQ);
     const __m256 xc = _mm256_max_ps(x, _mm256_set1_ps(MOECC_EXP_MIN));
     const __m256 fi = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(MOECC_LOG2E)),
@@ -202,7 +199,7 @@ INLINE TARGET __m256 exp_nonpos(__m256 x) {
     return _mm256_and_ps(live, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
 }
 
-static TARGET float exp_sum(int n, float *s, float m) {
+static TARGET_AVX2 float exp_sum(int n, float *s, float m) {
     const __m256 mv = _mm256_set1_ps(m);
     __m256 sum = _mm256_setzero_ps();
     int j = 0;
@@ -225,7 +222,7 @@ static TARGET float exp_sum(int n, float *s, float m) {
 }
 
 /* as swiglu in dot_generic.c: sigmoid from e = exp(-|z|) */
-INLINE TARGET __m256 swiglu8(__m256 z, __m256 u) {
+INLINE TARGET_AVX2 __m256 swiglu8(__m256 z, __m256 u) {
     const __m256 one = _mm256_set1_ps(1.0f);
     const __m256 nabs = _mm256_or_ps(z, _mm256_set1_ps(-0.0f)); /* -|z| */
     const __m256 e = exp_nonpos(nabs);
@@ -234,7 +231,7 @@ INLINE TARGET __m256 swiglu8(__m256 z, __m256 u) {
     return _mm256_mul_ps(_mm256_mul_ps(z, sig), u);
 }
 
-static TARGET void swiglu(int64_t n, float *g, const float *u) {
+static TARGET_AVX2 void swiglu(int64_t n, float *g, const float *u) {
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
         _mm256_storeu_ps(g + i, swiglu8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));

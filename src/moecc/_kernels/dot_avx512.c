@@ -7,16 +7,13 @@
 #if MOECC_X86
 #include <immintrin.h>
 
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline))
-
 #define LANES 16
 #define TILE_TOKENS 4 /* tokens per register block: 4 rows x 4 tokens = 16 accumulators */
 #define UNROLL 4      /* accumulators along K when streaming one row for one token */
 #define MAX_ACC 16    /* NR * NT * U never exceeds this */
 
 /* 16 weights of a row starting at element k, widened to float32; lanes outside m read as 0 */
-INLINE TARGET __m512 load_w(const int wt, const char *row, int64_t k, __mmask16 m) {
+INLINE TARGET_512 __m512 load_w(const int wt, const char *row, int64_t k, __mmask16 m) {
     if (wt == MOECC_BF16) {
         const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -30,7 +27,7 @@ INLINE TARGET __m512 load_w(const int wt, const char *row, int64_t k, __mmask16 
 #define ACC(r, t, u) (((u) * NR + (r)) * NT + (t))
 
 /* acc[ACC(r, t, u)] += W[r][k+16u : k+16u+16] * X[t][same] for u < U */
-INLINE TARGET void fma_step(const int wt, const int NR, const int NT, const int U, __m512 *acc,
+INLINE TARGET_512 void fma_step(const int wt, const int NR, const int NT, const int U, __m512 *acc,
                             const char *w, int64_t ldw, const char *x, int64_t ldx, int64_t k,
                             __mmask16 m) {
     /* unrolled whole, so the accumulators stay in registers (GCC otherwise keeps them on the
@@ -55,7 +52,7 @@ INLINE TARGET void fma_step(const int wt, const int NR, const int NT, const int 
  * along K (NR, NT, U compile-time constants). NR x NT = 4 x 4 is the compute-bound prefill block;
  * 1 x NT with U > 1 streams a single weight row, which the hardware prefetcher likes best
  * (decode reaches ~1.5x the bandwidth of four interleaved rows). */
-INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, const int PF,
+INLINE TARGET_512 void block(const int wt, const int NR, const int NT, const int U, const int PF,
                          int64_t K, const char *w, int64_t ldw, const char *x, int64_t ldx,
                          float *out, int64_t ldo) {
     __m512 acc[MAX_ACC];
@@ -87,7 +84,7 @@ INLINE TARGET void block(const int wt, const int NR, const int NT, const int U, 
 
 #undef ACC
 
-INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw, int nr,
+INLINE TARGET_512 void tile_any(const int wt, int64_t K, const void *w, int64_t ldw, int nr,
                             const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
     const char *wp = (const char *)w, *xp = (const char *)x;
     int t0 = 0;
@@ -112,21 +109,21 @@ INLINE TARGET void tile_any(const int wt, int64_t K, const void *w, int64_t ldw,
     }
 }
 
-static TARGET void tile_f32(int64_t K, const void *w, int64_t ldw,
+static TARGET_512 void tile_f32(int64_t K, const void *w, int64_t ldw,
                             int nr, const void *x, int64_t ldx, int nt, float *out,
                             int64_t ldo) {
 
     tile_any(MOECC_F32, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_bf16(int64_t K, const void *w, int64_t ldw,
+static TARGET_512 void tile_bf16(int64_t K, const void *w, int64_t ldw,
                              int nr, const void *x, int64_t ldx, int nt, float *out,
                              int64_t ldo) {
 
     tile_any(MOECC_BF16, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
-static TARGET void tile_f16(int64_t K, const void *w, int64_t ldw,
+static TARGET_512 void tile_f16(int64_t K, const void *w, int64_t ldw,
                             int nr, const void *x, int64_t ldx, int nt, float *out,
                             int64_t ldo) {
 
@@ -135,7 +132,7 @@ static TARGET void tile_f16(int64_t K, const void *w, int64_t ldw,
 
 /* NR rows of y += a @ X, X rows of type wt (f32 / f16), K values each: each vector of X is
  * loaded (and widened) once for the NR rows */
-INLINE TARGET void wsum_block(const int wt, const int NR, int64_t K, int n, const float *a,
+INLINE TARGET_512 void wsum_block(const int wt, const int NR, int64_t K, int n, const float *a,
                               int64_t lda, const char *X, float *y, int64_t ldy) {
     const int64_t ldx = K * (wt == MOECC_F32 ? 4 : 2);
     int64_t k = 0;
@@ -178,7 +175,7 @@ INLINE TARGET void wsum_block(const int wt, const int NR, int64_t K, int n, cons
     }
 }
 
-INLINE TARGET void wsum_type(const int wt, int64_t K, int n, int rows, const float *a,
+INLINE TARGET_512 void wsum_type(const int wt, int64_t K, int n, int rows, const float *a,
                              int64_t lda, const char *X, float *y, int64_t ldy) {
     switch (rows) {
     case 1: wsum_block(wt, 1, K, n, a, lda, X, y, ldy); break;
@@ -188,7 +185,7 @@ INLINE TARGET void wsum_type(const int wt, int64_t K, int n, int rows, const flo
     }
 }
 
-static TARGET void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda,
+static TARGET_512 void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t lda,
                              const void *X, moecc_storage xt, float *y, int64_t ldy) {
     if (xt == MOECC_F16)
         wsum_type(MOECC_F16, K, n, rows, a, lda, (const char *)X, y, ldy);
@@ -197,7 +194,7 @@ static TARGET void wsum_rows(int64_t K, int n, int rows, const float *a, int64_t
 }
 
 /* exp(x) for x <= 0, 16 lanes (as exp_nonpos in dot_generic.c; scalef applies 2^i) */
-INLINE TARGET __m512 exp_nonpos(__m512 x) {
+INLINE TARGET_512 __m512 exp_nonpos(__m512 x) {
     const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(MOECC_EXP_MIN), _CMP_GE_OQ);
     const __m512 fi = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(MOECC_LOG2E)),
                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -213,7 +210,7 @@ INLINE TARGET __m512 exp_nonpos(__m512 x) {
     return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, fi));
 }
 
-static TARGET float exp_sum(int n, float *s, float m) {
+static TARGET_512 float exp_sum(int n, float *s, float m) {
     const __m512 mv = _mm512_set1_ps(m);
     __m512 sum = _mm512_setzero_ps();
     for (int j = 0; j < n; j += LANES) {
@@ -227,7 +224,7 @@ static TARGET float exp_sum(int n, float *s, float m) {
 }
 
 /* as swiglu in dot_generic.c: sigmoid from e = exp(-|z|) */
-static TARGET void swiglu(int64_t n, float *g, const float *u) {
+static TARGET_512 void swiglu(int64_t n, float *g, const float *u) {
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int64_t i = 0; i < n; i += LANES) {
         const __mmask16 k = n - i >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);

@@ -25,12 +25,6 @@
 #if MOECC_X86
 #include <immintrin.h>
 
-#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define TARGET_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define TARGET_VNNI \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline))
-
 #define VECS (MOECC_KBLOCK / 32) /* vectors of 32 weights in a super-block */
 #define MAX_NT 4                 /* tokens of a register block (2 with AVX2's 16 registers) */
 #define PF_BYTES 8192            /* a tile of rows prefetches the first whole tile this far on */

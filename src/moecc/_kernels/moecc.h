@@ -49,6 +49,15 @@ static inline double omp_get_wtime(void) {
 #endif
 #endif
 
+/* The targets of the x86 tables' functions (each file compiles for all of them; dispatch.c picks
+ * one table at run time), and the forced inlining by which a loop written once for AVX2 takes
+ * a wider target's registers and instructions. */
+#define INLINE static inline __attribute__((always_inline))
+#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TARGET_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define TARGET_VNNI \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+
 /* ---- error codes -------------------------------------------------------------------------- */
 
 enum {

@@ -40,12 +40,6 @@
 #if MOECC_X86
 #include <immintrin.h>
 
-#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define TARGET_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define TARGET_VNNI \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline))
-
 #define STEP 16       /* blocks per step: two vectors of scales */
 #define HALF 8        /* blocks per vector of scales */
 #define MAX_NT 4      /* tokens of a register block (2 with AVX2's 16 registers) */

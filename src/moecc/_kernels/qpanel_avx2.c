@@ -14,9 +14,6 @@
 #if MOECC_X86
 #include <immintrin.h>
 
-#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline))
-
 /* Tokens per register block: 2 tokens' 4 int16 sums and 4 float accumulators, the 4 unpacked
  * chunk-halves and 2 broadcasts fill the 16 ymm registers. In L1 that is no faster per token
  * than one at a time (the per-token maddubs and adds cost as much as the shared unpacking);

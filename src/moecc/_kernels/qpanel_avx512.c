@@ -14,11 +14,6 @@
 #if MOECC_X86
 #include <immintrin.h>
 
-#define TARGET_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define TARGET_VNNI \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline))
-
 #define MAX_NT 4        /* tokens per register block */
 #define PF_BYTES 2048   /* the sweep prefetch runs this far ahead of the block in use */
 
