@@ -50,7 +50,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from . import bandwidth
+from . import bandwidth, loader
 from .bench_report import (
     CONTENDED,
     Case,
@@ -114,7 +114,7 @@ def decode_bytes_per_token(cfg, size_of, part_of=None, names=tuple(PARTS_BY_ROLE
 def moecc_decode_bytes(path: str) -> dict:
     from .config import Qwen3MoeConfig
     from .formats.moecc_file import ModelFile
-    if is_gguf(path):
+    if loader.is_gguf(path):
         return gguf_decode_bytes(path)
     mf = ModelFile(path)
     try:
@@ -122,12 +122,6 @@ def moecc_decode_bytes(path: str) -> dict:
         return decode_bytes_per_token(cfg, lambda name: mf.tensors[name].size)
     finally:
         mf.close()
-
-
-def is_gguf(path: str) -> bool:
-    from .loader import GGUF_MAGIC
-    with open(path, "rb") as f:
-        return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
 
 
 def gguf_decode_bytes(path: str) -> dict:
@@ -147,7 +141,7 @@ def file_layers(path: str) -> int:
     from .config import Qwen3MoeConfig
     from .formats.gguf import GGUFFile, config_from_gguf
     from .formats.moecc_file import ModelFile
-    if is_gguf(path):
+    if loader.is_gguf(path):
         f = GGUFFile(path)
         try:
             return config_from_gguf(f).num_hidden_layers

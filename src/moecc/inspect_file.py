@@ -19,7 +19,7 @@ from .formats import FormatError
 from .formats.gguf import GGUFFile, config_from_gguf, gguf_name
 from .formats.moecc_file import ModelFile
 from .config import ConfigError, Qwen3MoeConfig, tensor_specs
-from .loader import GGUF_MAGIC
+from .loader import is_gguf
 
 GGUF_NO_CHECKSUMS = "GGUF files carry no checksums: there is nothing to verify"
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="check every tensor's and file's CRC-32 against its data (reads the whole file; "
                              "GGUF files have no checksums)")
     args = parser.parse_args(argv)
-    if _is_gguf(args.file):
+    if is_gguf(args.file):
         return _inspect_gguf(args)
     try:
         mf = ModelFile(args.file)
@@ -117,27 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if info.get("damaged") else 0
 
 
-def _is_gguf(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == GGUF_MAGIC
-    except OSError:
-        return False  # the .moecc path reports it
-
-
 def _inspect_gguf(args) -> int:
     try:
         f = GGUFFile(args.file)
+        try:
+            info = gguf_summary(f)
+        finally:
+            f.close()
     except FormatError as e:
         print(f"moecc-inspect: error: {e}", file=sys.stderr)
         return 2
-    try:
-        info = gguf_summary(f)
-    except FormatError as e:
-        print(f"moecc-inspect: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        f.close()
     if args.verify:
         info["verify"] = GGUF_NO_CHECKSUMS
     if args.json:

@@ -96,6 +96,16 @@ def open_model(path: str | os.PathLike) -> ModelSource:
     return _open_moecc(path)
 
 
+def is_gguf(path: str | os.PathLike) -> bool:
+    """Whether the file at `path` begins with GGUF's magic (False if it cannot be read: open_model
+    says why)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
 def _open_moecc(path: str) -> ModelSource:
     mf = moecc_file.ModelFile(path)
     try:
