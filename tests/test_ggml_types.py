@@ -251,11 +251,14 @@ def extreme_rows(rng, name, N, nb):
 
 @pytest.mark.parametrize("name", KTYPES + TYPES32)
 @pytest.mark.parametrize("nb", [1, 4, 17])
-def test_matmul_extremes(isa, threads, name, nb):
-    # every weight and activation at the ends of its range (activations +-127): no saturation
+@pytest.mark.parametrize("T", [1, 5])
+def test_matmul_extremes(isa, threads, name, nb, T):
+    # every weight and activation at the ends of its range (activations +-127): no saturation,
+    # on each path of the K tiles (one token: four rows at a time and one; five: 16 rows
+    # unpacked into a panel, and the rows left over)
     rng = np.random.default_rng(nb)
     block = storage.get(name).block_values
-    N, T, Kd = 8, 3, block * nb
+    N, Kd = 19, block * nb
     w = extreme_rows(rng, name, N, nb)
     wref = quant.dequantize(w, name, Kd).astype(np.float64)
     x = rng.choice(np.array([-1.0, 1.0], np.float32), (T, Kd)) * np.float32(5)
