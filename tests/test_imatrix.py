@@ -286,8 +286,8 @@ def test_command_refuses_what_it_cannot_run(tmp_path, capsys, converted):
     short = tmp_path / "short.txt"
     short.write_text("def f(): pass\n")
     model = converted("main", "q8")
-    cases = [(["--model", model, "--text", str(short)], "needs at least 512: give a longer text or a smaller --ctx"),
-             (["--model", model, "--text", TEXT, "--ctx", "0"], "--ctx must be at least 1"),
+    cases = [(["--model", model, "--text", str(short)], "needs at least 1024: give a longer text or a smaller --ctx"),
+             (["--model", model, "--text", TEXT, "--ctx", "0"], "--ctx must be at least 4"),
              (["--model", model, "--text", TEXT, "--chunks", "0"], "--chunks must be at least 1"),
              (["--model", str(short), "--text", TEXT], "short.txt"),
              (["--model", model, "--text", str(tmp_path / "none.txt")], "none.txt")]

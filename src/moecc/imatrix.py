@@ -7,8 +7,9 @@ moecc-convert's `importance`.
 
 What is collected, as llama.cpp's llama-imatrix collects it (tools/imatrix/imatrix.cpp): the
 text's tokens (the model's tokenizer, as moecc-perplexity encodes a text) are cut into
-floor(n / ctx) windows of --ctx tokens (at most --chunks of them), each run from an empty
-context with every position's logits computed.  For each matrix W [N, K] and each row x [K]
+floor(n / ctx) windows of --ctx tokens (at most --chunks of them; a text shorter than 2 x ctx
+tokens is refused, as llama-imatrix does), each run from an empty context with every
+position's logits computed.  For each matrix W [N, K] and each row x [K]
 that goes into it, in_sum2 += x * x per column and count += 1 (the forward step adds them in C,
 _kernels Statistics; sums in double):
     q, k, v     input_layernorm(x), every row (three entries with the same values, as llama.cpp's)
@@ -56,6 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import perplexity
 from .config import Qwen3MoeConfig, TensorSpec, tensor_specs
 from .formats.gguf import ARCHITECTURE, gguf_name
 
@@ -83,23 +85,16 @@ class Imatrix:
     datasets: list[str]
     chunk_count: int
     chunk_size: int  # 0 in a legacy file
-    legacy: bool = False
 
 
 # -- collection -------------------------------------------------------------------------------
 
 def windows(tokens, ctx: int, chunks: int | None = None) -> np.ndarray:
-    """int32 [n, ctx]: the windows llama-imatrix runs (floor(len / ctx), at most `chunks`)."""
-    if ctx < 1:
-        raise ImatrixError(f"--ctx must be at least 1, got {ctx}")
+    """int32 [n, ctx]: the windows llama-imatrix runs, llama-perplexity's (it too refuses a text
+    shorter than 2 x ctx tokens), at most `chunks` of them."""
     if chunks is not None and chunks < 1:
         raise ImatrixError(f"--chunks must be at least 1, got {chunks}")
-    tokens = np.asarray(tokens)
-    n = len(tokens) // ctx if chunks is None else min(len(tokens) // ctx, chunks)
-    if n == 0:
-        raise ImatrixError(f"the text is {len(tokens)} tokens long, but a window of --ctx {ctx} needs at "
-                           f"least {ctx}: give a longer text or a smaller --ctx")
-    return tokens[:n * ctx].astype(np.int32).reshape(n, ctx)
+    return perplexity.windows(tokens, ctx)[:chunks]
 
 
 def collect(model, windowed: np.ndarray, progress: bool = True):
@@ -256,7 +251,7 @@ def _read_legacy(path: str) -> Imatrix:
             (length,) = take("<i")
             if length > 0:
                 datasets.append(bytes(take(f"<{length}s")[0]).decode("utf-8", "replace"))
-    return Imatrix(result, datasets, chunk_count, 0, legacy=True)
+    return Imatrix(result, datasets, chunk_count, 0)
 
 
 # -- importance -------------------------------------------------------------------------------
@@ -326,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from .formats import FormatError
     try:
-        if args.ctx < 1:
-            raise ImatrixError(f"--ctx must be at least 1, got {args.ctx}")
+        if args.ctx < perplexity.MIN_CTX:
+            raise ImatrixError(f"--ctx must be at least {perplexity.MIN_CTX}, got {args.ctx}")
         try:
             with open(args.text, encoding="utf-8") as f:
                 text = f.read()
