@@ -39,6 +39,7 @@ C_SOURCES = [
     "attention.c",
     "moe.c",
     "forward.c",
+    "stats.c",
     "bandwidth.c",
 ]
 BASE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]

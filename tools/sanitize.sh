@@ -3,7 +3,7 @@
 # tree and run the kernel and engine tests under them.  Any out-of-bounds access, use after
 # free or undefined behaviour aborts the run with a report.
 #
-#     bash tools/sanitize.sh [pytest args...]      # default: the kernel, engine and fuzz tests
+#     bash tools/sanitize.sh [pytest args...]      # default: the kernel, engine, fuzz and imatrix tests
 #
 # Needs gcc (libasan, libubsan). The source tree and its installed build are left untouched.
 set -euo pipefail
@@ -25,6 +25,6 @@ export PYTHONPATH="$work/src"
 python -c "from moecc import _kernels; print('sanitized build:', _kernels.build_info())"
 if [ "$#" -eq 0 ]; then
     set -- tests/test_kernels.py tests/test_quant_kernels.py tests/test_ggml_types.py tests/test_engine.py \
-        tests/test_fuzz_loader.py tests/test_gguf_errors.py -q -p no:cacheprovider
+        tests/test_fuzz_loader.py tests/test_gguf_errors.py tests/test_imatrix.py -q -p no:cacheprovider
 fi
 python -m pytest "$@"

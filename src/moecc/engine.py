@@ -249,20 +249,22 @@ class Model(LoadedModel):
 
     # -- logits ------------------------------------------------------------------------------
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """float32 [len(ids), vocab]: the logits at every position, from an empty context."""
+    def logits(self, ids: Sequence[int], statistics=None) -> np.ndarray:
+        """float32 [len(ids), vocab]: the logits at every position, from an empty context.
+        With `statistics` (a _kernels.Statistics of self.net.step), every matrix's squared
+        inputs are added to it (moecc.imatrix)."""
         ids = self.check_ids(ids)
         out = np.empty((len(ids), self.config.vocab_size), np.float32)
         with self._exclusive():
             self._cached_ids = []
-            self._feed(ids, 0, out)
+            self._feed(ids, 0, out, statistics)
         return out
 
-    def _feed(self, ids: np.ndarray, start: int, logits: np.ndarray | None) -> np.ndarray:
+    def _feed(self, ids: np.ndarray, start: int, logits: np.ndarray | None, statistics=None) -> np.ndarray:
         """Run ids[start:] at positions start.. of the context (the cache already holds
         ids[:start]) in chunks of a step's rows.  With `logits` [len(ids), V], the logits of
         every position run go there; the logits of the last position are returned ([V], a
-        view of a reused buffer)."""
+        view of a reused buffer).  `statistics`: as logits'."""
         rows, last = self.net.rows, self._last_logits
         for chunk in range(start, len(ids), rows):
             tokens = ids[chunk:chunk + rows]
@@ -270,9 +272,10 @@ class Model(LoadedModel):
             positions = np.arange(chunk, chunk + T, dtype=np.int32)
             slots = np.zeros(T, np.int32)
             if logits is not None:
-                self.net.forward(tokens, slots, positions, np.arange(T, dtype=np.int32), logits[chunk:chunk + T])
+                self.net.forward(tokens, slots, positions, np.arange(T, dtype=np.int32), logits[chunk:chunk + T],
+                                 statistics)
             else:
-                self.net.forward(tokens, slots, positions, np.array([T - 1], np.int32), last)
+                self.net.forward(tokens, slots, positions, np.array([T - 1], np.int32), last, statistics)
         return (logits[len(ids) - 1] if logits is not None else last[0])
 
     def _decode(self, token: int, position: int) -> np.ndarray:

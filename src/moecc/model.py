@@ -164,8 +164,11 @@ class Transformer:
         return len(self.buf.x)
 
     def forward(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, logit_rows: np.ndarray,
-                logits: np.ndarray) -> None:
+                logits: np.ndarray, statistics: K.Statistics | None = None) -> None:
         """Run rows t < T (int32 [T] each): token tokens[t] of the sequence in cache slot
         slots[t] at position positions[t]; the logits of rows logit_rows (int32 [n]) go to
-        logits [n, V].  The cache must hold each row's sequence up to its position."""
-        self.step(tokens, slots, positions, logit_rows, logits, threads=self.threads, seconds=self.profile)
+        logits [n, V].  The cache must hold each row's sequence up to its position.  With
+        `statistics` (K.Statistics(self.step)), the step adds every matrix's squared inputs to
+        it (moecc.imatrix)."""
+        self.step(tokens, slots, positions, logit_rows, logits, threads=self.threads, seconds=self.profile,
+                  statistics=statistics)

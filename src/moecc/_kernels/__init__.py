@@ -16,6 +16,7 @@ import os as _os
 from ._ext import (
     BLOCKS,
     Forward,
+    Statistics,
     attention,
     bandwidth_load_bits,
     bandwidth_step,
@@ -39,6 +40,7 @@ from ._ext import (
 __all__ = [
     "BLOCKS",
     "Forward",
+    "Statistics",
     "attention",
     "bandwidth_load_bits",
     "bandwidth_step",

@@ -124,12 +124,25 @@ cdef extern from "moecc.h" nogil:
         const float *dense_weights
         void *xq
         float *moe_scratch
+    ctypedef struct moecc_expert_stats:
+        double *gate_up_in
+        double *down_in
+        int64_t *rows
+    ctypedef struct moecc_layer_stats:
+        double *attn_in
+        double *o_proj_in
+        double *router_in
+        moecc_expert_stats experts
+    ctypedef struct moecc_stats:
+        moecc_layer_stats *layer
+        double *lm_head_in
+        int64_t rows, lm_head_rows
     enum:
         MOECC_BLOCKS
     int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_t *tokens,
                       const int32_t *slots, const int32_t *positions, int64_t T,
                       const int32_t *logit_rows, int64_t n_logits, float *logits, double *seconds,
-                      int threads)
+                      moecc_stats *stats, int threads)
 
 
 moecc_dispatch_init()
@@ -735,10 +748,12 @@ cdef class Forward:
             self.sums = b.moe_sums.reshape(-1)
             self.m.reduce, self.m.reduce_ctx = _reduce_in_python, <void *>self
 
-    def __call__(self, tokens, slots, positions, logit_rows, logits, *, int threads, seconds=None):
+    def __call__(self, tokens, slots, positions, logit_rows, logits, *, int threads, seconds=None,
+                 statistics=None):
         """Run rows t < T: token tokens[t] of the sequence in cache slot slots[t] at position
         positions[t] (int32 [T] each); write the logits of rows logit_rows (int32 [n]) to logits
-        (float32 [n, V]). With seconds (float64 [len(BLOCKS)]), add each block's time to it."""
+        (float32 [n, V]). With seconds (float64 [len(BLOCKS)]), add each block's time to it;
+        with statistics (a Statistics of this step), every matrix's squared inputs."""
         cdef cnp.ndarray at = _array(tokens, "tokens", I32, 1)
         cdef cnp.ndarray asl = _array(slots, "slots", I32, 1)
         cdef cnp.ndarray ap = _array(positions, "positions", I32, 1)
@@ -757,6 +772,11 @@ cdef class Forward:
             asec = _array(seconds, "seconds", cnp.NPY_FLOAT64, 1, True)
             _shape(asec, "seconds", (len(BLOCKS),))
             p_sec = <double *>_ptr(asec)
+        cdef moecc_stats *p_stats = NULL
+        if statistics is not None:
+            if not isinstance(statistics, Statistics) or (<Statistics>statistics).step is not self:
+                raise TypeError("statistics must be a Statistics made for this step")
+            p_stats = &(<Statistics>statistics).s
         cdef int nt = _threads(threads), rc
         cdef const int32_t *p_t = <const int32_t *>_ptr(at)
         cdef const int32_t *p_s = <const int32_t *>_ptr(asl)
@@ -764,7 +784,7 @@ cdef class Forward:
         cdef const int32_t *p_r = <const int32_t *>_ptr(ar)
         cdef float *p_l = <float *>_ptr(al)
         with nogil:
-            rc = moecc_forward(&self.m, &self.a, p_t, p_s, p_p, T, p_r, n, p_l, p_sec, nt)
+            rc = moecc_forward(&self.m, &self.a, p_t, p_s, p_p, T, p_r, n, p_l, p_sec, p_stats, nt)
         if rc == MOECC_ERR_REDUCE:
             error, self.reduce_error = self.reduce_error, None
             raise error
@@ -775,6 +795,65 @@ cdef class Forward:
                 if bad.size:
                     raise ValueError(f"{name}[{bad[0]}] = {values[bad[0]]} is outside [0, {bound})")
         _check_rc(rc, "forward")
+
+
+cdef class Statistics:
+    """What the steps of a Forward add their matrices' inputs to (moecc_stats, moecc.imatrix):
+    per input column, the sum over the rows of its square (float64, zero at first), per layer l:
+    attn_in[l] [D] (q, k, v), o_proj_in[l] [Hq*hd], router_in[l] [D] (None in a dense layer),
+    and per expert (a dense MLP: one) gate_up_in[l] [E, D], down_in[l] [E, I] and the rows
+    routed to it, expert_rows[l] int64 [E]; lm_head_in [D]; `rows` and `lm_head_rows`: the rows
+    the steps ran and the logit rows among them."""
+    cdef readonly Forward step
+    cdef readonly list attn_in, o_proj_in, router_in, gate_up_in, down_in, expert_rows
+    cdef readonly cnp.ndarray lm_head_in
+    cdef moecc_stats s
+    cdef moecc_layer_stats *layers
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def __init__(self, Forward step):
+        self.step = step
+        cdef const moecc_model *m = &step.m
+        self.layers = <moecc_layer_stats *>calloc(m.layers, sizeof(moecc_layer_stats))
+        if self.layers == NULL:
+            raise MemoryError("Statistics: out of memory for the layer table")
+        self.attn_in, self.o_proj_in, self.router_in = [], [], []
+        self.gate_up_in, self.down_in, self.expert_rows = [], [], []
+        cdef moecc_layer_stats *ls
+        cdef int64_t E, I
+        for i in range(m.layers):
+            ls = &self.layers[i]
+            E, I = m.layer[i].experts, m.layer[i].inter
+            self.attn_in.append(np.zeros(m.D, np.float64))
+            self.o_proj_in.append(np.zeros(m.Hq * m.hd, np.float64))
+            self.router_in.append(np.zeros(m.D, np.float64) if m.layer[i].router != NULL else None)
+            self.gate_up_in.append(np.zeros((E, m.D), np.float64))
+            self.down_in.append(np.zeros((E, I), np.float64))
+            self.expert_rows.append(np.zeros(E, np.int64))
+            ls.attn_in = <double *>_ptr(self.attn_in[i])
+            ls.o_proj_in = <double *>_ptr(self.o_proj_in[i])
+            ls.router_in = <double *>_ptr(self.router_in[i]) if self.router_in[i] is not None else NULL
+            ls.experts.gate_up_in = <double *>_ptr(self.gate_up_in[i])
+            ls.experts.down_in = <double *>_ptr(self.down_in[i])
+            ls.experts.rows = <int64_t *>_ptr(self.expert_rows[i])
+        self.lm_head_in = np.zeros(m.D, np.float64)
+        self.s.layer = self.layers
+        self.s.lm_head_in = <double *>_ptr(self.lm_head_in)
+        self.s.rows = self.s.lm_head_rows = 0
+
+    @property
+    def rows(self):
+        return self.s.rows
+
+    @property
+    def lm_head_rows(self):
+        return self.s.lm_head_rows
+
 
 cdef int _reduce_in_python(double *x, int64_t n, void *ctx) noexcept nogil:
     """moecc_reduce_fn of a Forward (ctx): its Python reduce on the first n values of the

@@ -18,7 +18,9 @@
  *         x += sum over processes of moe_share(post_attention_layernorm(x))
  * (a dense MLP, like attention, runs whole on every process).
  * With `seconds`, the master thread adds each block's wall time (end of its closing barrier
- * to the next) to seconds[MOECC_BLOCK_*]. */
+ * to the next) to seconds[MOECC_BLOCK_*]. With `stats` (moecc.imatrix), every matrix's input
+ * is added, squared, to its sums as soon as it is computed (stats.c, moe.c); without, that
+ * costs one pointer test per block. */
 #include "moecc.h"
 
 /* after a barrier, on the master thread only: charge the time since *last to seconds[block] */
@@ -69,10 +71,12 @@ static void residual_add(float *x, const float *y, int64_t n) {
 /* x += o_proj(attention(q, k, v)), with q, k, v from input_layernorm(x) */
 static void attention_block(const moecc_model *m, const moecc_activations *a,
                             const moecc_layer *w, int64_t layer, int64_t T, const int32_t *slots,
-                            const int32_t *positions, double *seconds, double *last) {
+                            const int32_t *positions, moecc_layer_stats *stats, double *seconds,
+                            double *last) {
     const int64_t D = m->D, hd = m->hd, Hq = m->Hq, Hkv = m->Hkv;
     const int64_t qw = Hq * hd, kvw = Hkv * hd;
     moecc_rmsnorm_team(a->x, T, D, w->input_layernorm, m->eps, a->h);
+    if (stats) moecc_add_squares_team(a->h, T, D, stats->attn_in);
     /* q, k and v from one quantization of the normed input when their types read the same
      * kind of activation rows (a Q4_K_M file's q4_k q and k with a q6_k v do), else each its own */
     int64_t ldx;
@@ -120,6 +124,7 @@ static void attention_block(const moecc_model *m, const moecc_activations *a,
     mark(seconds, MOECC_BLOCK_ROPE_CACHE, last);
 
     moecc_attention_team(a->q, T, Hq, hd, kc, vc, m->kv, Hkv, m->C, slots, positions, a->attn);
+    if (stats) moecc_add_squares_team(a->attn, T, qw, stats->o_proj_in);
     mark(seconds, MOECC_BLOCK_ATTEND, last);
 
     linear(a, &w->o_proj, a->attn, T, qw, D, a->out);
@@ -143,9 +148,11 @@ static void sum_over_processes(const moecc_model *m, double *sums, int64_t n, in
 
 /* x += sum over the chosen experts of weight * SwiGLU_expert(post_attention_layernorm(x)) */
 static void mlp_block(const moecc_model *m, const moecc_activations *a, const moecc_layer *w,
-                      int64_t T, int *failed, double *seconds, double *last) {
+                      int64_t T, moecc_layer_stats *stats, int *failed, double *seconds,
+                      double *last) {
     const int64_t D = m->D;
     moecc_rmsnorm_team(a->x, T, D, w->post_attention_layernorm, m->eps, a->h);
+    if (stats && w->router) moecc_add_squares_team(a->h, T, D, stats->router_in);
     const int32_t *ids = a->dense_ids;
     const float *weights = a->dense_weights;
     int64_t k = 1, e0 = 0, e1 = 1;
@@ -163,7 +170,7 @@ static void mlp_block(const moecc_model *m, const moecc_activations *a, const mo
     mark(seconds, MOECC_BLOCK_ROUTER, last);
     moecc_moe_ffn_team(a->h, T, D, w->gate_proj.data, w->up_proj.data, w->gate_proj.type,
                        w->down_proj.data, w->down_proj.type, w->inter, ids, weights, k, e0, e1,
-                       a->moe_scratch, a->moe_sums);
+                       a->moe_scratch, a->moe_sums, stats ? &stats->experts : NULL);
     if (w->router && m->reduce) {
         sum_over_processes(m, a->moe_sums, T * D, failed);
         if (*failed) return;
@@ -175,10 +182,11 @@ static void mlp_block(const moecc_model *m, const moecc_activations *a, const mo
 /* logits[i] = lm_head(norm(x[logit_rows[i]])) for i < n_logits */
 static void lm_head_block(const moecc_model *m, const moecc_activations *a,
                           const int32_t *logit_rows, int64_t n_logits, float *logits,
-                          double *seconds, double *last) {
+                          moecc_stats *stats, double *seconds, double *last) {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n_logits; i++)
         moecc_rmsnorm_row(a->x + logit_rows[i] * m->D, m->D, m->norm, m->eps, a->h + i * m->D);
+    if (stats) moecc_add_squares_team(a->h, n_logits, m->D, stats->lm_head_in);
     linear(a, &m->lm_head, a->h, n_logits, m->D, m->V, logits);
     mark(seconds, MOECC_BLOCK_LM_HEAD, last);
 }
@@ -186,7 +194,7 @@ static void lm_head_block(const moecc_model *m, const moecc_activations *a,
 int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_t *tokens,
                   const int32_t *slots, const int32_t *positions, int64_t T,
                   const int32_t *logit_rows, int64_t n_logits, float *logits, double *seconds,
-                  int threads) {
+                  moecc_stats *stats, int threads) {
     if (T < 1 || T > a->rows || n_logits < 0 || n_logits > a->rows) return MOECC_ERR_SHAPE;
     for (int64_t t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= m->V || slots[t] < 0 || slots[t] >= m->slots ||
@@ -202,10 +210,16 @@ int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_
         mark(seconds, MOECC_BLOCK_EMBED, &last);
         for (int64_t layer = 0; layer < m->layers && !failed; layer++) {
             const moecc_layer *w = &m->layer[layer];
-            attention_block(m, a, w, layer, T, slots, positions, seconds, &last);
-            mlp_block(m, a, w, T, &failed, seconds, &last);
+            moecc_layer_stats *ls = stats ? &stats->layer[layer] : NULL;
+            attention_block(m, a, w, layer, T, slots, positions, ls, seconds, &last);
+            mlp_block(m, a, w, T, ls, &failed, seconds, &last);
         }
-        if (!failed) lm_head_block(m, a, logit_rows, n_logits, logits, seconds, &last);
+        if (!failed) lm_head_block(m, a, logit_rows, n_logits, logits, stats, seconds, &last);
     }
-    return failed ? MOECC_ERR_REDUCE : MOECC_OK;
+    if (failed) return MOECC_ERR_REDUCE;
+    if (stats) {
+        stats->rows += T;
+        stats->lm_head_rows += n_logits;
+    }
+    return MOECC_OK;
 }

@@ -29,6 +29,9 @@
  * own row of `partial` (double), and the rows are summed in pair order at the end (the same sum
  * whatever the thread count). A thread then streams 3 whole matrices per expert with no barrier between
  * them (q4, Qwen3-30B-A3B shapes: 72% -> 77% of the read bandwidth, phases 2 and 3 by rows).
+ * With `stats` (moecc.imatrix), each pair's x and h rows are also added, squared, to its
+ * expert's sums, by the thread that owns those columns in the phase that wrote them (decode by
+ * expert: the thread that runs the expert), so no sum is written by two threads.
  * Scratch (from the caller, reused across calls, nothing allocated here):
  *     order[P], tmp[P] (int32); xg: P rows of D floats (f32 / bf16, prefill) or (1 or P)
  *     quantized rows of D (q8 / q4); h[P, I] floats; hq: P quantized rows of I (q8 / q4);
@@ -150,10 +153,23 @@ static void down_rows(const moecc_isa *isa, moecc_storage f, int64_t I, const ch
     }
 }
 
+/* stats of the sorted pairs [p, q) of expert e: their rows of x, columns [d0, d1), and their
+ * rows of h[., I], columns [i0, i1); with `count`, the pairs are counted too */
+static void add_pair_stats(const moecc_expert_stats *st, int64_t e, const int32_t *order,
+                           int64_t p, int64_t q, int64_t k, const float *x, int64_t D,
+                           int64_t d0, int64_t d1, const float *h, int64_t I, int64_t i0,
+                           int64_t i1, int count) {
+    for (int64_t j = p; j < q; j++) {
+        moecc_add_squares(x + (order[j] / k) * D, d0, d1, st->gate_up_in + e * D);
+        moecc_add_squares(h + j * I, i0, i1, st->down_in + e * I);
+    }
+    if (count) st->rows[e] += q - p;
+}
+
 void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
                         moecc_storage fgu, const void *down, moecc_storage fd, int64_t I,
                         const int32_t *idx, const float *weights, int64_t k, int64_t e0,
-                        int64_t e1, float *scratch, double *out) {
+                        int64_t e1, float *scratch, double *out, const moecc_expert_stats *stats) {
     const int64_t P = T * k;
     const int64_t xqD = moecc_act_bytes(fgu, D), xqI = moecc_act_bytes(fd, I); /* 0: float rows */
     const int64_t xg_floats = xqD ? xq_floats(T > 1 ? P : 1, D) : T > 1 ? pad16(P * D) : 0;
@@ -196,6 +212,11 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
             const int64_t p = order[j], e = idx[p];
             gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD, xs, 0, 1, 0, I,
                          h + p * I, I);
+            if (stats) { /* the pair is the only one of its expert: its token's k are distinct */
+                moecc_add_squares(x, 0, D, stats->gate_up_in + e * D);
+                moecc_add_squares(h + p * I, 0, I, stats->down_in + e * I);
+                stats->rows[e]++;
+            }
             if (xqI) isa->quantize_x[actI](I, h + p * I, hq + p * xqI);
             const int32_t pair = (int32_t)p;
             memset(partial + p * D, 0, (size_t)D * sizeof(double));
@@ -219,6 +240,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
             const int64_t e = idx[order[p]];
             gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD,
                          (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
+            if (stats) add_pair_stats(stats, e, order, p, q, k, x, D, d0, d1, h, I, i0, i1, ith == 0);
         }
         for (int64_t t = 0; t < T; t++)
             memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(double));
@@ -247,7 +269,7 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
 #pragma omp parallel num_threads(threads) if (T * k * D * I >= MOECC_PAR_MIN)
     {
         moecc_moe_ffn_team(x, T, D, gate, up, fgu, down, fd, I, idx, weights, k, e0, e1, scratch,
-                           sums);
+                           sums, NULL);
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < T * D; i++) out[i] = (float)sums[i];
     }

@@ -579,6 +579,24 @@ void moecc_attention_team(const float *q, int64_t T, int64_t Hq, int64_t hd, con
                           const void *v_cache, moecc_storage kv, int64_t Hkv, int64_t C,
                           const int32_t *slots, const int32_t *positions, float *out);
 
+/* stats.c: importance statistics (moecc.imatrix), the sums over rows of each input column's
+ * square that llama.cpp's llama-imatrix collects; kept in double so that a long text's sums
+ * do not depend on the order they were added in.
+ * sums[j] += sum over t < T of x[t, j]^2 for j < K, by every thread of a team, each its own
+ * share of the columns (no barrier: x must stay unchanged until the team's next one) */
+void moecc_add_squares_team(const float *x, int64_t T, int64_t K, double *sums);
+/* sums[j] += x[j]^2 for j in [j0, j1) */
+void moecc_add_squares(const float *x, int64_t j0, int64_t j1, double *sums);
+
+/* The statistics of one MoE layer (or a dense MLP, one expert): per expert, over the rows
+ * routed to it, the sums of squares of the gate / up input x (gate_up_in[E, D]) and of the down
+ * projection's input silu(gate x) * (up x) (down_in[E, inter]), and the count of those rows
+ * (rows[E]). Under expert parallelism a process adds only its own experts' rows. */
+typedef struct {
+    double *gate_up_in, *down_in;
+    int64_t *rows;
+} moecc_expert_stats;
+
 /* moe.c: out[T, D] = sum_j weights[t, j] * SwiGLU expert idx[t, j] applied to x[t], over the
  * pairs whose expert is in [e0, e1) (all of [0, E): the whole layer; a narrower range: this
  * process's share under expert parallelism, nothing read of the other experts), summed in
@@ -592,10 +610,11 @@ int moecc_moe_ffn(const float *x, int64_t T, int64_t D, const void *gate, const 
                   moecc_storage fgu, const void *down, moecc_storage fd, int64_t E, int64_t inter,
                   const int32_t *idx, const float *weights, int64_t top_k, int64_t e0, int64_t e1,
                   float *scratch, double *sums, float *out, int threads);
+/* the team form adds each pair's inputs to `stats` when it is not NULL */
 void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
                         moecc_storage fgu, const void *down, moecc_storage fd, int64_t inter,
                         const int32_t *idx, const float *weights, int64_t top_k, int64_t e0,
-                        int64_t e1, float *scratch, double *sums);
+                        int64_t e1, float *scratch, double *sums, const moecc_expert_stats *stats);
 
 /* ---- the forward step (forward.c) ----------------------------------------------------------- */
 
@@ -658,6 +677,23 @@ typedef struct {
     float *moe_scratch;            /* moecc_moe_scratch_floats(rows, top_k, D, max I) floats */
 } moecc_activations;
 
+/* What a step adds its matrices' inputs to when asked (moecc.imatrix): per input column the
+ * sum of squares over the step's rows (see stats.c), per layer and for the lm_head. Every
+ * pointer is the caller's, zeroed once and added to by each step. */
+typedef struct {
+    double *attn_in;            /* [D]: input_layernorm(x), what q, k and v read */
+    double *o_proj_in;          /* [Hq*hd]: the attention's output */
+    double *router_in;          /* [D]: post_attention_layernorm(x); unused in a dense layer */
+    moecc_expert_stats experts; /* the experts' (or dense MLP's) inputs, per expert */
+} moecc_layer_stats;
+
+typedef struct {
+    moecc_layer_stats *layer; /* [layers] */
+    double *lm_head_in;       /* [D]: norm(x) of the logit rows */
+    int64_t rows;             /* rows run (what every layer's attention and router read) */
+    int64_t lm_head_rows;     /* logit rows */
+} moecc_stats;
+
 /* the blocks a profiled step charges its time to */
 enum {
     MOECC_BLOCK_EMBED,      /* the embedding lookup */
@@ -673,14 +709,15 @@ enum {
 
 /* One step (see forward.c): rows t < T (T <= a->rows) are token tokens[t] of the sequence in
  * cache slot slots[t] at position positions[t]; logits[i] ([n_logits, V]) are those of row
- * logit_rows[i]. With `seconds` ([MOECC_BLOCKS]), each block's time is added to it.
+ * logit_rows[i]. With `seconds` ([MOECC_BLOCKS]), each block's time is added to it; with
+ * `stats`, the inputs of every matrix (moecc_stats).
  * MOECC_ERR_INDEX for a token, slot, position or logit row out of range, MOECC_ERR_SHAPE for
  * more rows than a holds, MOECC_ERR_REDUCE if m->reduce failed (the step stops there). Weights and activations are trusted (the binding checked them once,
  * when the model was loaded). */
 int moecc_forward(const moecc_model *m, const moecc_activations *a, const int32_t *tokens,
                   const int32_t *slots, const int32_t *positions, int64_t T,
                   const int32_t *logit_rows, int64_t n_logits, float *logits, double *seconds,
-                  int threads);
+                  moecc_stats *stats, int threads);
 
 /* bandwidth.c: the machine's read bandwidth, read as decode reads weights (each thread its own
  * contiguous slice). Allocates `bytes` (> 0, a multiple of MOECC_BW_STEP), first touched by the

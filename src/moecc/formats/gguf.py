@@ -54,12 +54,16 @@ GGUF_NAMES = {
     "norm": "output_norm",
     "lm_head": "output",
 }
+# a dense MLP's matrices (a moecc model's mlp_only_layers), as llama.cpp names them in the
+# architectures that have one; they appear in moecc's importance matrices (moecc.imatrix)
+GGUF_DENSE_MLP_NAMES = {"gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 
 
 def gguf_name(spec: TensorSpec) -> str:
     """The name llama.cpp gives the inventory's tensor `spec` in a GGUF file."""
     prefix = "" if spec.layer is None else f"blk.{spec.layer}."
-    return f"{prefix}{GGUF_NAMES[spec.field]}.weight"
+    names = GGUF_DENSE_MLP_NAMES if spec.role == "mlp" else GGUF_NAMES
+    return f"{prefix}{names[spec.field]}.weight"
 
 
 def runnable_types() -> str:
