@@ -45,7 +45,7 @@ def test_empty_file(tmp_path):
 
 def test_wrong_magic(tmp_path, converted):
     path = _damaged(tmp_path, converted("odd", "bf16"), lambda d: b"ABCD" + d[4:])
-    with pytest.raises(FormatError, match="not a .moecc file"):
+    with pytest.raises(FormatError, match="not a .moecc file .* nor a GGUF file"):
         moecc.load(path)
 
 

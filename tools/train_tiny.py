@@ -9,7 +9,7 @@ Needs torch and transformers (never the tests).  Writes a Hugging Face checkpoin
 train_log.json (settings, loss curve, held-out perplexity) and held_out.txt (the held-out
 files, joined by blank lines: a text for moecc-perplexity).
 
-Corpus: every `.py` file under `sysconfig.get_paths()["stdlib"]` (sources and their docstrings),
+Corpus (tools/stdlib_corpus.py): every `.py` file under `sysconfig.get_paths()["stdlib"]` (sources and their docstrings),
 except site-packages and the test suites (directories named test, tests, idle_test), read as
 UTF-8 (the few files that are not are skipped).  The split is by file and fixed:
 a file is held out when zlib.crc32 of its path relative to the stdlib directory (with "/"
@@ -38,7 +38,6 @@ import math
 import sys
 import sysconfig
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +50,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from moecc import perplexity  # noqa: E402  (pure NumPy scoring; no compiled kernels)
+from stdlib_corpus import corpus_files  # noqa: E402  (tools/, beside this file)
 from moecc.synthetic.tokenizer import (QWEN3_ADDED_TOKENS, add_qwen3_tokens, set_qwen3_pipeline,  # noqa: E402
                                        tokenizer_config)
 
 CHAT_TEMPLATE = ROOT / "tests" / "data" / "qwen3_chat_template.jinja"
-EXCLUDED_DIRS = {"site-packages", "test", "tests", "idle_test"}
-HELD_OUT_MOD = 10  # a file is held out when crc32(relative path) % HELD_OUT_MOD == 0
 
 SIZES = {
     # the test model: every input width 256 (K types), 16 experts (llama-quantize special-cases 8)
@@ -66,21 +64,6 @@ SIZES = {
     "demo": dict(vocab=2048, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, experts=8, top_k=2,
                  moe_width=128, seq=256, batch=8, steps=400, lr=5e-3),
 }
-
-
-def corpus_files(stdlib: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(train, held_out): (relative path, text) of every stdlib source file, sorted by path."""
-    train, held_out = [], []
-    for path in sorted(stdlib.rglob("*.py")):
-        rel = path.relative_to(stdlib).as_posix()
-        if EXCLUDED_DIRS & set(rel.split("/")[:-1]):
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        (held_out if zlib.crc32(rel.encode()) % HELD_OUT_MOD == 0 else train).append((rel, text))
-    return train, held_out
 
 
 def train_tokenizer(texts: list[str], vocab: int) -> Tokenizer:
@@ -198,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    train_files, held_out_files = corpus_files(stdlib)
+    train_files, held_out_files = corpus_files()
     print(f"corpus: {stdlib}: {len(train_files)} training files, {len(held_out_files)} held out", flush=True)
     tok = train_tokenizer([text for _, text in train_files], size["vocab"])
     ids = write_tokenizer(tok, out)

@@ -246,8 +246,8 @@ class ModelFile:
     def _parse(self) -> None:
         magic, version, _, header_len, data_offset = _PREAMBLE.unpack_from(self._mm, 0)
         if magic != MAGIC:
-            raise FormatError(f"{self.path} is not a .moecc file (bad magic {magic!r}); "
-                              "convert a Hugging Face checkpoint with moecc-convert")
+            raise FormatError(f"{self.path} is not a .moecc file (bad magic {magic!r}) nor a GGUF file; "
+                              "moecc runs both: convert a Hugging Face checkpoint with moecc-convert")
         if version > VERSION:
             raise FormatError(f"{self.path} has format version {version}, newer than this moecc "
                               f"reads ({VERSION}); upgrade moecc")
