@@ -11,7 +11,8 @@ test model).  In --work the script makes, or reuses when present:
     held_out.txt            --chars characters of the stdlib files held out of training
     calibration.txt         --chars characters of the training files, for both importance matrices
     moecc.imatrix           moecc-imatrix over calibration.txt on bf16.moecc
-    llama.imatrix           llama-imatrix over the same text (../shared/peer/llamacpp_tools.py imatrix)
+    llama.imatrix           llama-imatrix over the same text and windows, on llama.cpp's bf16
+                            conversion (llama-BF16.gguf, ../shared/peer/llamacpp_tools.py gguf)
     moecc-PLAN[-imatrix].moecc      moecc-convert --quant PLAN [--imatrix moecc.imatrix]
     llama-TYPE[-pure|-imatrix].gguf  llamacpp_tools.py gguf --type TYPE [--pure | --imatrix llama.imatrix]
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", required=True, type=Path, help="folder for the files made (git-ignored)")
     p.add_argument("--chars", type=int, default=200_000,
                    help="characters of held-out and of calibration text (default 200000: ~25k tokens)")
-    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--ctx", type=int, default=256, help="window (default 256: the test model's trained context)")
     p.add_argument("--moecc", default=",".join(MOECC_FILES), help="moecc plans, +imatrix for one with it")
     p.add_argument("--llama", default=",".join(LLAMA_FILES), help="llama-quantize types, +pure / +imatrix")
     p.add_argument("--json", type=Path, help="also write the rows here")
@@ -110,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         moecc("imatrix", "--model", reference, "--text", work / "calibration.txt", "--ctx", args.ctx,
               "-o", work / "moecc.imatrix")
     if any(e.endswith("+imatrix") for e in llama_entries) and not (work / "llama.imatrix").exists():
-        run(sys.executable, PEER_TOOLS, "imatrix", args.hf, work / "calibration.txt", work / "llama.imatrix")
+        # llama-imatrix itself on llama.cpp's bf16 conversion, over the windows moecc-imatrix
+        # used (the peer tool's `imatrix` command fixes -c 512, past the test model's context)
+        llama_imatrix = run(sys.executable, PEER_TOOLS, "path", "llama-imatrix").strip()
+        run(llama_imatrix, "-m", llama_file(work, args.hf, "BF16"), "-f", work / "calibration.txt",
+            "-o", work / "llama.imatrix", "-t", 2, "-c", args.ctx)
 
     files = [("bf16", reference)]
     files += [(f"moecc {e}", moecc_file(work, args.hf, e)) for e in moecc_entries]
