@@ -25,6 +25,8 @@
 #if MOECC_X86
 #include <immintrin.h>
 
+#include "gpanel_x86.h"
+
 #define VECS (MOECC_KBLOCK / 32) /* vectors of 32 weights in a super-block */
 #define MAX_NT 4                 /* tokens of a register block (2 with AVX2's 16 registers) */
 #define PF_BYTES 8192            /* a tile of rows prefetches the first whole tile this far on */
@@ -351,17 +353,6 @@ INLINE TARGET_VNNI __m512i dot4_dpbusd(__m512i u, __m512i a) {
     return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, a);
 }
 
-/* acc + the int32 sums of 4 adjacent products u[4i..4i+3] . a[4i..4i+3] */
-typedef __m512i (*pdot512_fn)(__m512i acc, __m512i u, __m512i a);
-
-INLINE TARGET_512 __m512i pdot512_maddubs(__m512i acc, __m512i u, __m512i a) {
-    return _mm512_add_epi32(acc, dot4_maddubs(u, a));
-}
-
-INLINE TARGET_VNNI __m512i pdot512_dpbusd(__m512i acc, __m512i u, __m512i a) {
-    return _mm512_dpbusd_epi32(acc, u, a);
-}
-
 /* one 16-byte load per row, row r in lane r (rows past NR: zeros) */
 INLINE TARGET_512 __m512i lanes_of_rows(const int NR, const char *const *at, const int offset) {
     __m512i v = _mm512_setzero_si512();
@@ -560,34 +551,11 @@ INLINE TARGET_512 void tile_token512(const int wt, dot4_fn dot4, wdot512_fn wdot
         block_token512(wt, dot4, wdot, 1, K, wp + r * ldw, ldw, (const char *)x, out + r);
 }
 
-/* ---- many tokens: 16 rows unpacked into lanes (AVX-512 prefill) -------------------------- */
-
-/* Prefill meets each weight many times, so a super-block of 16 rows is unpacked once, by
- * gathers, into a panel of unsigned bytes (values 4c .. 4c+3 of the 16 rows in chunk c, row r
- * in int32 lane r, as q4p's panels lie) with each row's float scale and min per group of
- * values sharing a sub-block scale (q4_k / q5_k: 32; q6_k: 16, whose min is 32 * scale), and
- * every token of the call then runs on it as on a q4p panel: per chunk one int8 dot product
- * against the 4 activations broadcast; per group one conversion and multiply-add by the rows'
- * scales; per super-block the mins against the activations' block sums, and the token's
- * scale. Against the register blocks, q4_k prefill at 64 tokens runs 2.2x as fast on Zen 4 (58 ->
- * 130 GMAC/s on one thread), q6_k 1.7x. */
-
-#define GATHER_ROWS 16
+/* ---- many tokens: 16 rows unpacked into a panel (AVX-512 prefill, gpanel_x86.h) -------- */
 
 /* the tokens from which the panel beats the 256-bit register blocks (measured on Zen 4: q6_k
  * gathers three times a value's bits) */
 INLINE int gather_min_tokens(const int wt) { return wt == MOECC_Q6_K ? 10 : 6; }
-#define CHUNKS (MOECC_KBLOCK / 4)
-
-typedef struct {
-    __m512i u[CHUNKS];                 /* the unsigned values, 4 per row and chunk */
-    __m512 scale[MOECC_KBLOCK / 16];   /* per group, the 16 rows' scales */
-    __m512 min[MOECC_KBLOCK / 16];     /* ... and mins: w = scale * u - min */
-} kpanel;
-
-INLINE TARGET_512 __m512i gather_rows(__m512i rows, const char *at) {
-    return _mm512_i32gather_epi32(rows, (const void *)at, 1);
-}
 
 /* the byte k of each int32 lane, as an int32 (zero- or sign-extended) */
 INLINE TARGET_512 __m512i byte_u(__m512i v, const int k) {
@@ -598,13 +566,15 @@ INLINE TARGET_512 __m512i byte_s(__m512i v, const int k) {
     return _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * k), 24);
 }
 
-/* the fp16 in the low (high) half of each int32 lane, as a float */
-INLINE TARGET_512 __m512 fp16_lanes(__m512i v, const int high) {
-    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(high ? _mm512_srli_epi32(v, 16) : v));
-}
-
-/* super-block blk (of the row at lane 0) of the 16 rows `rows` apart into p */
-INLINE TARGET_512 void unpack_panel(const int wt, const char *blk, __m512i rows, kpanel *p) {
+/* super-block `step` of the 16 rows at w, `rows` apart, into p (gpanel_x86.h): the 6-bit
+ * scales and mins (q4_k, q5_k: groups of 32) or int8 scales (q6_k: groups of 16, min 32 * scale
+ * as u = q + 32) and the unsigned values, gathered */
+INLINE TARGET_512 void unpack_k(const int wt, const char *w, int64_t K, int64_t step, __m512i rows,
+                                wpanel *p) {
+    (void)K; /* a whole super-block every step */
+    const char *blk = w + block_bytes(wt) * step;
+    p->group = has_mins(wt) ? 32 : 16;
+    p->groups = MOECC_KBLOCK / p->group;
     const __m512i lo4 = _mm512_set1_epi32(0x0F0F0F0F), lo2 = _mm512_set1_epi32(0x03030303);
     if (has_mins(wt)) {
         const __m512i dd = gather_rows(rows, blk), s0 = gather_rows(rows, blk + 4),
@@ -661,58 +631,6 @@ INLINE TARGET_512 void unpack_panel(const int wt, const char *blk, __m512i rows,
         }
 }
 
-/* out[t*ldo + r] += super-block b of the panel's 16 rows . token t, for NT tokens */
-INLINE TARGET_512 void panel_tokens(const int wt, pdot512_fn pdot, const int NT, const kpanel *p,
-                                    int64_t b, int64_t K, const char *x, int64_t ldx, float *out,
-                                    int64_t ldo) {
-    const int group = has_mins(wt) ? 32 : 16; /* values under one scale */
-    const int ngroups = MOECC_KBLOCK / group;
-    __m512 f[MAX_NT];
-    for (int t = 0; t < NT; t++) f[t] = _mm512_setzero_ps();
-    for (int g = 0; g < ngroups; g++) {
-        __m512i s[MAX_NT];
-        for (int t = 0; t < NT; t++) s[t] = _mm512_setzero_si512();
-        for (int c = g * group / 4; c < (g + 1) * group / 4; c++)
-            for (int t = 0; t < NT; t++) {
-                int32_t a4;
-                memcpy(&a4, x + t * ldx + MOECC_KBLOCK * b + 4 * c, sizeof a4);
-                s[t] = pdot(s[t], p->u[c], _mm512_set1_epi32(a4));
-            }
-        for (int t = 0; t < NT; t++) {
-            const int16_t *bs = moecc_xk_bsums(x + t * ldx, K) + MOECC_KBLOCK / 16 * b;
-            const float bsum = group == 32 ? (float)(bs[2 * g] + bs[2 * g + 1]) : (float)bs[g];
-            f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), p->scale[g], f[t]);
-            f[t] = _mm512_fnmadd_ps(p->min[g], _mm512_set1_ps(bsum), f[t]);
-        }
-    }
-    for (int t = 0; t < NT; t++) {
-        float *o = out + t * ldo;
-        const __m512 dx = _mm512_set1_ps(moecc_xk_scales(x + t * ldx, K)[b]);
-        _mm512_storeu_ps(o, _mm512_fmadd_ps(f[t], dx, b ? _mm512_loadu_ps(o) : _mm512_setzero_ps()));
-    }
-}
-
-/* 16 rows x nt tokens */
-INLINE TARGET_512 void tile_gathered(const int wt, pdot512_fn pdot, int64_t K, const char *w,
-                                     int64_t ldw, const char *x, int64_t ldx, int nt, float *out,
-                                     int64_t ldo) {
-    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32((int)ldw));
-    kpanel p;
-    for (int64_t b = 0; b < K / MOECC_KBLOCK; b++) {
-        unpack_panel(wt, w + block_bytes(wt) * b, rows, &p);
-        int t = 0;
-        for (; t + MAX_NT <= nt; t += MAX_NT)
-            panel_tokens(wt, pdot, MAX_NT, &p, b, K, x + t * ldx, ldx, out + t * ldo, ldo);
-        switch (nt - t) {
-        case 3: panel_tokens(wt, pdot, 3, &p, b, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
-        case 2: panel_tokens(wt, pdot, 2, &p, b, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
-        case 1: panel_tokens(wt, pdot, 1, &p, b, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
-        default: break;
-        }
-    }
-}
-
 /* Four rows: 4 x NT register blocks over the tokens, then 4 x 1 (decode: four rows side by
  * side); fewer rows: row by row, the same way. NT: the tokens the registers hold. */
 INLINE TARGET_AVX2 void tile_k(const int wt, wdot_fn wdot, const int NT, int64_t K, const void *w,
@@ -762,7 +680,7 @@ TARGET_512 void moecc_tile_q4_k_avx512(int64_t K, const void *w, int64_t ldw, in
                                        int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q4_K, dot4_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q4_K))
-        tile_gathered(MOECC_Q4_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_gathered(MOECC_Q4_K, unpack_k, MOECC_ACT_Q8_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q4_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -771,7 +689,7 @@ TARGET_512 void moecc_tile_q5_k_avx512(int64_t K, const void *w, int64_t ldw, in
                                        int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q5_K, dot4_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q5_K))
-        tile_gathered(MOECC_Q5_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_gathered(MOECC_Q5_K, unpack_k, MOECC_ACT_Q8_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q5_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -780,7 +698,7 @@ TARGET_512 void moecc_tile_q6_k_avx512(int64_t K, const void *w, int64_t ldw, in
                                        int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q6_K, dot4_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q6_K))
-        tile_gathered(MOECC_Q6_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_gathered(MOECC_Q6_K, unpack_k, MOECC_ACT_Q8_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q6_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -789,7 +707,7 @@ TARGET_VNNI void moecc_tile_q4_k_avx512vnni(int64_t K, const void *w, int64_t ld
                                             int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q4_K, dot4_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q4_K))
-        tile_gathered(MOECC_Q4_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_gathered(MOECC_Q4_K, unpack_k, MOECC_ACT_Q8_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q4_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -798,7 +716,7 @@ TARGET_VNNI void moecc_tile_q5_k_avx512vnni(int64_t K, const void *w, int64_t ld
                                             int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q5_K, dot4_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q5_K))
-        tile_gathered(MOECC_Q5_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_gathered(MOECC_Q5_K, unpack_k, MOECC_ACT_Q8_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q5_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -807,7 +725,7 @@ TARGET_VNNI void moecc_tile_q6_k_avx512vnni(int64_t K, const void *w, int64_t ld
                                             int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q6_K, dot4_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q6_K))
-        tile_gathered(MOECC_Q6_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_gathered(MOECC_Q6_K, unpack_k, MOECC_ACT_Q8_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q6_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 

@@ -338,12 +338,13 @@ static inline int64_t moecc_act_bytes(moecc_storage f, int64_t K) {
 
 #define MOECC_WSUM_ROWS 4 /* rows of one wsum_rows call */
 
-/* Rows of W handled by one tile call: MOECC_TILE_ROWS; a whole panel for q4p; 16 for the K
- * types, whose AVX-512 prefill unpacks 16 rows into a panel (kdot_x86.c) */
+/* Rows of W handled by one tile call: a whole panel for q4p; 16 for the types read with
+ * quantized activations, whose AVX-512 prefill unpacks 16 rows into a panel (gpanel_x86.h);
+ * MOECC_TILE_ROWS for the float ones */
 #define MOECC_TILE_ROWS 4
 #define MOECC_TILE_ROWS_MAX MOECC_PANEL_ROWS
 static inline int moecc_tile_rows(moecc_storage f) {
-    return f == MOECC_Q4P || moecc_act_of(f) == MOECC_ACT_Q8_K ? MOECC_PANEL_ROWS : MOECC_TILE_ROWS;
+    return f == MOECC_Q4P || moecc_act_of(f) != MOECC_ACT_F32 ? MOECC_PANEL_ROWS : MOECC_TILE_ROWS;
 }
 
 /* The one weight-type-specific inner product, a register tile:

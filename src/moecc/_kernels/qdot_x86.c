@@ -40,6 +40,8 @@
 #if MOECC_X86
 #include <immintrin.h>
 
+#include "gpanel_x86.h"
+
 #define STEP 16       /* blocks per step: two vectors of scales */
 #define HALF 8        /* blocks per vector of scales */
 #define MAX_NT 4      /* tokens of a register block (2 with AVX2's 16 registers) */
@@ -308,24 +310,23 @@ INLINE TARGET_AVX2 void block(const int wt, const int q8_xor, idot_fn idot, cvt1
 
 #undef ACC
 
-/* Four rows: 4 x NT register blocks over the tokens, then 4 x 1 (decode: four rows side by
- * side, one accumulator each, with the sweep prefetch); fewer rows: row by row, tokens two or
- * one at a time. NT: the tokens the registers hold (16 registers: 2, 32: 4). */
+/* Four rows at a time: 4 x NT register blocks over the tokens, then 4 x 1 (decode: four rows
+ * side by side, one accumulator each, with the sweep prefetch); the rows left over one by one,
+ * tokens two or one at a time. NT: the tokens the registers hold (16 registers: 2, 32: 4). */
 INLINE TARGET_AVX2 void tile_q(const int wt, const int q8_xor, idot_fn idot, cvt16_fn cvt16,
                                const int NT, int64_t K, const void *w, int64_t ldw, int nr,
                                const void *x, int64_t ldx, int nt, float *out, int64_t ldo) {
     const char *wp = (const char *)w, *xp = (const char *)x;
-    int t = 0;
-    if (nr == MOECC_TILE_ROWS) {
-        for (; t + NT <= nt; t += NT)
-            block(wt, q8_xor, idot, cvt16, MOECC_TILE_ROWS, NT, 1, K, wp, ldw, xp + t * ldx, ldx,
-                  out + t * ldo, ldo);
+    int r = 0, t;
+    for (; r + MOECC_TILE_ROWS <= nr; r += MOECC_TILE_ROWS) {
+        for (t = 0; t + NT <= nt; t += NT)
+            block(wt, q8_xor, idot, cvt16, MOECC_TILE_ROWS, NT, 1, K, wp + r * ldw, ldw,
+                  xp + t * ldx, ldx, out + t * ldo + r, ldo);
         for (; t < nt; t++)
-            block(wt, q8_xor, idot, cvt16, MOECC_TILE_ROWS, 1, 1, K, wp, ldw, xp + t * ldx, ldx,
-                  out + t * ldo, ldo);
-        return;
+            block(wt, q8_xor, idot, cvt16, MOECC_TILE_ROWS, 1, 1, K, wp + r * ldw, ldw,
+                  xp + t * ldx, ldx, out + t * ldo + r, ldo);
     }
-    for (int r = 0; r < nr; r++) {
+    for (; r < nr; r++) {
         const char *wr = wp + r * ldw;
         float *o = out + r;
         for (t = 0; t + 2 <= nt; t += 2)
@@ -334,6 +335,56 @@ INLINE TARGET_AVX2 void tile_q(const int wt, const int q8_xor, idot_fn idot, cvt
         if (t < nt)
             block(wt, q8_xor, idot, cvt16, 1, 1, 4, K, wr, ldw, xp + t * ldx, ldx, o + t * ldo,
                   ldo);
+    }
+}
+
+/* ---- many tokens: 16 rows unpacked into a panel (AVX-512 prefill, gpanel_x86.h) -------- */
+
+#define GATHER_MIN_TOKENS 6 /* from here the panel beats the register blocks (Zen 4) */
+
+/* blocks 8 step .. 8 step + 7 (fewer at a row's end) of the 16 rows at w, `rows` apart, into p:
+ * per block its scale d and min (w = d * u - min: q8 u = q + 128, min 128 d; q4 8 d; q5_0 16 d;
+ * q4_1, q5_1 -m) and its 32 unsigned values */
+INLINE TARGET_512 void unpack_32(const int wt, const char *w, int64_t K, int64_t step, __m512i rows,
+                                 wpanel *p) {
+    const int bb = block_bytes(wt);
+    const int64_t first = GATHER_VALUES / MOECC_QBLOCK * step;
+    const int64_t left = K / MOECC_QBLOCK - first;
+    p->group = MOECC_QBLOCK;
+    p->groups = left < GATHER_VALUES / MOECC_QBLOCK ? (int)left : GATHER_VALUES / MOECC_QBLOCK;
+    const int has_m = wt == MOECC_Q4_1 || wt == MOECC_Q5_1;
+    const int qh_at = wt == MOECC_Q5_0 ? 2 : 4; /* q5_0, q5_1 */
+    const int qs_at = wt == MOECC_Q4 ? 2 : wt == MOECC_Q4_1 ? 4 : wt == MOECC_Q5_0 ? 6 : 8;
+    const __m512i lo4 = _mm512_set1_epi32(0x0F0F0F0F);
+    for (int j = 0; j < p->groups; j++) {
+        const char *blk = w + bb * (first + j);
+        const __m512i head = gather_rows(rows, blk);
+        const __m512 d = fp16_lanes(head, 0);
+        p->scale[j] = d;
+        p->min[j] = has_m ? _mm512_sub_ps(_mm512_setzero_ps(), fp16_lanes(head, 1))
+                          : _mm512_mul_ps(d, _mm512_set1_ps(wt == MOECC_Q8 ? 128.0f : wt == MOECC_Q4 ? 8.0f : 16.0f));
+        if (wt == MOECC_Q8) {
+            for (int i = 0; i < 8; i++)
+                p->u[8 * j + i] = _mm512_xor_si512(gather_rows(rows, blk + 2 + 4 * i),
+                                                   _mm512_set1_epi32((int)0x80808080u));
+            continue;
+        }
+        /* byte l of qs: value l in the low nibble, l + 16 in the high */
+        for (int i = 0; i < 4; i++) {
+            const __m512i q = gather_rows(rows, blk + qs_at + 4 * i);
+            p->u[8 * j + i] = _mm512_and_si512(q, lo4);
+            p->u[8 * j + 4 + i] = _mm512_and_si512(_mm512_srli_epi32(q, 4), lo4);
+        }
+        if (wt == MOECC_Q5_0 || wt == MOECC_Q5_1) { /* + 16 where bit v of qh is set */
+            const __m512i qh = gather_rows(rows, blk + qh_at);
+            for (int c = 0; c < 8; c++) { /* bits 4c .. 4c+3 to bit 4 of bytes 0..3: the
+                                           * multiply puts bit k at 8k, no two terms meeting */
+                const __m512i bits = _mm512_and_si512(_mm512_srli_epi32(qh, 4 * c), _mm512_set1_epi32(15));
+                const __m512i spread = _mm512_and_si512(_mm512_mullo_epi32(bits, _mm512_set1_epi32(0x00204081)),
+                                                        _mm512_set1_epi32(0x01010101));
+                p->u[8 * j + c] = _mm512_or_si512(p->u[8 * j + c], _mm512_slli_epi32(spread, 4));
+            }
+        }
     }
 }
 
@@ -374,55 +425,82 @@ TARGET_512 void moecc_tile_q8_avx512(int64_t K, const void *w, int64_t ldw, int 
 TARGET_512 void moecc_tile_q4_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                      const void *x, int64_t ldx, int nt, float *out,
                                      int64_t ldo) {
-    tile_q(MOECC_Q4, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
+        tile_gathered(MOECC_Q4, unpack_32, MOECC_ACT_Q8_32, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+    else
+        tile_q(MOECC_Q4, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_512 void moecc_tile_q4_1_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
-    tile_q(MOECC_Q4_1, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
+        tile_gathered(MOECC_Q4_1, unpack_32, MOECC_ACT_Q8_32, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+    else
+        tile_q(MOECC_Q4_1, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_512 void moecc_tile_q5_0_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
-    tile_q(MOECC_Q5_0, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
+        tile_gathered(MOECC_Q5_0, unpack_32, MOECC_ACT_Q8_32, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+    else
+        tile_q(MOECC_Q5_0, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_512 void moecc_tile_q5_1_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
-    tile_q(MOECC_Q5_1, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
+        tile_gathered(MOECC_Q5_1, unpack_32, MOECC_ACT_Q8_32, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+    else
+        tile_q(MOECC_Q5_1, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_VNNI void moecc_tile_q8_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                           const void *x, int64_t ldx, int nt, float *out,
                                           int64_t ldo) {
-    tile_q(MOECC_Q8, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
+        tile_gathered(MOECC_Q8, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+    else
+        tile_q(MOECC_Q8, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_VNNI void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                           const void *x, int64_t ldx, int nt, float *out,
                                           int64_t ldo) {
-    tile_q(MOECC_Q4, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
+        tile_gathered(MOECC_Q4, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+    else
+        tile_q(MOECC_Q4, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_VNNI void moecc_tile_q4_1_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
-    tile_q(MOECC_Q4_1, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
+        tile_gathered(MOECC_Q4_1, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+    else
+        tile_q(MOECC_Q4_1, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_VNNI void moecc_tile_q5_0_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
-    tile_q(MOECC_Q5_0, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
+        tile_gathered(MOECC_Q5_0, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+    else
+        tile_q(MOECC_Q5_0, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 TARGET_VNNI void moecc_tile_q5_1_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
-    tile_q(MOECC_Q5_1, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
+    if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
+        tile_gathered(MOECC_Q5_1, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+    else
+        tile_q(MOECC_Q5_1, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
 /* ---- activation quantization ------------------------------------------------------------- */
