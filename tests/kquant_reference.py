@@ -10,12 +10,13 @@ import numpy as np
 from moecc import storage
 
 QK = storage.KBLOCK
-STEPS, RDELTA, REFINE = 40, 0.05, 4  # as kquant.c's KQ_STEPS, KQ_RDELTA, KQ_REFINE
-SHAPES = {  # values per sub-block, integer range, affine, sub-block scale range
+REFINE = 4  # as kquant.c's KQ_REFINE
+SHAPES = {  # values per sub-block, integer range, affine, sub-block scale range (kquant.c's kq_shape)
     "q4_k": (32, 0, 15, True, 0, 63),
     "q5_k": (32, 0, 31, True, 0, 63),
     "q6_k": (16, -32, 31, False, -128, 127),
 }
+GRIDS = {"q4_k": (-3.0, 0.1, 50), "q5_k": (-5.0, 0.1, 80), "q6_k": (-10.0, 0.2, 70)}  # first, delta, steps
 
 
 def fp16(v):
@@ -71,8 +72,9 @@ def search_subblocks(x, w, name):
     origin = xmin if affine else np.zeros_like(xmin)
     best = np.full(x.shape[:-1], np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
-        for step in range(STEPS + 1):
-            inv = ((hi if affine else -lo) - 1 + RDELTA * step) / rng
+        first, delta, steps = GRIDS[name]
+        for step in range(steps + 1):
+            inv = ((hi if affine else -lo) + first + delta * step) / rng
             L = round_clamp(inv[..., None] * (x - origin[..., None]), lo, hi)
             ok, s2, m2, e = fit(x, w, L, affine)
             take = live & ok & (e < best)
