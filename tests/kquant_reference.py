@@ -52,7 +52,8 @@ def fit(x, w, L, affine):
 
 def round_to(x, s, m, lo, hi):
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(s[..., None] != 0, round_clamp((x - m[..., None]) / s[..., None], lo, hi), 0)
+        inv = np.where(s != 0, 1 / s, 0)
+    return round_clamp((x - m[..., None]) * inv[..., None], lo, hi)
 
 
 def error_of(x, w, s, m, L):

@@ -50,9 +50,11 @@ static inline double round_clamp(double v, int lo, int hi) {
     return (v + 0x1.8p52) - 0x1.8p52;
 }
 
-/* integers of x under y = s * L + m (the nearest, clamped); 0 where s is 0 */
+/* integers of x under y = s * L + m (the nearest, clamped; by the reciprocal of s, one division
+ * a sub-block); 0 where s is 0 */
 static void round_to(const kq_shape *k, const float *x, double s, double m, double *L) {
-    for (int i = 0; i < k->n; i++) L[i] = s != 0 ? round_clamp((x[i] - m) / s, k->lo, k->hi) : 0;
+    const double inv = s != 0 ? 1 / s : 0;
+    for (int i = 0; i < k->n; i++) L[i] = round_clamp((x[i] - m) * inv, k->lo, k->hi);
 }
 
 /* the weighted sums of one sub-block that do not depend on its integers */
@@ -108,10 +110,13 @@ static void search_subblock(const kq_shape *k, const float *x, const double *w, 
     const double range = k->affine ? hi - lo : -at_amax; /* q6_k: the largest magnitude to lo */
     if ((k->affine && hi == lo) || (!k->affine && amax == 0)) return;
     const double origin = k->affine ? lo : 0;
-    double best = INFINITY, s, m, e;
+    double best = INFINITY, s, m, e, prev[32];
     for (int step = 0; step <= k->steps; step++) {
         const double inv = ((k->affine ? k->hi : -k->lo) + k->first + k->delta * step) / range;
         for (int i = 0; i < k->n; i++) L[i] = round_clamp(inv * (x[i] - origin), k->lo, k->hi);
+        /* neighbouring grids often round alike: the same fit again */
+        if (step > 0 && memcmp(prev, L, sizeof(double) * (size_t)k->n) == 0) continue;
+        memcpy(prev, L, sizeof(double) * (size_t)k->n);
         if (fit(k, x, w, &c, L, &s, &m, &e) && e < best) best = e, *s_out = s, *m_out = m;
     }
     for (int pass = 0; pass < KQ_REFINE && *s_out != 0; pass++) {
