@@ -31,6 +31,7 @@ C_SOURCES = [
     "qdot_x86.c",
     "kdot_generic.c",
     "kdot_x86.c",
+    "kquant.c",
     "qpanel_avx2.c",
     "qpanel_generic.c",
     "qpanel_avx512.c",

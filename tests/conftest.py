@@ -111,12 +111,12 @@ def weights_only_checkpoint(case: str, kind: str, folder) -> None:
     storage_of = {}
     for spec in tensor_specs(source.config):
         names = expert_names(spec) if spec.role == "experts" else [spec.name]  # per-expert layout
-        storage_of.update(dict.fromkeys(names, plan.storage(spec)))
+        storage_of.update(dict.fromkeys(names, plan.storage(spec, source.config)))
     tensors = {}
     for name in source.weight_map:
         values = quant.source_to_f32(source.tensor(name), source.source_dtype(name))
         stored = storage_of[name]
-        if stored in ("q8", "q4", "q4p"):
+        if stored in ("q8", "q4", "q4p") + quant.K_TYPES:
             values = quant.dequantize(quant.quantize(values, stored), stored, values.shape[-1])
         tensors[name] = ("F32", np.ascontiguousarray(values))
     save_safetensors(os.path.join(folder, "model.safetensors"), tensors)

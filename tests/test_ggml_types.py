@@ -1,6 +1,6 @@
-"""The ggml types moecc reads from GGUF files but does not write: the K types (q4_k, q5_k, q6_k)
-and the blocks of 32 q4_1, q5_0, q5_1. The NumPy oracle (moecc.quant) against the gguf package's
-own dequantizer, and every kernel path (decode GEMV, prefill GEMM, the MoE SwiGLU, embedding
+"""The ggml types moecc reads from GGUF files: the K types (q4_k, q5_k, q6_k; test_kquant.py
+tests moecc's quantizers of them) and the blocks of 32 q4_1, q5_0, q5_1, which moecc does not
+write. The NumPy oracle (moecc.quant) against the gguf package's own dequantizer, and every kernel path (decode GEMV, prefill GEMM, the MoE SwiGLU, embedding
 lookup) against the oracle, on every ISA this machine has, 1 and 2 threads.
 
 K-type weights meet q8_k activations (int8 per block of 256, a float scale, sums per 16), the
@@ -9,9 +9,9 @@ a product is
 
     ref = dequantize(w) @ dequantize(quantize_activations(x, block=32 or 256))      (float64)
 
-which the kernels must meet to float32 rounding (|got - ref| <= RTOL * (|xq| @ |w|)). moecc has
-no quantizer for these types: the K-type weights are random valid super-blocks, the others what
-gguf's quantizer makes of random values.
+which the kernels must meet to float32 rounding (|got - ref| <= RTOL * (|xq| @ |w|)). The K-type
+weights here are random valid super-blocks, the others what gguf's quantizer makes of random
+values.
 """
 import functools
 
@@ -141,7 +141,7 @@ def test_layout_by_hand():
     assert w[128 * h + 32 * i + l] == 10 and np.count_nonzero(w == -32) == 255
 
 
-@pytest.mark.parametrize("name", KTYPES + TYPES32)
+@pytest.mark.parametrize("name", TYPES32)
 def test_no_quantizer(name):
     with pytest.raises(storage.StorageError, match=f"reads {name} .from GGUF files. but has no quantizer"):
         quant.quantize(np.zeros((1, 256), np.float32), name)

@@ -1,4 +1,5 @@
-"""Accuracy of q8 / q4 models against transformers, bounded by the error of the weights alone.
+"""Accuracy of quantized models (q8, q4, the K types, the q4_k_m mix) against transformers,
+bounded by the error of the weights alone.
 
 For each storage type and group size, the engine's error on the fixture is compared with the
 error of the float engine run on weights that were quantized and dequantized in NumPy (the
@@ -15,7 +16,7 @@ import moecc
 from conftest import FIXTURES, Reference, logit_errors, weights_only_checkpoint
 from moecc.convert import StoragePlan, convert
 
-SETTINGS = ["q8", "q4"]
+SETTINGS = ["q8", "q4", "q4_k", "q6_k", "q4_k_m"]
 
 
 @pytest.mark.parametrize("dtype", SETTINGS)

@@ -24,7 +24,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export PYTHONPATH="$work/src"
 python -c "from moecc import _kernels; print('sanitized build:', _kernels.build_info())"
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_kernels.py tests/test_quant_kernels.py tests/test_ggml_types.py tests/test_engine.py \
-        tests/test_fuzz_loader.py tests/test_gguf_errors.py tests/test_imatrix.py -q -p no:cacheprovider
+    set -- tests/test_kernels.py tests/test_quant_kernels.py tests/test_ggml_types.py tests/test_kquant.py \
+        tests/test_engine.py tests/test_fuzz_loader.py tests/test_gguf_errors.py tests/test_imatrix.py \
+        -q -p no:cacheprovider
 fi
 python -m pytest "$@"

@@ -353,8 +353,8 @@ def _reusable(path: str, quant: str, wanted_info: dict) -> bool:
         if any(mf.writer_info.get(k) != v for k, v in wanted_info.items()):
             return False
         plan = StoragePlan(quant)
-        specs = tensor_specs(Qwen3MoeConfig.from_dict(mf.config_dict))
-        return all(s.name in mf.tensors and mf.tensors[s.name].dtype == plan.storage(s) for s in specs)
+        cfg = Qwen3MoeConfig.from_dict(mf.config_dict)
+        return all(s.name in mf.tensors and mf.tensors[s.name].dtype == plan.storage(s, cfg) for s in tensor_specs(cfg))
     finally:
         mf.close()
 

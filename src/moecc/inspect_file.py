@@ -14,7 +14,9 @@ import json
 import sys
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
+from . import quant, storage
 from .formats import FormatError
 from .formats.gguf import GGUFFile, config_from_gguf, gguf_name
 from .formats.moecc_file import ModelFile
@@ -30,9 +32,17 @@ def summary(mf: ModelFile) -> dict:
         roles = {s.name: s.role for s in tensor_specs(Qwen3MoeConfig.from_dict(mf.config_dict))}
     except (ConfigError, TypeError, ValueError):
         roles = {}
-    entries = [(e.name, e.dtype, e.shape, e.size, e.offset) for e in mf.tensors.values()]
+    entries = [(e.name, _type_name(e.dtype), e.shape, e.size, e.offset) for e in mf.tensors.values()]
     return _tables(mf.path, mf.file_size, mf.writer_info, mf.config_dict,
                    {e.name: e.size for e in mf.files.values()}, entries, roles)
+
+
+def _type_name(dtype: str) -> str:
+    """A .moecc storage type as the table shows it: ggml's name for the K types (the bytes of
+    ggml's Q4_K / Q5_K / Q6_K, named as a GGUF file names them), moecc's for the others."""
+    if dtype in quant.K_TYPES:
+        return GGMLQuantizationType(storage.get(dtype).ggml_type).name
+    return dtype
 
 
 def gguf_summary(f: GGUFFile) -> dict:
@@ -75,6 +85,11 @@ def _print_text(info: dict, out) -> None:
     cfg = info["config"]
     print(f"{info['file']}: {info['file_bytes'] / 2**20:.1f} MiB, {info['params'] / 1e9:.3f} B parameters, "
           f"{info['bits_per_weight']:.2f} bits per weight", file=out)
+    writer = info["writer"]
+    if "quant" in writer:  # a .moecc file says how moecc-convert stored it
+        overrides = "".join(f", {role}={kind}" for role, kind in (writer.get("overrides") or {}).items())
+        print(f"plan: --quant {writer['quant']}{overrides}"
+              f"{', with importance' if writer.get('importance') else ''}", file=out)
     print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()), file=out)
     print(f"embedded files: {', '.join(f'{n} ({s} B)' for n, s in info['files'].items())}"
           if "metadata keys" not in info["files"] else f"metadata keys: {info['files']['metadata keys']}", file=out)

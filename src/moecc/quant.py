@@ -37,8 +37,9 @@ rows).  The converter stores as q4p every q4 matrix it can (rows a multiple of 1
 is only multiplied, never looked up by row (so not the embedding).
 
 The K types are ggml's Q4_K, Q5_K and Q6_K super-blocks of 256 values (ggml-common.h
-block_q4_K / _q5_K / _q6_K; C: moecc_block_q4_k etc.), which GGUF files bring; moecc reads them
-and does not write them (`quantize` refuses them).  `unpack_k` takes a super-block apart into
+block_q4_K / _q5_K / _q6_K; C: moecc_block_q4_k etc.), which GGUF files bring and the converter
+writes (`quantize`: the C kernel of kquant.c, whose search its docstring describes; its NumPy
+reference is tests/kquant_reference.py).  `unpack_k` takes a super-block apart into
 
     w[v] = (d * scale[v // 16]) * q[v] - dmin * min[v // 16]          (float32, in that order)
 
@@ -112,17 +113,27 @@ def _roundf(v: np.ndarray) -> np.ndarray:
     return np.copysign(np.floor(np.abs(v) + 0.5), v)
 
 
-def quantize(values: np.ndarray, name: str) -> np.ndarray:
-    """float32 [..., K] -> uint8 [..., row_bytes]: the rows as a q8 / q4 / q4p tensor stores them
-    (q8 / q4: the bytes of ggml's reference quantizers, see the module's docstring)."""
+def quantize(values: np.ndarray, name: str, importance: np.ndarray | None = None) -> np.ndarray:
+    """float32 [..., K] -> uint8 [..., row_bytes]: the rows as a q8 / q4 / q4p / K-type tensor
+    stores them (q8 / q4: the bytes of ggml's reference quantizers, see the module's docstring;
+    the K types: ggml's blocks from moecc's own search, the C kernel kquant.c, whose rounding
+    error is weighted per column by `importance`, float32 [K], if given)."""
     values = np.asarray(values, dtype=np.float32)
     *lead, K = values.shape
     problem = storage.get(name).shape_problem(values.shape)
     if problem:
         raise storage.StorageError(problem)
+    if name in K_TYPES:
+        from . import _kernels
+        rows = _kernels.quantize_k(np.ascontiguousarray(values.reshape(-1, K)), name,
+                                   importance=importance, threads=_kernels.build_info()["max_threads"])
+        return rows.reshape(*lead, rows.shape[-1])
+    if importance is not None:
+        raise storage.StorageError(f"{name} is quantized without importance weights (only "
+                                   f"{', '.join(K_TYPES)} take them)")
     if name == "q4p":
         return to_panels(quantize(values, "q4"), K)
-    if name in K_TYPES + READ_ONLY_32:
+    if name in READ_ONLY_32:
         raise storage.StorageError(f"moecc reads {name} (from GGUF files) but has no quantizer for it")
     blocks = values.reshape(*lead, K // GROUP, GROUP)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # d overflows fp16 as ggml's does
@@ -295,8 +306,9 @@ def source_to_f32(array: np.ndarray, source_dtype: str) -> np.ndarray:
     raise ValueError(f"unsupported source dtype {source_dtype}")
 
 
-def encode(array: np.ndarray, source_dtype: str, name: str) -> np.ndarray:
-    """Checkpoint data (as checkpoint.py views it) -> the bytes of a tensor stored as `name`."""
+def encode(array: np.ndarray, source_dtype: str, name: str, importance: np.ndarray | None = None) -> np.ndarray:
+    """Checkpoint data (as checkpoint.py views it) -> the bytes of a tensor stored as `name`
+    (importance: per-column weights of the rounding error, K types only, see quantize)."""
     if name == "bf16" and source_dtype == "BF16":
         return array  # already bf16 bits: copy as is
     values = source_to_f32(array, source_dtype)
@@ -306,7 +318,7 @@ def encode(array: np.ndarray, source_dtype: str, name: str) -> np.ndarray:
         return f32_to_bf16(values)
     if name == "f16":
         return values.astype(np.float16)
-    return quantize(values, name)
+    return quantize(values, name, importance)
 
 
 def decode(stored: np.ndarray, name: str, K: int = 0) -> np.ndarray:

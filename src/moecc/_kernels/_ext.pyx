@@ -46,6 +46,8 @@ cdef extern from "moecc.h" nogil:
     int64_t moecc_xq_bytes(int64_t K)
     int64_t moecc_act_kind_bytes(moecc_act a, int64_t K)
     void moecc_quantize_rows(moecc_act a, const float *x, int64_t T, int64_t K, void *xq)
+    void moecc_quantize_k(moecc_storage s, const float *x, int64_t N, int64_t K,
+                          const float *importance, void *out, int threads)
 
     void moecc_dispatch_init()
     int moecc_isa_count()
@@ -356,6 +358,39 @@ def quantize_activations(x, *, kind="q8_32"):
     d = rows[:, K:at].copy().view(np.float32)
     sums = rows[:, at:at + np.dtype(sum_dtype).itemsize * (K // per_sum)].copy().view(sum_dtype)
     return q, d, sums
+
+
+K_QUANTIZED = ("q4_k", "q5_k", "q6_k")
+
+
+def quantize_k(x, str storage, *, importance=None, int threads=1):
+    """x float32 [N, K] -> uint8 [N, row_bytes(storage, K)]: the rows as K-type `storage` (q4_k,
+    q5_k or q6_k) super-blocks, each one's rounding error weighted per column by `importance`
+    (float32 [K], finite and >= 0; None: all 1) as kquant.c describes."""
+    if storage not in K_QUANTIZED:
+        raise ValueError(f"quantize_k writes {', '.join(K_QUANTIZED)}, not {storage!r}")
+    cdef cnp.ndarray ax = _array(x, "x", F32, 2)
+    cdef int64_t N = _dim(ax, 0), K = _dim(ax, 1)
+    cdef moecc_storage s = _storage(storage)
+    if moecc_storage_check(s, 1, K) != MOECC_OK:
+        raise ValueError(f"x: {TYPES[storage].shape_problem((N, K))}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"x holds values that are not finite (NaN or inf): {storage} cannot store them")
+    cdef cnp.ndarray ai
+    cdef const float *p_ai = NULL
+    if importance is not None:
+        ai = _array(importance, "importance", F32, 1)
+        _shape(ai, "importance", (K,))
+        if not (np.isfinite(importance).all() and (importance >= 0).all()):
+            raise ValueError("importance must be finite and >= 0 in every column")
+        p_ai = <const float *>_ptr(ai)
+    cdef cnp.ndarray out = np.empty((N, moecc_row_bytes(s, K)), np.uint8)
+    cdef int nt = _threads(threads)
+    cdef const float *p_ax = <const float *>_ptr(ax)
+    cdef void *p_out = _ptr(out)
+    with nogil:
+        moecc_quantize_k(s, p_ax, N, K, p_ai, p_out, nt)
+    return out
 
 
 def matmul(x, w, out, *, int threads, storage=None):

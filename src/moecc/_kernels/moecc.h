@@ -228,6 +228,11 @@ typedef struct {
 void moecc_unpack_k(moecc_storage s, const void *block, moecc_kblock *out);
 /* q4_k's 8 scales (out[0..7]) and 8 mins (out[8..15]) from its 12 packed bytes */
 void moecc_q4_k_scales(const uint8_t packed[MOECC_K_SCALE_BYTES], uint8_t out[16]);
+/* x float32 [N, K] (K % 256 == 0, every value finite) -> N rows of K-type s (q4_k, q5_k, q6_k)
+ * at out, minimising each super-block's squared error weighted per column by importance[K]
+ * (NULL: all 1) as kquant.c says; OpenMP over rows */
+void moecc_quantize_k(moecc_storage s, const float *x, int64_t N, int64_t K, const float *importance,
+                      void *out, int threads);
 
 /* MOECC_OK if a matrix [N, K] can be stored as s: MOECC_ERR_STORAGE for an unknown type,
  * MOECC_ERR_SHAPE if K is not a whole number of blocks or N of panels. The bindings call it

@@ -97,7 +97,7 @@ def write_quantized_model(path: str, layers: int, quant: str = "q4", seed: int =
     embedded = {name: files[name] for name in EMBEDDED_FILES if name in files}  # as the converter embeds
     scale = np.array(quantized_scale(quant), np.float16).view(np.uint16)
     normal = normal_bf16_table()
-    tensors = [(spec, plan.storage(spec), _quantized_model_parts(spec, plan.storage(spec), seed, scale, normal))
+    tensors = [(spec, plan.storage(spec, cfg), _quantized_model_parts(spec, plan.storage(spec, cfg), seed, scale, normal))
                for spec in tensor_specs(cfg)]
     write_model(path, cfg.to_dict(), tensors, embedded, info, progress)
     return {"bytes": os.path.getsize(path), "config": raw_cfg}
