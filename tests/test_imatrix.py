@@ -309,3 +309,28 @@ def test_command_on_a_quantized_file(tmp_path, converted):
     assert got.entries["blk.0.ffn_gate_exps.weight"].counts.sum() == 3 * 128 * 2  # top-2
     cfg = moecc.load(converted("main", "q8"), threads=1, ctx=64).config
     assert len(imatrix.load(out, cfg)) == sum(s.role in imatrix.IMPORTANCE_ROLES for s in tensor_specs(cfg))
+
+
+# ---- moecc-convert --imatrix ---------------------------------------------------------------------
+
+
+def test_convert_takes_an_imatrix(tmp_path, capsys):
+    """moecc-convert --imatrix: llama-imatrix's file of gqa16 weights gqa16's conversion (the
+    header records it); the same file given to another model's conversion is refused, naming
+    the mismatch, and nothing is written."""
+    from moecc import convert
+    from moecc.formats import moecc_file
+    out = tmp_path / "gqa16-q4_k_m.moecc"
+    hf = os.path.join(FIXTURES, "gqa16", "hf")
+    assert convert.main([hf, "-o", str(out), "--quant", "q4_k_m", "--imatrix", LLAMA_IMATRIX + ".gguf", "--quiet"]) == 0
+    f = moecc_file.ModelFile(str(out))
+    try:
+        assert f.writer_info["quant"] == "q4_k_m" and f.writer_info["importance"] is True
+    finally:
+        f.close()
+    other = tmp_path / "main-q4_k_m.moecc"
+    capsys.readouterr()
+    assert convert.main([os.path.join(FIXTURES, "main", "hf"), "-o", str(other), "--quant", "q4_k_m",
+                         "--imatrix", LLAMA_IMATRIX + ".gguf", "--quiet"]) == 2
+    assert "the imatrix was made for another model" in capsys.readouterr().err
+    assert not other.exists()

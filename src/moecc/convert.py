@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__, quant, storage
+from . import __version__, imatrix, quant, storage
 from .formats import moecc_file
 from .formats.huggingface import Checkpoint, CheckpointError, expert_names
 from .config import ConfigError, Qwen3MoeConfig, TensorSpec, tensor_specs
@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(MATRIX_ROLES)} (e.g. --keep attn,lm_head)")
     parser.add_argument("--class-quant", action="append", default=[], metavar="CLASS=TYPE",
                         help="store one class of tensors as another type, e.g. --class-quant attn=q8; repeatable")
+    parser.add_argument("--imatrix", metavar="IMATRIX",
+                        help="importance matrix weighting the K types' rounding error per input column: "
+                             "moecc-imatrix's file, or llama-imatrix's (GGUF or legacy .dat)")
     parser.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -273,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             if not sep:
                 raise ValueError(f"--class-quant {item!r}: write CLASS=TYPE, e.g. attn=q8")
             overrides.append((role.strip(), dtype.strip()))
-        plan = StoragePlan(args.quant, tuple(overrides))
+        importance = imatrix.load(args.imatrix, Checkpoint(args.hf_dir).config) if args.imatrix else None
+        plan = StoragePlan(args.quant, tuple(overrides), importance)
         stats = convert(args.hf_dir, args.output, plan, force=args.force, progress=not args.quiet)
     except KeyboardInterrupt:
         print("moecc-convert: interrupted; nothing was written", file=sys.stderr)
