@@ -109,7 +109,7 @@ class BuildExt(build_ext):
 extension = Extension(
     "moecc._kernels._ext",
     sources=[f"{KERNELS}/_ext.pyx"] + [f"{KERNELS}/{name}" for name in C_SOURCES],
-    depends=[f"{KERNELS}/moecc.h"],
+    depends=[f"{KERNELS}/{name}" for name in ("moecc.h", "gpanel_x86.h", "sweep_x86.h")],
     include_dirs=[KERNELS, numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )

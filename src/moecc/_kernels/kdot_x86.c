@@ -16,8 +16,8 @@
  * isum go to float under one scale d * dx into the row's float accumulator, and the mins (q4_k,
  * q5_k: dmin * sum_j m_j * bsum_j) or the bias of u (q6_k: 32 * sum_h s_h * bsum_h, integer) come
  * off through one madd of the activations' 16 block sums: no horizontal sum but the row's last.
- * Decode (one token) streams four rows side by side and sweep-prefetches the rows ~8 KB on, as
- * qdot_x86.c does, so DRAM sees one sequential stream. */
+ * Decode (one token) streams four rows side by side and sweep-prefetches the rows PF_BYTES on
+ * (sweep_x86.h), so DRAM sees one sequential stream. */
 #include <stddef.h>
 
 #include "moecc.h"
@@ -26,10 +26,10 @@
 #include <immintrin.h>
 
 #include "gpanel_x86.h"
+#include "sweep_x86.h"
 
 #define VECS (MOECC_KBLOCK / 32) /* vectors of 32 weights in a super-block */
 #define MAX_NT 4                 /* tokens of a register block (2 with AVX2's 16 registers) */
-#define PF_BYTES 8192            /* a tile of rows prefetches the first whole tile this far on */
 
 _Static_assert(offsetof(moecc_block_q4_k, qs) == 16 && offsetof(moecc_block_q5_k, qh) == 16 &&
                    offsetof(moecc_block_q5_k, qs) == 48 && offsetof(moecc_block_q6_k, qh) == 128 &&
@@ -152,15 +152,12 @@ INLINE TARGET_AVX2 void block(const int wt, wdot_fn wdot, const int NR, const in
     const int bb = block_bytes(wt);
     __m256 acc[MOECC_TILE_ROWS * MAX_NT];
     for (int i = 0; i < NR * NT; i++) acc[i] = _mm256_setzero_ps();
-    /* sweep-prefetch the NR rows a few tiles on, a share per super-block */
-    const char *pf = w + (PF_BYTES + NR * ldw - 1) / (NR * ldw) * NR * ldw;
-    const int64_t pf_step = NR > 1 ? (NR * ldw / nsb + 63) & ~(int64_t)63 : 0;
+    sweep pf = sweep_start(w, NR, ldw, 1, nsb);
     const __m128i min_pairs = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14,
                                             15, 15);
 
     for (int64_t b = 0; b < nsb; b++) {
-        for (int64_t p = 0; p < pf_step; p += 64) _mm_prefetch(pf + p, _MM_HINT_T0);
-        pf += pf_step;
+        sweep_next(&pf);
         khead hd[MOECC_TILE_ROWS];
         for (int r = 0; r < NR; r++) hd[r] = head(wt, w + r * ldw + bb * b);
         __m256i isum[MOECC_TILE_ROWS * MAX_NT];
@@ -238,8 +235,7 @@ INLINE TARGET_AVX2 __m256i scale_at256(const int j) {
 
 /* q4_k rows r0 and r1 (r1 may repeat r0) x one token: out0, out1 */
 INLINE TARGET_AVX2 void q4_k_pair_token256(int64_t K, const char *r0, const char *r1,
-                                      const char *x, const char *pf, int64_t pf_step,
-                                      float *out0, float *out1) {
+                                           const char *x, sweep pf, float *out0, float *out1) {
     const int64_t nsb = K / MOECC_KBLOCK;
     const int bb = sizeof(moecc_block_q4_k), qs = offsetof(moecc_block_q4_k, qs);
     const __m256i lo4 = _mm256_set1_epi8(15);
@@ -252,8 +248,7 @@ INLINE TARGET_AVX2 void q4_k_pair_token256(int64_t K, const char *r0, const char
     const int16_t *bsums = moecc_xk_bsums(x, K);
     __m256 acc = _mm256_setzero_ps(); /* lane 0: row r0's partial sums; lane 1: r1's */
     for (int64_t b = 0; b < nsb; b++) {
-        for (int64_t p = 0; p < pf_step; p += 64) _mm_prefetch(pf + p, _MM_HINT_T0);
-        pf += pf_step;
+        sweep_next(&pf);
         const char *blk[2] = {r0 + bb * b, r1 + bb * b};
         const __m256i head = _mm256_loadu2_m128i((const __m128i *)blk[1], (const __m128i *)blk[0]);
         const __m256i sm = unpack_scales_mins256(head);
@@ -297,19 +292,18 @@ INLINE TARGET_AVX2 void q4_k_pair_token256(int64_t K, const char *r0, const char
     *out1 = _mm_cvtss_f32(_mm_shuffle_ps(s, s, 1));
 }
 
-/* one token against nr q4_k rows: pairs of rows, four rows' span prefetched ahead; an odd last row
- * runs as a pair with itself */
+/* one token against nr q4_k rows: pairs of rows, each pair's sweep prefetch ahead of it; an odd
+ * last row runs as a pair with itself */
 INLINE TARGET_AVX2 void q4_k_tile_token256(int64_t K, const void *w, int64_t ldw, int nr,
                                       const void *x, float *out) {
     const char *wp = (const char *)w;
     const int64_t nsb = K / MOECC_KBLOCK;
     for (int r = 0; r < nr; r += 2) {
         const int two = r + 1 < nr;
-        const char *pf = wp + r * ldw + (PF_BYTES + 2 * ldw - 1) / (2 * ldw) * 2 * ldw;
-        const int64_t pf_step = two ? (2 * ldw / nsb + 63) & ~(int64_t)63 : 0;
         float spare;
-        q4_k_pair_token256(K, wp + r * ldw, wp + (r + two) * ldw, (const char *)x, pf, pf_step,
-                      out + r, two ? out + r + 1 : &spare);
+        q4_k_pair_token256(K, wp + r * ldw, wp + (r + two) * ldw, (const char *)x,
+                           sweep_start(wp + r * ldw, 1 + two, ldw, 1, nsb), out + r,
+                           two ? out + r + 1 : &spare);
     }
 }
 
@@ -435,8 +429,7 @@ INLINE TARGET_512 void block_token512(const int wt, dot4_fn dot4, wdot512_fn wdo
     const int64_t nsb = K / MOECC_KBLOCK;
     const int bb = block_bytes(wt);
     __m512 acc = _mm512_setzero_ps(); /* row r's partial sums in lane r */
-    const char *pf = w + (PF_BYTES + NR * ldw - 1) / (NR * ldw) * NR * ldw;
-    const int64_t pf_step = NR > 1 ? (NR * ldw / nsb + 63) & ~(int64_t)63 : 0;
+    sweep pf = sweep_start(w, NR, ldw, 1, nsb);
     const __m512i lo4 = _mm512_set1_epi8(15), hi2 = _mm512_set1_epi8(0x30);
     /* q6_k: per 256-bit half, the shift that brings its 2 bits of qh to bits 4-5 */
     const __m512i qh_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
@@ -448,8 +441,7 @@ INLINE TARGET_512 void block_token512(const int wt, dot4_fn dot4, wdot512_fn wdo
     const int16_t *bsums = moecc_xk_bsums(x, K);
 
     for (int64_t b = 0; b < nsb; b++) {
-        for (int64_t p = 0; p < pf_step; p += 64) _mm_prefetch(pf + p, _MM_HINT_T0);
-        pf += pf_step;
+        sweep_next(&pf);
         __m512i a[VECS / 2];
         for (int k = 0; k < VECS / 2; k++)
             a[k] = _mm512_loadu_si512((const void *)(x + MOECC_KBLOCK * b + 64 * k));

@@ -31,7 +31,7 @@
  * and converted at once; the products s per (row, token) are two multiplies, parked on the stack,
  * where each block's vector of sums broadcasts its scale. A row is read in whole blocks only, so
  * never past its end.
- * Decode streams four rows side by side and sweep-prefetches the rows ~8 KB on, so that DRAM
+ * Decode streams four rows side by side and sweep-prefetches the rows (sweep_x86.h), so that DRAM
  * sees one sequential stream. */
 #include <stddef.h>
 
@@ -41,12 +41,12 @@
 #include <immintrin.h>
 
 #include "gpanel_x86.h"
+#include "sweep_x86.h"
 
 #define STEP 16       /* blocks per step: two vectors of scales */
 #define HALF 8        /* blocks per vector of scales */
 #define MAX_NT 4      /* tokens of a register block (2 with AVX2's 16 registers) */
 #define MAX_ACC 16    /* NR * NT * U never exceeds this */
-#define PF_BYTES 8192 /* a tile of rows prefetches the first whole tile this far on */
 _Static_assert(offsetof(moecc_block_q4_1, m) == 2 && offsetof(moecc_block_q5_1, m) == 2 &&
                    offsetof(moecc_block_q5_0, qh) == 2 && offsetof(moecc_block_q5_1, qh) == 4,
                "the offsets block() and row_block() read: d at 0, then m, then qh");
@@ -263,10 +263,7 @@ INLINE TARGET_AVX2 void block(const int wt, const int q8_xor, idot_fn idot, cvt1
     __m256 acc[MAX_ACC];
     for (int i = 0; i < NR * NT * U; i++) acc[i] = _mm256_setzero_ps();
     _Alignas(32) float s[MOECC_TILE_ROWS * MAX_NT][STEP]; /* s[r*NT + t][j] */
-    /* sweep-prefetch the NR rows a few tiles on (PF_BYTES: measured best for q4 and q8), a share
-     * per step: DRAM then sees one sequential stream instead of NR interleaved ones */
-    const char *pf = w + (PF_BYTES + NR * ldw - 1) / (NR * ldw) * NR * ldw;
-    const int64_t pf_step = NR > 1 ? (NR * ldw * STEP / nblocks + 63) & ~(int64_t)63 : 0;
+    sweep pf = sweep_start(w, NR, ldw, STEP, nblocks); /* a share per step (sweep_x86.h) */
 
     /* the fp16 scales (and mins) of the rows' next step are loaded a step ahead: their cache
      * misses then overlap this step's work instead of stalling it (decode from DRAM: 2.3x
@@ -279,8 +276,7 @@ INLINE TARGET_AVX2 void block(const int wt, const int q8_xor, idot_fn idot, cvt1
     }
     for (int64_t b0 = 0; b0 < nblocks; b0 += STEP) {
         const int nb = step_blocks_at(nblocks, b0);
-        for (int64_t b = 0; b < pf_step; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
-        pf += pf_step;
+        sweep_next(&pf);
         for (int r = 0; r < NR; r++) {
             d[r] = dnext[r];
             if (has_min(wt)) m[r] = mnext[r];
