@@ -210,8 +210,9 @@ INLINE TARGET_AVX2 void block(const int wt, wdot_fn wdot, const int NR, const in
  * (one thread, L2-resident rows, 2048 wide) q4_k rows take 52 ns instead of 59; for q5_k, whose
  * fifth bits cost as much either way, it gained nothing, and q5_k / q6_k keep block(). */
 
-/* [8 scales, 8 mins] (uint8) per 128-bit lane of 16-byte super-block heads (block_token512's
- * unpack_scales_mins, 256 bits wide) */
+/* [8 scales, 8 mins] (uint8) per 128-bit lane holding a super-block's first 16 bytes (d, dmin,
+ * the 12 packed bytes s[0..11]): scales and mins 0-3 are s[0..3] and s[4..7] & 63; 4-7 take
+ * s[8..11]'s low and high nibbles and the top 2 bits of s[0..3] and s[4..7] as bits 4-5 */
 INLINE TARGET_AVX2 __m256i unpack_scales_mins256(__m256i v) {
     const __m256i low6 = _mm256_broadcastsi128_si256(_mm_setr_epi8(
         4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
@@ -365,22 +366,11 @@ INLINE TARGET_512 __m512 lane_fp16(__m512i v, const int word) {
 }
 
 /* q4_k / q5_k: the lanes of a khead.sm, [8 scales, 8 mins] (uint8), from lanes holding the
- * super-blocks' first 16 bytes (d, dmin, the 12 packed bytes s[0..11]): scales and mins 0-3
- * are s[0..3] and s[4..7] & 63; 4-7 take s[8..11]'s low and high nibbles and the top 2 bits
- * of s[0..3] and s[4..7] as bits 4-5 */
+ * super-blocks' first 16 bytes: unpack_scales_mins256 on each half */
 INLINE TARGET_512 __m512i unpack_scales_mins(__m512i v) {
-    const __m512i low6 = _mm512_broadcast_i32x4(_mm_setr_epi8(
-        4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
-    const __m512i top2 = _mm512_broadcast_i32x4(_mm_setr_epi8(
-        -1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
-    const __m512i keep = _mm512_broadcast_i32x4(_mm_setr_epi8(
-        63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
-    const __m512i p = _mm512_shuffle_epi8(v, low6);
-    const __m512i q = _mm512_shuffle_epi8(v, top2);
-    /* bytes 12-15 of each lane: the high nibbles */
-    const __m512i nib = _mm512_mask_blend_epi8(0xF000F000F000F000ull, p, _mm512_srli_epi16(p, 4));
-    return _mm512_or_si512(_mm512_and_si512(nib, keep),
-                           _mm512_and_si512(_mm512_srli_epi16(q, 2), _mm512_set1_epi8(0x30)));
+    return _mm512_inserti64x4(
+        _mm512_castsi256_si512(unpack_scales_mins256(_mm512_castsi512_si256(v))),
+        unpack_scales_mins256(_mm512_extracti64x4_epi64(v, 1)), 1);
 }
 
 /* the four rows' int32 sums, each vector's 16 lanes folded into row r's 128-bit lane */
