@@ -1,23 +1,22 @@
 /* kdot_x86.c -- K-type weights (q4_k, q5_k, q6_k) against q8_k activations with x86 integer
- * SIMD, for the tables avx2, avx512 and avx512vnni. The oracle is kdot_generic.c.
+ * SIMD, for the tables avx2, avx512 and avx512vnni. The oracle is kdot_generic.c. Three paths:
+ *   - block(): register blocks of 4 rows x up to 4 tokens on 256-bit vectors, compiled for AVX2
+ *     and inlined into every table (a few tokens; AVX2 decode of q5_k and q6_k);
+ *   - one token (decode): block_token512 on AVX-512, q4_k_pair_token256 on AVX2 (below);
+ *   - many tokens on AVX-512: 16 rows unpacked into a panel (gpanel_x86.h, unpack_k).
  *
- * As in qdot_x86.c, one copy of the loops on 256-bit vectors is compiled for AVX2 and inlined
- * into each table's entry points, which pass the int16 dot product and the register block (the
- * AVX-512 ones get 32 registers, so four tokens a block). A super-block of 256 values is 8
- * vectors of 32 unsigned weights u (q4_k / q5_k the 4 / 5 bits; q6_k q + 32), each met by the
- * 32 activations it multiplies as they lie:
+ * In block(), a super-block of 256 values is 8 vectors of 32 unsigned weights u (q4_k / q5_k
+ * the 4 / 5 bits; q6_k q + 32), each met by the 32 activations it multiplies as they lie:
  *
  *     p     = maddubs(u, a)                  16 int16 pair sums (|p| <= 2 * 63 * 127)
  *     isum += p . s  (madd + add, or dpwssd)  s: the int16 scale of each pair's sub-block
  *
- * The sub-block scales are why this is dpwssd and not dpbusd: VNNI's int16 dot folds the scale
- * multiply and the accumulation into one instruction, where dpbusd's int32 sums would need a
- * 32-bit multiply per sub-block. Once per super-block and (row, token), the 8 int32 lanes of
- * isum go to float under one scale d * dx into the row's float accumulator, and the mins (q4_k,
- * q5_k: dmin * sum_j m_j * bsum_j) or the bias of u (q6_k: 32 * sum_h s_h * bsum_h, integer) come
- * off through one madd of the activations' 16 block sums: no horizontal sum but the row's last.
- * Decode (one token) streams four rows side by side and sweep-prefetches the rows PF_BYTES on
- * (sweep_x86.h), so DRAM sees one sequential stream. */
+ * Once per super-block and (row, token), the 8 int32 lanes of isum go to float under one scale
+ * d * dx into the row's float accumulator, and the mins (q4_k, q5_k: dmin * sum_j m_j * bsum_j)
+ * or the bias of u (q6_k: 32 * sum_h s_h * bsum_h, integer) come off through one madd of the
+ * activations' 16 block sums: no horizontal sum but the row's last. Decode streams four rows
+ * side by side and sweep-prefetches the rows ahead (sweep_x86.h), so DRAM sees one sequential
+ * stream. */
 #include <stddef.h>
 
 #include "moecc.h"

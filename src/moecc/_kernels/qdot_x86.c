@@ -10,7 +10,8 @@
  * one vector, its values one plain load; packing two or four blocks into a 512-bit vector takes
  * a permute per row and vector. Measured on Zen 4 (one core, L1-resident rows), the best 512-bit
  * version took 20% longer for q8 decode; for q4 it was up to 15% quicker in decode and no quicker
- * in prefill: not worth a second copy of the loops.
+ * in prefill: not worth a second copy of the loops. From 6 tokens on, AVX-512 prefill of 16
+ * rows goes instead through the gathered panel of gpanel_x86.h (unpack_32 below).
  *
  * The int8 products take one unsigned and one signed operand:
  *   - q4: the nibble u = q + 8 is the unsigned operand, u . a = q . a + 8 sum(a);
