@@ -59,7 +59,7 @@ import numpy as np
 
 from . import perplexity
 from .config import Qwen3MoeConfig, TensorSpec, tensor_specs
-from .formats.gguf import ARCHITECTURE, gguf_name
+from .formats.gguf import gguf_name, writing
 
 DEFAULT_CTX = 512
 COLLECTED_ROLES = ("attn", "router", "experts", "mlp", "lm_head")  # the matrices an imatrix has
@@ -135,9 +135,7 @@ def entries(cfg: Qwen3MoeConfig, stats) -> dict[str, Entry]:
 def write(path: str, imatrix: Imatrix) -> None:
     """Write `imatrix` as a GGUF imatrix file, under a temporary name renamed at the end."""
     import gguf
-    tmp = f"{path}.tmp{os.getpid()}"
-    writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
-    try:
+    with writing(path) as writer:
         writer.add_type(gguf.GGUFType.IMATRIX)
         writer.add_array(gguf.Keys.IMatrix.DATASETS, imatrix.datasets)
         writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, imatrix.chunk_count)
@@ -152,13 +150,6 @@ def write(path: str, imatrix: Imatrix) -> None:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read(path: str) -> Imatrix:

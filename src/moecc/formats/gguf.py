@@ -1,4 +1,5 @@
-"""Reading GGUF files (llama.cpp's format) of the `qwen3moe` architecture.
+"""Reading GGUF files (llama.cpp's format) of the `qwen3moe` architecture, and the one way
+moecc writes one (`writing`: the synthetic models, importance matrices).
 
 The container is parsed by the `gguf` package (kept by the llama.cpp project), which maps the
 file read-only; this module turns what it finds into moecc's terms, checking everything first:
@@ -23,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -64,6 +67,24 @@ def gguf_name(spec: TensorSpec) -> str:
     prefix = "" if spec.layer is None else f"blk.{spec.layer}."
     names = GGUF_DENSE_MLP_NAMES if spec.role == "mlp" else GGUF_NAMES
     return f"{prefix}{names[spec.field]}.weight"
+
+
+@contextmanager
+def writing(path: str) -> Iterator:
+    """A `gguf.GGUFWriter` on a hidden temporary name beside `path`, renamed to `path` when the
+    block ends; on any error or interrupt the temporary file is removed and nothing is left."""
+    import gguf
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.partial")
+    writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
+    try:
+        yield writer
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        writer.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def runnable_types() -> str:

@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from ..config import Qwen3MoeConfig, TensorSpec, tensor_specs
-from ..formats.gguf import ARCHITECTURE, gguf_name
+from ..formats.gguf import gguf_name, writing
 from . import synthetic_files
 from .checkpoint import WEIGHT_STD, draw_bf16, normal_bf16_table
 from .quantized import quantized_scale
@@ -118,9 +118,7 @@ def write_gguf_model(path: str, layers: int, mix: str = "Q4_K_M", seed: int = 0,
     raw_cfg, files = synthetic_files(layers, vocab_size, **overrides)
     cfg = Qwen3MoeConfig.from_dict(raw_cfg)
     gen = json.loads(files["generation_config.json"])
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.partial")
-    w = gguf.GGUFWriter(tmp, ARCHITECTURE)
-    try:
+    with writing(path) as w:
         w.add_name("moecc synthetic qwen3-30b-a3b")
         w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M if mix == "Q4_K_M" else gguf.LlamaFileType.MOSTLY_Q8_0)
         w.add_block_count(cfg.num_hidden_layers)
@@ -154,11 +152,4 @@ def write_gguf_model(path: str, layers: int, mix: str = "Q4_K_M", seed: int = 0,
         normal = normal_bf16_table()
         for s in specs:
             w.write_tensor_data(_tensor_data(s, types[s.name], seed, normal))
-        w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        w.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return {"bytes": os.path.getsize(path), "config": raw_cfg}
