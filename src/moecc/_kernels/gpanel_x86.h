@@ -11,7 +11,9 @@
  * the group, and the token's scale -- per 256 values for the K types' q8_k activations, per
  * group of 32 for the others' q8_32. On Zen 4 at 64 tokens (one thread) that runs 1.7-2.2x as
  * fast as the row-major register blocks, whose weight decoding is redone for every few tokens.
- * The unpacking (the type's own part) is passed in and inlined, as the dot product is. */
+ * The unpacking (the type's own part) is passed in and inlined, as the dot product is. The
+ * int8 dot products and the broadcast of 4 activations also serve q4p's stored panels
+ * (qpanel_avx512.c) and the K types' one-token decode (kdot_x86.c). */
 #ifndef MOECC_GPANEL_X86_H
 #define MOECC_GPANEL_X86_H
 
@@ -35,13 +37,20 @@ typedef void (*unpack_fn)(int wt, const char *w, int64_t K, int64_t step, __m512
 typedef __m512i (*pdot512_fn)(__m512i acc, __m512i u, __m512i a);
 
 INLINE TARGET_512 __m512i pdot512_maddubs(__m512i acc, __m512i u, __m512i a) {
-    /* |pair sums| <= 2 * 255 * 127 would overflow: callers' u stay below 128 or are q8's q + 128,
-     * whose maddubs path (no VNNI) is not taken (qdot_x86.c) */
+    /* |pair sums| <= 2 * 255 * 127 would overflow int16: callers' u stay below 128 (q8's q + 128
+     * takes this path only with VNNI's dpbusd, qdot_x86.c) */
     return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, a), _mm512_set1_epi16(1)));
 }
 
 INLINE TARGET_VNNI __m512i pdot512_dpbusd(__m512i acc, __m512i u, __m512i a) {
     return _mm512_dpbusd_epi32(acc, u, a);
+}
+
+/* the 4 activation bytes at p in every int32 lane */
+INLINE TARGET_512 __m512i broadcast4(const char *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
 }
 
 /* the int32 at `at` of each of the 16 rows */
@@ -77,11 +86,8 @@ INLINE TARGET_512 void panel_tokens(const moecc_act act, pdot512_fn pdot, const 
         __m512i s[GATHER_NT];
         for (int t = 0; t < NT; t++) s[t] = _mm512_setzero_si512();
         for (int c = g * p->group / 4; c < (g + 1) * p->group / 4; c++)
-            for (int t = 0; t < NT; t++) {
-                int32_t a4;
-                memcpy(&a4, x + t * ldx + GATHER_VALUES * step + 4 * c, sizeof a4);
-                s[t] = pdot(s[t], p->u[c], _mm512_set1_epi32(a4));
-            }
+            for (int t = 0; t < NT; t++)
+                s[t] = pdot(s[t], p->u[c], broadcast4(x + t * ldx + GATHER_VALUES * step + 4 * c));
         for (int t = 0; t < NT; t++) {
             const char *xt = x + t * ldx;
             const __m512 v = _mm512_fnmadd_ps(p->min[g], _mm512_set1_ps(act_sum(act, xt, K, step, g, p->group)),

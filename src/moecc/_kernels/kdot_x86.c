@@ -336,17 +336,6 @@ INLINE TARGET_VNNI __m512i wdot512_dpwssd(__m512i acc, __m512i p, __m512i s) {
     return _mm512_dpwssd_epi32(acc, p, s);
 }
 
-/* the int32 sums of 4 adjacent products u[4i..4i+3] . a[4i..4i+3] (u unsigned, a signed) */
-typedef __m512i (*dot4_fn)(__m512i u, __m512i a);
-
-INLINE TARGET_512 __m512i dot4_maddubs(__m512i u, __m512i a) {
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, a), _mm512_set1_epi16(1));
-}
-
-INLINE TARGET_VNNI __m512i dot4_dpbusd(__m512i u, __m512i a) {
-    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, a);
-}
-
 /* one 16-byte load per row, row r in lane r (rows past NR: zeros) */
 INLINE TARGET_512 __m512i lanes_of_rows(const int NR, const char *const *at, const int offset) {
     __m512i v = _mm512_setzero_si512();
@@ -413,7 +402,7 @@ INLINE TARGET_512 __m512i q6_packed_scale_at(const int h) {
 }
 
 /* NR (<= 4) rows x one token: out[r] = W[r] . x */
-INLINE TARGET_512 void block_token512(const int wt, dot4_fn dot4, wdot512_fn wdot, const int NR, int64_t K,
+INLINE TARGET_512 void block_token512(const int wt, pdot512_fn pdot, wdot512_fn wdot, const int NR, int64_t K,
                                       const char *w, int64_t ldw, const char *x, float *out) {
     const int64_t nsb = K / MOECC_KBLOCK;
     const int bb = block_bytes(wt);
@@ -470,7 +459,7 @@ INLINE TARGET_512 void block_token512(const int wt, dot4_fn dot4, wdot512_fn wdo
                             sixteen);
                     }
                     const __m512i p = _mm512_packs_epi32(
-dot4(lo, a_lo), dot4(hi, a_hi));
+pdot(_mm512_setzero_si512(), lo, a_lo), pdot(_mm512_setzero_si512(), hi, a_hi));
                     isum[r] = wdot(isum[r], p, _mm512_shuffle_epi8(sm_row[r], at_lo));
                 }
             }
@@ -507,7 +496,8 @@ dot4(lo, a_lo), dot4(hi, a_hi));
                     const __m512i hi = /* values 128h+64 .. 128h+127 */
                         _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), lo4),
                                         _mm512_and_si512(_mm512_srlv_epi16(qh, qh_hi), hi2));
-                    const __m512i p = _mm512_packs_epi32(dot4(lo, a[2 * h]), dot4(hi, a[2 * h + 1]));
+                    const __m512i p = _mm512_packs_epi32(pdot(_mm512_setzero_si512(), lo, a[2 * h]),
+                                                          pdot(_mm512_setzero_si512(), hi, a[2 * h + 1]));
                     isum[r] = wdot(isum[r], p, _mm512_permutexvar_epi16(q6_packed_scale_at(h), s16[r]));
                 }
             /* d: the last two bytes of 16 loaded from 194 */
@@ -521,15 +511,15 @@ dot4(lo, a_lo), dot4(hi, a_hi));
 }
 
 /* one token against four rows side by side at a time, the rest row by row */
-INLINE TARGET_512 void tile_token512(const int wt, dot4_fn dot4, wdot512_fn wdot, int64_t K,
+INLINE TARGET_512 void tile_token512(const int wt, pdot512_fn pdot, wdot512_fn wdot, int64_t K,
                                      const void *w, int64_t ldw, int nr, const void *x,
                                      float *out) {
     const char *wp = (const char *)w;
     int r = 0;
     for (; r + MOECC_TILE_ROWS <= nr; r += MOECC_TILE_ROWS)
-        block_token512(wt, dot4, wdot, MOECC_TILE_ROWS, K, wp + r * ldw, ldw, (const char *)x, out + r);
+        block_token512(wt, pdot, wdot, MOECC_TILE_ROWS, K, wp + r * ldw, ldw, (const char *)x, out + r);
     for (; r < nr; r++)
-        block_token512(wt, dot4, wdot, 1, K, wp + r * ldw, ldw, (const char *)x, out + r);
+        block_token512(wt, pdot, wdot, 1, K, wp + r * ldw, ldw, (const char *)x, out + r);
 }
 
 /* ---- many tokens: 16 rows unpacked into a panel (AVX-512 prefill, gpanel_x86.h) -------- */
@@ -659,7 +649,7 @@ TARGET_AVX2 void moecc_tile_q6_k_avx2(int64_t K, const void *w, int64_t ldw, int
 TARGET_512 void moecc_tile_q4_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
-    if (nt == 1) tile_token512(MOECC_Q4_K, dot4_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
+    if (nt == 1) tile_token512(MOECC_Q4_K, pdot512_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q4_K))
         tile_gathered(MOECC_Q4_K, unpack_k, MOECC_ACT_Q8_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q4_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
@@ -668,7 +658,7 @@ TARGET_512 void moecc_tile_q4_k_avx512(int64_t K, const void *w, int64_t ldw, in
 TARGET_512 void moecc_tile_q5_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
-    if (nt == 1) tile_token512(MOECC_Q5_K, dot4_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
+    if (nt == 1) tile_token512(MOECC_Q5_K, pdot512_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q5_K))
         tile_gathered(MOECC_Q5_K, unpack_k, MOECC_ACT_Q8_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q5_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
@@ -677,7 +667,7 @@ TARGET_512 void moecc_tile_q5_k_avx512(int64_t K, const void *w, int64_t ldw, in
 TARGET_512 void moecc_tile_q6_k_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
-    if (nt == 1) tile_token512(MOECC_Q6_K, dot4_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
+    if (nt == 1) tile_token512(MOECC_Q6_K, pdot512_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q6_K))
         tile_gathered(MOECC_Q6_K, unpack_k, MOECC_ACT_Q8_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q6_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
@@ -686,7 +676,7 @@ TARGET_512 void moecc_tile_q6_k_avx512(int64_t K, const void *w, int64_t ldw, in
 TARGET_VNNI void moecc_tile_q4_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
-    if (nt == 1) tile_token512(MOECC_Q4_K, dot4_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
+    if (nt == 1) tile_token512(MOECC_Q4_K, pdot512_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q4_K))
         tile_gathered(MOECC_Q4_K, unpack_k, MOECC_ACT_Q8_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q4_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
@@ -695,7 +685,7 @@ TARGET_VNNI void moecc_tile_q4_k_avx512vnni(int64_t K, const void *w, int64_t ld
 TARGET_VNNI void moecc_tile_q5_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
-    if (nt == 1) tile_token512(MOECC_Q5_K, dot4_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
+    if (nt == 1) tile_token512(MOECC_Q5_K, pdot512_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q5_K))
         tile_gathered(MOECC_Q5_K, unpack_k, MOECC_ACT_Q8_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q5_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
@@ -704,7 +694,7 @@ TARGET_VNNI void moecc_tile_q5_k_avx512vnni(int64_t K, const void *w, int64_t ld
 TARGET_VNNI void moecc_tile_q6_k_avx512vnni(int64_t K, const void *w, int64_t ldw, int nr,
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
-    if (nt == 1) tile_token512(MOECC_Q6_K, dot4_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
+    if (nt == 1) tile_token512(MOECC_Q6_K, pdot512_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q6_K))
         tile_gathered(MOECC_Q6_K, unpack_k, MOECC_ACT_Q8_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q6_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);

@@ -14,29 +14,13 @@
 #if MOECC_X86
 #include <immintrin.h>
 
+#include "gpanel_x86.h" /* the int8 dot products, broadcast4 */
+
 #define MAX_NT 4        /* tokens per register block */
 #define PF_BYTES 2048   /* the sweep prefetch runs this far ahead of the block in use */
 
-/* acc + per int32 lane the sum of the 4 products u[i] * a[i] (u unsigned, a signed bytes) */
-typedef __m512i (*pdot_fn)(__m512i acc, __m512i u, __m512i a);
-
-INLINE TARGET_512 __m512i pdot_maddubs(__m512i acc, __m512i u, __m512i a) {
-    /* |pair sums| <= 2 * 15 * 127: no int16 saturation */
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, a), _mm512_set1_epi16(1)));
-}
-
-INLINE TARGET_VNNI __m512i pdot_dpbusd(__m512i acc, __m512i u, __m512i a) {
-    return _mm512_dpbusd_epi32(acc, u, a);
-}
-
-INLINE TARGET_512 __m512i broadcast4(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, sizeof v);
-    return _mm512_set1_epi32(v);
-}
-
 /* out[t*ldo + r] for the 16 rows r of the panel at w and NT tokens */
-INLINE TARGET_512 void panel(pdot_fn pdot, const int NT, int64_t K, const char *w, const char *x,
+INLINE TARGET_512 void panel(pdot512_fn pdot, const int NT, int64_t K, const char *w, const char *x,
                              int64_t ldx, float *out, int64_t ldo) {
     const int64_t nblocks = K / MOECC_QBLOCK;
     const __m512i low4 = _mm512_set1_epi8(15);
@@ -55,7 +39,7 @@ INLINE TARGET_512 void panel(pdot_fn pdot, const int NT, int64_t K, const char *
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 256)));
         for (int t = 0; t < NT; t++) {
             const char *xt = x + t * ldx;
-            const int8_t *a = (const int8_t *)xt + b * MOECC_QBLOCK;
+            const char *a = xt + b * MOECC_QBLOCK;
             __m512i s_lo = _mm512_setzero_si512(), s_hi = _mm512_setzero_si512();
             for (int c = 0; c < 4; c++) {
                 s_lo = pdot(s_lo, lo[c], broadcast4(a + 4 * c));
@@ -71,7 +55,7 @@ INLINE TARGET_512 void panel(pdot_fn pdot, const int NT, int64_t K, const char *
     for (int t = 0; t < NT; t++) _mm512_storeu_ps(out + t * ldo, acc[t]);
 }
 
-INLINE TARGET_512 void tile(pdot_fn pdot, int64_t K, const void *w, const void *x, int64_t ldx,
+INLINE TARGET_512 void tile(pdot512_fn pdot, int64_t K, const void *w, const void *x, int64_t ldx,
                             int nt, float *out, int64_t ldo) {
     const char *wp = (const char *)w, *xp = (const char *)x;
     int t = 0;
@@ -89,14 +73,14 @@ TARGET_512 void moecc_tile_q4p_avx512(int64_t K, const void *w, int64_t ldw, int
                                       const void *x, int64_t ldx, int nt, float *out,
                                       int64_t ldo) {
     (void)ldw, (void)nr; /* 32; blocks are MOECC_PANEL_BLOCK_BYTES apart; 16 */
-    tile(pdot_maddubs, K, w, x, ldx, nt, out, ldo);
+    tile(pdot512_maddubs, K, w, x, ldx, nt, out, ldo);
 }
 
 TARGET_VNNI void moecc_tile_q4p_avx512vnni(int64_t K, const void *w, int64_t ldw,
                                            int nr, const void *x, int64_t ldx, int nt,
                                            float *out, int64_t ldo) {
     (void)ldw, (void)nr;
-    tile(pdot_dpbusd, K, w, x, ldx, nt, out, ldo);
+    tile(pdot512_dpbusd, K, w, x, ldx, nt, out, ldo);
 }
 
 #endif /* MOECC_X86 */
