@@ -25,13 +25,18 @@
 typedef struct {
     __m512i u[GATHER_VALUES / 4]; /* the unsigned values, 4 per row and chunk */
     __m512 scale[GATHER_GROUPS];  /* per group, the 16 rows' scales */
-    __m512 min[GATHER_GROUPS];    /* ... and mins: w = scale * u - min */
-    int group, groups;            /* values per group; groups unpacked (the last step of a
-                                   * row of blocks of 32 may hold fewer than 8) */
+    __m512 min[GATHER_GROUPS];    /* q8_32 kinds: per group the rows' mins: w = scale * u - min */
+    __m512i imin[GATHER_VALUES / 32]; /* q8_k kinds: per 32 values, each row's integer mins of its
+                                       * two 16s (int16 pairs: a group of 32's twice) ... */
+    __m512 dmin;                  /* ... and their factor: min = dmin * imin */
+    int groups;                   /* groups unpacked (the last step of a row of blocks of 32 may
+                                   * hold fewer than 8) */
 } wpanel;
 
-/* values [256 step, 256 step + 256) of the 16 rows at w, rows[r] bytes apart, into p */
-typedef void (*unpack_fn)(int wt, const char *w, int64_t K, int64_t step, __m512i rows, wpanel *p);
+/* values [256 step, 256 step + 256) of the 16 rows at w, ldw bytes apart, into p (rows: lane r
+ * holds r ldw, for gathers) */
+typedef void (*unpack_fn)(int wt, const char *w, int64_t ldw, int64_t K, int64_t step, __m512i rows,
+                          wpanel *p);
 
 /* acc + the int32 sums of 4 adjacent products u[4i..4i+3] . a[4i..4i+3] (u unsigned) */
 typedef __m512i (*pdot512_fn)(__m512i acc, __m512i u, __m512i a);
@@ -58,70 +63,120 @@ INLINE TARGET_512 __m512i gather_rows(__m512i rows, const char *at) {
     return _mm512_i32gather_epi32(rows, (const void *)at, 1);
 }
 
+/* out[k] = the int32 k of each of 16 vectors, vector r in lane r: a 16 x 16 transpose in four
+ * rounds of 16 shuffles (32-bit, 64-bit, then two of 128-bit lanes) */
+INLINE TARGET_512 void transpose16(const __m512i in[16], __m512i out[16]) {
+    __m512i a[16], b[16];
+    for (int j = 0; j < 8; j++) { /* lane l: (r 2j, r 2j+1) of elements 4l, 4l+1 | 4l+2, 4l+3 */
+        a[2 * j] = _mm512_unpacklo_epi32(in[2 * j], in[2 * j + 1]);
+        a[2 * j + 1] = _mm512_unpackhi_epi32(in[2 * j], in[2 * j + 1]);
+    }
+    for (int q = 0; q < 4; q++) { /* b[4q + e], lane l: element 4l + e of rows 4q .. 4q+3 */
+        b[4 * q] = _mm512_unpacklo_epi64(a[4 * q], a[4 * q + 2]);
+        b[4 * q + 1] = _mm512_unpackhi_epi64(a[4 * q], a[4 * q + 2]);
+        b[4 * q + 2] = _mm512_unpacklo_epi64(a[4 * q + 1], a[4 * q + 3]);
+        b[4 * q + 3] = _mm512_unpackhi_epi64(a[4 * q + 1], a[4 * q + 3]);
+    }
+    for (int e = 0; e < 4; e++) { /* lane l of b[4q + e] to lane q of out[4l + e] */
+        const __m512i v0 = _mm512_shuffle_i32x4(b[e], b[4 + e], 0x44);
+        const __m512i v1 = _mm512_shuffle_i32x4(b[e], b[4 + e], 0xEE);
+        const __m512i v2 = _mm512_shuffle_i32x4(b[8 + e], b[12 + e], 0x44);
+        const __m512i v3 = _mm512_shuffle_i32x4(b[8 + e], b[12 + e], 0xEE);
+        out[e] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+        out[4 + e] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+        out[8 + e] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+        out[12 + e] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+    }
+}
+
+/* out[k] = the int32 at at + 4k of each of the 16 rows, ldw bytes apart (k < 16): what 16
+ * gathers give, by 16 loads and a transpose */
+INLINE TARGET_512 void load_transposed(const char *at, int64_t ldw, __m512i out[16]) {
+    __m512i in[16];
+    for (int r = 0; r < 16; r++) in[r] = _mm512_loadu_si512((const void *)(at + r * ldw));
+    transpose16(in, out);
+}
+
 /* the fp16 in the low (high) half of each int32 lane, as a float */
 INLINE TARGET_512 __m512 fp16_lanes(__m512i v, const int high) {
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(high ? _mm512_srli_epi32(v, 16) : v));
 }
 
-/* group g of step `step` for token row xt: the activations' scale, and their sum (float) */
-INLINE float act_scale(const moecc_act act, const char *xt, int64_t K, int64_t step, int g) {
-    return act == MOECC_ACT_Q8_K ? moecc_xk_scales(xt, K)[step]
-                                 : moecc_xq_scales(xt, K)[GATHER_VALUES / MOECC_QBLOCK * step + g];
-}
-
-INLINE float act_sum(const moecc_act act, const char *xt, int64_t K, int64_t step, int g, int group) {
-    if (act == MOECC_ACT_Q8_32) return (float)moecc_xq_sums(xt, K)[GATHER_VALUES / MOECC_QBLOCK * step + g];
-    const int16_t *bs = moecc_xk_bsums(xt, K) + GATHER_VALUES / 16 * step;
-    return group == 32 ? (float)(bs[2 * g] + bs[2 * g + 1]) : (float)bs[g];
-}
-
 /* out[t*ldo + r] (+)= step `step` of the panel's 16 rows . token t, for NT tokens (= on the
- * first step, += after) */
-INLINE TARGET_512 void panel_tokens(const moecc_act act, pdot512_fn pdot, const int NT,
+ * first step, += after); groups of `group` values (a constant, so the chunk loop unrolls).
+ * Per group and token, the int8 dot products' sum is converted and scaled. The mins then go
+ * against the activations' sums over the group: q8_k's int16 sums per 16 values meet the rows'
+ * integer mins in one int16 pair product (exact) per 32 values, with one float factor
+ * and the token's scale per super-block at the end; q8_32's per block, each with its own scale. */
+INLINE TARGET_512 void panel_tokens(const moecc_act act, pdot512_fn pdot, const int NT, const int group,
                                     const wpanel *p, int64_t step, int64_t K, const char *x,
                                     int64_t ldx, float *out, int64_t ldo) {
     __m512 f[GATHER_NT];
-    for (int t = 0; t < NT; t++) f[t] = _mm512_setzero_ps();
-    for (int g = 0; g < p->groups; g++) {
+    const char *xs[GATHER_NT]; /* the step's values of each token */
+    for (int t = 0; t < NT; t++) {
+        f[t] = _mm512_setzero_ps();
+        xs[t] = x + t * ldx + GATHER_VALUES * step;
+    }
+    const int groups = act == MOECC_ACT_Q8_K ? GATHER_VALUES / group : p->groups;
+#pragma GCC unroll 1
+    for (int g = 0; g < groups; g++) {
         __m512i s[GATHER_NT];
         for (int t = 0; t < NT; t++) s[t] = _mm512_setzero_si512();
-        for (int c = g * p->group / 4; c < (g + 1) * p->group / 4; c++)
+        const __m512i *u = p->u + g * group / 4;
+#pragma GCC unroll 8
+        for (int c = 0; c < group / 4; c++)
+#pragma GCC unroll 4
             for (int t = 0; t < NT; t++)
-                s[t] = pdot(s[t], p->u[c], broadcast4(x + t * ldx + GATHER_VALUES * step + 4 * c));
+                s[t] = pdot(s[t], u[c], broadcast4(xs[t] + g * group + 4 * c));
         for (int t = 0; t < NT; t++) {
+            if (act == MOECC_ACT_Q8_K) {
+                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), p->scale[g], f[t]);
+                continue;
+            }
             const char *xt = x + t * ldx;
-            const __m512 v = _mm512_fnmadd_ps(p->min[g], _mm512_set1_ps(act_sum(act, xt, K, step, g, p->group)),
+            const int64_t b = GATHER_VALUES / MOECC_QBLOCK * step + g;
+            const __m512 v = _mm512_fnmadd_ps(p->min[g], _mm512_set1_ps((float)moecc_xq_sums(xt, K)[b]),
                                               _mm512_mul_ps(_mm512_cvtepi32_ps(s[t]), p->scale[g]));
-            f[t] = act == MOECC_ACT_Q8_K ? _mm512_add_ps(f[t], v)
-                                         : _mm512_fmadd_ps(v, _mm512_set1_ps(act_scale(act, xt, K, step, g)), f[t]);
+            f[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(moecc_xq_scales(xt, K)[b]), f[t]);
         }
     }
     for (int t = 0; t < NT; t++) {
+        const char *xt = x + t * ldx;
+        __m512 sum = f[t];
+        if (act == MOECC_ACT_Q8_K) {
+            const int16_t *bs = moecc_xk_bsums(xt, K) + GATHER_VALUES / 16 * step;
+            __m512i m = _mm512_setzero_si512();
+            for (int j = 0; j < GATHER_VALUES / 32; j++)
+                m = _mm512_add_epi32(m, _mm512_madd_epi16(p->imin[j], broadcast4((const char *)(bs + 2 * j))));
+            sum = _mm512_mul_ps(_mm512_fnmadd_ps(p->dmin, _mm512_cvtepi32_ps(m), sum),
+                                _mm512_set1_ps(moecc_xk_scales(xt, K)[step]));
+        }
         float *o = out + t * ldo;
-        const __m512 sum = act == MOECC_ACT_Q8_K
-                               ? _mm512_mul_ps(f[t], _mm512_set1_ps(act_scale(act, x + t * ldx, K, step, 0)))
-                               : f[t];
         _mm512_storeu_ps(o, step ? _mm512_add_ps(_mm512_loadu_ps(o), sum) : sum);
     }
 }
 
 /* 16 rows x nt tokens */
 INLINE TARGET_512 void tile_gathered(const int wt, unpack_fn unpack, const moecc_act act,
-                                     pdot512_fn pdot, int64_t K, const char *w, int64_t ldw,
-                                     const char *x, int64_t ldx, int nt, float *out, int64_t ldo) {
+                                     pdot512_fn pdot, const int group, int64_t K, const char *w,
+                                     int64_t ldw, const char *x, int64_t ldx, int nt, float *out,
+                                     int64_t ldo) {
     const __m512i rows = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32((int)ldw));
     wpanel p;
     for (int64_t step = 0; step * GATHER_VALUES < K; step++) {
-        unpack(wt, w, K, step, rows, &p);
+        unpack(wt, w, ldw, K, step, rows, &p);
+        /* the panel lives in memory: kept in registers, as the compiler would try, it makes the
+         * token loop's accumulators spill */
+        __asm__ volatile("" : : "r"(&p) : "memory");
         int t = 0;
         for (; t + GATHER_NT <= nt; t += GATHER_NT)
-            panel_tokens(act, pdot, GATHER_NT, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo);
+            panel_tokens(act, pdot, GATHER_NT, group, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo);
         switch (nt - t) {
-        case 3: panel_tokens(act, pdot, 3, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
-        case 2: panel_tokens(act, pdot, 2, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
-        case 1: panel_tokens(act, pdot, 1, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
+        case 3: panel_tokens(act, pdot, 3, group, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
+        case 2: panel_tokens(act, pdot, 2, group, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
+        case 1: panel_tokens(act, pdot, 1, group, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
         default: break;
         }
     }

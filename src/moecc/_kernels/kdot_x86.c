@@ -528,6 +528,9 @@ INLINE TARGET_512 void tile_token512(const int wt, pdot512_fn pdot, wdot512_fn w
  * gathers three times a value's bits) */
 INLINE int gather_min_tokens(const int wt) { return wt == MOECC_Q6_K ? 10 : 6; }
 
+/* values that share a scale: q4_k and q5_k sub-blocks of 32, q6_k of 16 */
+INLINE int k_group(const int wt) { return has_mins(wt) ? 32 : 16; }
+
 /* the byte k of each int32 lane, as an int32 (zero- or sign-extended) */
 INLINE TARGET_512 __m512i byte_u(__m512i v, const int k) {
     return _mm512_and_si512(_mm512_srli_epi32(v, 8 * k), _mm512_set1_epi32(0xFF));
@@ -539,13 +542,12 @@ INLINE TARGET_512 __m512i byte_s(__m512i v, const int k) {
 
 /* super-block `step` of the 16 rows at w, `rows` apart, into p (gpanel_x86.h): the 6-bit
  * scales and mins (q4_k, q5_k: groups of 32) or int8 scales (q6_k: groups of 16, min 32 * scale
- * as u = q + 32) and the unsigned values, gathered */
-INLINE TARGET_512 void unpack_k(const int wt, const char *w, int64_t K, int64_t step, __m512i rows,
-                                wpanel *p) {
+ * as u = q + 32), gathered, and the unsigned values, loaded row by row and transposed */
+INLINE TARGET_512 void unpack_k(const int wt, const char *w, int64_t ldw, int64_t K, int64_t step,
+                                __m512i rows, wpanel *p) {
     (void)K; /* a whole super-block every step */
     const char *blk = w + block_bytes(wt) * step;
-    p->group = has_mins(wt) ? 32 : 16;
-    p->groups = MOECC_KBLOCK / p->group;
+    p->groups = MOECC_KBLOCK / k_group(wt);
     const __m512i lo4 = _mm512_set1_epi32(0x0F0F0F0F), lo2 = _mm512_set1_epi32(0x03030303);
     if (has_mins(wt)) {
         const __m512i dd = gather_rows(rows, blk), s0 = gather_rows(rows, blk + 4),
@@ -560,14 +562,18 @@ INLINE TARGET_512 void unpack_k(const int wt, const char *w, int64_t K, int64_t 
                                     : _mm512_or_si512(_mm512_srli_epi32(byte_u(s2, j - 4), 4),
                                                       _mm512_slli_epi32(_mm512_srli_epi32(byte_u(s1, j - 4), 6), 4));
             p->scale[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
-            p->min[j] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m));
+            p->imin[j] = _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
         }
+        p->dmin = dmin;
         const int qs = wt == MOECC_Q4_K ? 16 : 48;
+        __m512i q4[32]; /* the int32s of qs, 16 rows each */
+        load_transposed(blk + qs, ldw, q4);
+        load_transposed(blk + qs + 64, ldw, q4 + 16);
         for (int i = 0; i < 8; i++) { /* 4 bytes of each 32 of qs: chunks 16c + i, 16c + 8 + i */
             const __m512i qh = wt == MOECC_Q5_K ? gather_rows(rows, blk + 16 + 4 * i)
                                                 : _mm512_setzero_si512();
             for (int c = 0; c < 4; c++) {
-                const __m512i q = gather_rows(rows, blk + qs + 32 * c + 4 * i);
+                const __m512i q = q4[8 * c + i];
                 __m512i lo = _mm512_and_si512(q, lo4), hi = _mm512_and_si512(_mm512_srli_epi32(q, 4), lo4);
                 if (wt == MOECC_Q5_K) { /* + 16 where bit 2c (2c+1) of qh[l] is set */
                     const __m512i one = _mm512_set1_epi32(0x01010101);
@@ -582,24 +588,36 @@ INLINE TARGET_512 void unpack_k(const int wt, const char *w, int64_t K, int64_t 
     }
     /* q6_k: scales[16] (int8) at 192, d at 208 (the high half of the 4 bytes at 206) */
     const __m512 d = fp16_lanes(gather_rows(rows, blk + 206), 1);
+    p->dmin = d;
     for (int k = 0; k < 4; k++) {
         const __m512i sc = gather_rows(rows, blk + 192 + 4 * k);
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < 4; j++)
             p->scale[4 * k + j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(byte_s(sc, j)));
-            p->min[4 * k + j] = _mm512_mul_ps(p->scale[4 * k + j], _mm512_set1_ps(32.0f));
-        }
+        for (int j = 0; j < 2; j++) /* min 32 d sc of groups 4k + 2j and 4k + 2j + 1 */
+            p->imin[2 * k + j] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_slli_epi32(byte_s(sc, 2 * j), 5), _mm512_set1_epi32(0xFFFF)),
+                _mm512_slli_epi32(byte_s(sc, 2 * j + 1), 21));
     }
+    __m512i ql[32], qh6[16]; /* the int32s of ql and qh, 16 rows each */
+    load_transposed(blk, ldw, ql);
+    load_transposed(blk + 64, ldw, ql + 16);
+    load_transposed(blk + 128, ldw, qh6);
     for (int h = 0; h < 2; h++)
         for (int k = 0; k < 8; k++) { /* values 128h + 32i + 4k .. (i < 4): chunk 32h + 8i + k */
-            const __m512i a0 = gather_rows(rows, blk + 64 * h + 4 * k);
-            const __m512i a1 = gather_rows(rows, blk + 64 * h + 32 + 4 * k);
-            const __m512i qh = gather_rows(rows, blk + 128 + 32 * h + 4 * k);
+            const __m512i a0 = ql[16 * h + k], a1 = ql[16 * h + 8 + k], qh = qh6[8 * h + k];
             const __m512i nib[4] = {a0, a1, _mm512_srli_epi32(a0, 4), _mm512_srli_epi32(a1, 4)};
             for (int i = 0; i < 4; i++)
                 p->u[32 * h + 8 * i + k] = _mm512_or_si512(
                     _mm512_and_si512(nib[i], lo4),
                     _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 2 * i), lo2), 4));
         }
+}
+
+/* 16 rows x nt tokens, on panels of unpack_k */
+INLINE TARGET_512 void tile_k_gathered(const int wt, pdot512_fn pdot, int64_t K, const char *w,
+                                       int64_t ldw, const char *x, int64_t ldx, int nt,
+                                       float *out, int64_t ldo) {
+    tile_gathered(wt, unpack_k, MOECC_ACT_Q8_K, pdot, k_group(wt), K, w, ldw, x, ldx, nt, out, ldo);
 }
 
 /* Four rows: 4 x NT register blocks over the tokens, then 4 x 1 (decode: four rows side by
@@ -651,7 +669,7 @@ TARGET_512 void moecc_tile_q4_k_avx512(int64_t K, const void *w, int64_t ldw, in
                                        int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q4_K, pdot512_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q4_K))
-        tile_gathered(MOECC_Q4_K, unpack_k, MOECC_ACT_Q8_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_k_gathered(MOECC_Q4_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q4_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -660,7 +678,7 @@ TARGET_512 void moecc_tile_q5_k_avx512(int64_t K, const void *w, int64_t ldw, in
                                        int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q5_K, pdot512_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q5_K))
-        tile_gathered(MOECC_Q5_K, unpack_k, MOECC_ACT_Q8_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_k_gathered(MOECC_Q5_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q5_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -669,7 +687,7 @@ TARGET_512 void moecc_tile_q6_k_avx512(int64_t K, const void *w, int64_t ldw, in
                                        int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q6_K, pdot512_maddubs, wdot512_madd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q6_K))
-        tile_gathered(MOECC_Q6_K, unpack_k, MOECC_ACT_Q8_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_k_gathered(MOECC_Q6_K, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q6_K, wdot_madd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -678,7 +696,7 @@ TARGET_VNNI void moecc_tile_q4_k_avx512vnni(int64_t K, const void *w, int64_t ld
                                             int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q4_K, pdot512_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q4_K))
-        tile_gathered(MOECC_Q4_K, unpack_k, MOECC_ACT_Q8_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_k_gathered(MOECC_Q4_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q4_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -687,7 +705,7 @@ TARGET_VNNI void moecc_tile_q5_k_avx512vnni(int64_t K, const void *w, int64_t ld
                                             int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q5_K, pdot512_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q5_K))
-        tile_gathered(MOECC_Q5_K, unpack_k, MOECC_ACT_Q8_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_k_gathered(MOECC_Q5_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q5_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 
@@ -696,7 +714,7 @@ TARGET_VNNI void moecc_tile_q6_k_avx512vnni(int64_t K, const void *w, int64_t ld
                                             int64_t ldo) {
     if (nt == 1) tile_token512(MOECC_Q6_K, pdot512_dpbusd, wdot512_dpwssd, K, w, ldw, nr, x, out);
     else if (nr == GATHER_ROWS && nt >= gather_min_tokens(MOECC_Q6_K))
-        tile_gathered(MOECC_Q6_K, unpack_k, MOECC_ACT_Q8_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_k_gathered(MOECC_Q6_K, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else tile_k(MOECC_Q6_K, wdot_dpwssd, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
 

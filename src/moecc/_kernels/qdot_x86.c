@@ -339,21 +339,52 @@ INLINE TARGET_AVX2 void tile_q(const int wt, const int q8_xor, idot_fn idot, cvt
 
 #define GATHER_MIN_TOKENS 6 /* from here the panel beats the register blocks (Zen 4) */
 
-/* blocks 8 step .. 8 step + 7 (fewer at a row's end) of the 16 rows at w, `rows` apart, into p:
- * per block its scale d and min (w = d * u - min: q8 u = q + 128, min 128 d; q4 8 d; q5_0 16 d;
- * q4_1, q5_1 -m) and its 32 unsigned values */
-INLINE TARGET_512 void unpack_32(const int wt, const char *w, int64_t K, int64_t step, __m512i rows,
-                                 wpanel *p) {
+/* the values of blocks first .. first + n - 1 (n <= 64 / piece) of the 16 rows at w, ldw bytes
+ * apart, `piece` bytes (16 or 32) at `at` in each block of bb bytes: a block's pieces side by
+ * side in a row's vector, then transposed, so out[piece / 4 * j + i] holds int32 i of block
+ * first + j of every row (blocks past n: zeros, nothing read past the row) */
+INLINE TARGET_512 void load_pieces_transposed(const char *w, int64_t ldw, int bb, int at,
+                                              const int piece, int64_t first, int n,
+                                              __m512i out[16]) {
+    __m512i in[16];
+    for (int r = 0; r < 16; r++) {
+        const char *blk = w + r * ldw + bb * first + at;
+        if (piece == 32) {
+            const __m256i lo = _mm256_loadu_si256((const __m256i *)blk);
+            const __m256i hi = n > 1 ? _mm256_loadu_si256((const __m256i *)(blk + bb)) : _mm256_setzero_si256();
+            in[r] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            continue;
+        }
+        __m128i q[4];
+        for (int j = 0; j < 4; j++)
+            q[j] = j < n ? _mm_loadu_si128((const __m128i *)(blk + bb * j)) : _mm_setzero_si128();
+        in[r] = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(q[0]), q[1], 1),
+                                                      q[2], 2), q[3], 3);
+    }
+    transpose16(in, out);
+}
+
+/* blocks 8 step .. 8 step + 7 (fewer at a row's end) of the 16 rows at w, ldw bytes apart, into
+ * p: per block its scale d and min (w = d * u - min: q8 u = q + 128, min 128 d; q4 8 d; q5_0
+ * 16 d; q4_1, q5_1 -m), by gathers, and its 32 unsigned values, loaded and transposed */
+INLINE TARGET_512 void unpack_32(const int wt, const char *w, int64_t ldw, int64_t K, int64_t step,
+                                 __m512i rows, wpanel *p) {
     const int bb = block_bytes(wt);
     const int64_t first = GATHER_VALUES / MOECC_QBLOCK * step;
     const int64_t left = K / MOECC_QBLOCK - first;
-    p->group = MOECC_QBLOCK;
     p->groups = left < GATHER_VALUES / MOECC_QBLOCK ? (int)left : GATHER_VALUES / MOECC_QBLOCK;
     const int has_m = wt == MOECC_Q4_1 || wt == MOECC_Q5_1;
     const int qh_at = wt == MOECC_Q5_0 ? 2 : 4; /* q5_0, q5_1 */
-    const int qs_at = wt == MOECC_Q4 ? 2 : wt == MOECC_Q4_1 ? 4 : wt == MOECC_Q5_0 ? 6 : 8;
+    const int qs_at = wt == MOECC_Q8 || wt == MOECC_Q4 ? 2 : wt == MOECC_Q4_1 ? 4 : wt == MOECC_Q5_0 ? 6 : 8;
+    const int piece = wt == MOECC_Q8 ? 32 : 16, per = 64 / piece; /* blocks a transpose takes */
     const __m512i lo4 = _mm512_set1_epi32(0x0F0F0F0F);
+    __m512i qs[16];
     for (int j = 0; j < p->groups; j++) {
+        const int i0 = piece / 4 * (j % per); /* block j's int32s in qs */
+        if (j % per == 0) {
+            const int n = p->groups - j < per ? p->groups - j : per;
+            load_pieces_transposed(w, ldw, bb, qs_at, piece, first + j, n, qs);
+        }
         const char *blk = w + bb * (first + j);
         const __m512i head = gather_rows(rows, blk);
         const __m512 d = fp16_lanes(head, 0);
@@ -362,13 +393,12 @@ INLINE TARGET_512 void unpack_32(const int wt, const char *w, int64_t K, int64_t
                           : _mm512_mul_ps(d, _mm512_set1_ps(wt == MOECC_Q8 ? 128.0f : wt == MOECC_Q4 ? 8.0f : 16.0f));
         if (wt == MOECC_Q8) {
             for (int i = 0; i < 8; i++)
-                p->u[8 * j + i] = _mm512_xor_si512(gather_rows(rows, blk + 2 + 4 * i),
-                                                   _mm512_set1_epi32((int)0x80808080u));
+                p->u[8 * j + i] = _mm512_xor_si512(qs[i0 + i], _mm512_set1_epi32((int)0x80808080u));
             continue;
         }
         /* byte l of qs: value l in the low nibble, l + 16 in the high */
         for (int i = 0; i < 4; i++) {
-            const __m512i q = gather_rows(rows, blk + qs_at + 4 * i);
+            const __m512i q = qs[i0 + i];
             p->u[8 * j + i] = _mm512_and_si512(q, lo4);
             p->u[8 * j + 4 + i] = _mm512_and_si512(_mm512_srli_epi32(q, 4), lo4);
         }
@@ -419,11 +449,18 @@ TARGET_512 void moecc_tile_q8_avx512(int64_t K, const void *w, int64_t ldw, int 
            ldo);
 }
 
+/* 16 rows x nt tokens, on panels of unpack_32 */
+INLINE TARGET_512 void tile_32_gathered(const int wt, pdot512_fn pdot, int64_t K, const char *w,
+                                        int64_t ldw, const char *x, int64_t ldx, int nt,
+                                        float *out, int64_t ldo) {
+    tile_gathered(wt, unpack_32, MOECC_ACT_Q8_32, pdot, MOECC_QBLOCK, K, w, ldw, x, ldx, nt, out, ldo);
+}
+
 TARGET_512 void moecc_tile_q4_avx512(int64_t K, const void *w, int64_t ldw, int nr,
                                      const void *x, int64_t ldx, int nt, float *out,
                                      int64_t ldo) {
     if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
-        tile_gathered(MOECC_Q4, unpack_32, MOECC_ACT_Q8_32, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_32_gathered(MOECC_Q4, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else
         tile_q(MOECC_Q4, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
@@ -432,7 +469,7 @@ TARGET_512 void moecc_tile_q4_1_avx512(int64_t K, const void *w, int64_t ldw, in
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
     if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
-        tile_gathered(MOECC_Q4_1, unpack_32, MOECC_ACT_Q8_32, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_32_gathered(MOECC_Q4_1, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else
         tile_q(MOECC_Q4_1, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
@@ -441,7 +478,7 @@ TARGET_512 void moecc_tile_q5_0_avx512(int64_t K, const void *w, int64_t ldw, in
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
     if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
-        tile_gathered(MOECC_Q5_0, unpack_32, MOECC_ACT_Q8_32, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_32_gathered(MOECC_Q5_0, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else
         tile_q(MOECC_Q5_0, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
@@ -450,7 +487,7 @@ TARGET_512 void moecc_tile_q5_1_avx512(int64_t K, const void *w, int64_t ldw, in
                                        const void *x, int64_t ldx, int nt, float *out,
                                        int64_t ldo) {
     if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
-        tile_gathered(MOECC_Q5_1, unpack_32, MOECC_ACT_Q8_32, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_32_gathered(MOECC_Q5_1, pdot512_maddubs, K, w, ldw, x, ldx, nt, out, ldo);
     else
         tile_q(MOECC_Q5_1, 0, idot_maddubs, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
@@ -459,7 +496,7 @@ TARGET_VNNI void moecc_tile_q8_avx512vnni(int64_t K, const void *w, int64_t ldw,
                                           const void *x, int64_t ldx, int nt, float *out,
                                           int64_t ldo) {
     if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
-        tile_gathered(MOECC_Q8, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_32_gathered(MOECC_Q8, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else
         tile_q(MOECC_Q8, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
@@ -468,7 +505,7 @@ TARGET_VNNI void moecc_tile_q4_avx512vnni(int64_t K, const void *w, int64_t ldw,
                                           const void *x, int64_t ldx, int nt, float *out,
                                           int64_t ldo) {
     if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
-        tile_gathered(MOECC_Q4, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_32_gathered(MOECC_Q4, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else
         tile_q(MOECC_Q4, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
@@ -477,7 +514,7 @@ TARGET_VNNI void moecc_tile_q4_1_avx512vnni(int64_t K, const void *w, int64_t ld
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
     if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
-        tile_gathered(MOECC_Q4_1, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_32_gathered(MOECC_Q4_1, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else
         tile_q(MOECC_Q4_1, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
@@ -486,7 +523,7 @@ TARGET_VNNI void moecc_tile_q5_0_avx512vnni(int64_t K, const void *w, int64_t ld
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
     if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
-        tile_gathered(MOECC_Q5_0, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_32_gathered(MOECC_Q5_0, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else
         tile_q(MOECC_Q5_0, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
@@ -495,7 +532,7 @@ TARGET_VNNI void moecc_tile_q5_1_avx512vnni(int64_t K, const void *w, int64_t ld
                                             const void *x, int64_t ldx, int nt, float *out,
                                             int64_t ldo) {
     if (nr == GATHER_ROWS && nt >= GATHER_MIN_TOKENS)
-        tile_gathered(MOECC_Q5_1, unpack_32, MOECC_ACT_Q8_32, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
+        tile_32_gathered(MOECC_Q5_1, pdot512_dpbusd, K, w, ldw, x, ldx, nt, out, ldo);
     else
         tile_q(MOECC_Q5_1, 1, idot_dpbusd, cvt16_avx512, MAX_NT, K, w, ldw, nr, x, ldx, nt, out, ldo);
 }
