@@ -17,7 +17,7 @@
 #include "gpanel_x86.h" /* the int8 dot products, broadcast4 */
 
 #define MAX_NT 4        /* tokens per register block */
-#define PF_BYTES 2048   /* the sweep prefetch runs this far ahead of the block in use */
+#define PANEL_PF_BYTES 2048 /* the sweep prefetch runs this far ahead of the block in use */
 
 /* out[t*ldo + r] for the 16 rows r of the panel at w and NT tokens */
 INLINE TARGET_512 void panel(pdot512_fn pdot, const int NT, int64_t K, const char *w, const char *x,
@@ -29,7 +29,7 @@ INLINE TARGET_512 void panel(pdot512_fn pdot, const int NT, int64_t K, const cha
     for (int64_t b = 0; b < nblocks; b++) {
         const char *blk = w + b * MOECC_PANEL_BLOCK_BYTES;
         for (int line = 0; line < MOECC_PANEL_BLOCK_BYTES; line += 64)
-            _mm_prefetch(blk + PF_BYTES + line, _MM_HINT_T0);
+            _mm_prefetch(blk + PANEL_PF_BYTES + line, _MM_HINT_T0);
         __m512i lo[4], hi[4];
         for (int c = 0; c < 4; c++) {
             const __m512i v = _mm512_loadu_si512(blk + 64 * c);
