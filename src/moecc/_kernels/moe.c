@@ -8,10 +8,12 @@
  * Run by every thread of a team (moecc_moe_ffn_team, inside the forward step's region) or in a
  * region of its own (moecc_moe_ffn), in three phases:
  *   1. (prefill) gather each segment's rows of x, contiguous, into scratch
- *   2. h[p] = silu(gate[e] @ x) * (up[e] @ x): each thread takes its share of the I rows of every
- *      expert, so in decode all threads stream weights all the time
- *   3. out[t] += weight * down[e] @ h[p]: each thread owns a share of the D output columns, so
- *      the scatter-add never races.
+ *   2. h[p] = silu(gate[e] @ x) * (up[e] @ x), by units of GATE_UP_CHUNK rows of one expert
+ *   3. out[t] += weight * down[e] @ h[p], by units of DOWN_COLUMNS output columns over every
+ *      expert, so the scatter-add never races.
+ * The threads claim units as they come free (schedule(dynamic)): a thread the OS takes away
+ * for a while (a server's HTTP work, on the same cores) then delays the step by one unit, not
+ * by its whole static share while the other threads wait at the barrier.
  * The sums over pairs are kept in double (moecc_moe_ffn_team hands them out as such): products
  * of two floats are exact in double and a sum of a few of them is within 2^-52 of exact, so
  * the float it rounds to hardly ever depends on the order of the terms. Under expert
@@ -30,8 +32,9 @@
  * whatever the thread count). A thread then streams 3 whole matrices per expert with no barrier between
  * them (q4, Qwen3-30B-A3B shapes: 72% -> 77% of the read bandwidth, phases 2 and 3 by rows).
  * With `stats` (moecc.imatrix), each pair's x and h rows are also added, squared, to its
- * expert's sums, by the thread that owns those columns in the phase that wrote them (decode by
- * expert: the thread that runs the expert), so no sum is written by two threads.
+ * expert's sums, by the unit that owns those columns (h: phase 2's of its rows of I; x: phase
+ * 3's of its columns of D; decode by expert: the thread that runs the expert), so no sum is
+ * written by two threads.
  * Scratch (from the caller, reused across calls, nothing allocated here):
  *     order[P], tmp[P] (int32); xg: P rows of D floats (f32 / bf16, prefill) or (1 or P)
  *     quantized rows of D (q8 / q4); h[P, I] floats; hq: P quantized rows of I (q8 / q4);
@@ -98,6 +101,10 @@ static int64_t segment_end(const int32_t *order, const int32_t *idx, int64_t p, 
  * 256 ~3% over 128); the up products wait on the stack (64 KB at 64 tokens a block). */
 #define GATE_UP_CHUNK 256
 
+/* Columns of out a unit of phase 3 computes, over every expert (D / 128 units: enough for a
+ * thread that falls behind to be covered) */
+#define DOWN_COLUMNS 128
+
 /* rows [i0, i1) of h[n, I] = silu(xs @ G^T) * (xs @ U^T); xs: n activation rows of D values,
  * ldx bytes apart (0: the same row n times); G, U: matrices of format f, rows of wb bytes.
  * By chunks of rows: the gate rows into h, then the up rows, folded into h by swiglu. */
@@ -151,19 +158,6 @@ static void down_rows(const moecc_isa *isa, moecc_storage f, int64_t I, const ch
             }
         }
     }
-}
-
-/* stats of the sorted pairs [p, q) of expert e: their rows of x, columns [d0, d1), and their
- * rows of h[., I], columns [i0, i1); with `count`, the pairs are counted too */
-static void add_pair_stats(const moecc_expert_stats *st, int64_t e, const int32_t *order,
-                           int64_t p, int64_t q, int64_t k, const float *x, int64_t D,
-                           int64_t d0, int64_t d1, const float *h, int64_t I, int64_t i0,
-                           int64_t i1, int count) {
-    for (int64_t j = p; j < q; j++) {
-        moecc_add_squares(x + (order[j] / k) * D, d0, d1, st->gate_up_in + e * D);
-        moecc_add_squares(h + j * I, i0, i1, st->down_in + e * I);
-    }
-    if (count) st->rows[e] += q - p;
 }
 
 void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, const void *up,
@@ -231,29 +225,45 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
                 if (idx[p] >= e0 && idx[p] < e1) sum += partial[p * D + d];
             out[d] = sum;
         }
-    } else { /* by rows of every expert: phases 2 and 3 */
-        int64_t i0, i1, d0, d1;
-        moecc_split(I, 16, nth, ith, &i0, &i1);
-        moecc_split(D, 16, nth, ith, &d0, &d1);
-        for (int64_t p = lo, q; p < hi; p = q) {
-            q = segment_end(order, idx, p, hi);
-            const int64_t e = idx[order[p]];
+    } else { /* by rows of every expert: phases 2 and 3, in units the threads claim as they come
+              * free, so a thread the OS preempts (a server's HTTP work on the same cores) holds
+              * the others back by one unit at most, not by its whole share */
+        int32_t *segment = tmp; /* sorted pair where each segment of [lo, hi) starts; after
+                                 * the sort tmp is free, and there are at most hi - lo segments */
+        int64_t nseg = 0;
+        for (int64_t p = lo; p < hi; p = segment_end(order, idx, p, hi)) nseg++;
+#pragma omp single
+        for (int64_t p = lo, j = 0; p < hi; p = segment_end(order, idx, p, hi)) segment[j++] = (int32_t)p;
+        const int64_t i_units = (I + GATE_UP_CHUNK - 1) / GATE_UP_CHUNK;
+#pragma omp for schedule(dynamic)
+        for (int64_t u = 0; u < nseg * i_units; u++) { /* phase 2: rows of one expert's G and U */
+            const int64_t j = u / i_units, i0 = u % i_units * GATE_UP_CHUNK;
+            const int64_t i1 = i0 + GATE_UP_CHUNK < I ? i0 + GATE_UP_CHUNK : I;
+            const int64_t p = segment[j], q = j + 1 < nseg ? segment[j + 1] : hi, e = idx[order[p]];
             gate_up_rows(isa, fgu, D, G + e * I * wbD, U + e * I * wbD, wbD,
                          (const char *)xs + p * ldx, ldx, q - p, i0, i1, h + p * I, I);
-            if (stats) add_pair_stats(stats, e, order, p, q, k, x, D, d0, d1, h, I, i0, i1, ith == 0);
+            if (stats)
+                for (int64_t r = p; r < q; r++) moecc_add_squares(h + r * I, i0, i1, stats->down_in + e * I);
         }
-        for (int64_t t = 0; t < T; t++)
-            memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(double));
-#pragma omp barrier
         if (xqI) {
 #pragma omp for schedule(static)
             for (int64_t p = lo; p < hi; p++) isa->quantize_x[actI](I, h + p * I, hq + p * xqI);
         }
-        for (int64_t p = lo, q; p < hi; p = q) {
-            q = segment_end(order, idx, p, hi);
-            const int64_t e = idx[order[p]];
-            down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh, q - p,
-                      d0, d1, order + p, weights, k, out, D);
+        const int64_t d_units = (D + DOWN_COLUMNS - 1) / DOWN_COLUMNS;
+#pragma omp for schedule(dynamic)
+        for (int64_t u = 0; u < d_units; u++) { /* phase 3: columns of out, over every expert */
+            const int64_t d0 = u * DOWN_COLUMNS, d1 = d0 + DOWN_COLUMNS < D ? d0 + DOWN_COLUMNS : D;
+            for (int64_t t = 0; t < T; t++) memset(out + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(double));
+            for (int64_t j = 0; j < nseg; j++) {
+                const int64_t p = segment[j], q = j + 1 < nseg ? segment[j + 1] : hi, e = idx[order[p]];
+                down_rows(isa, fd, I, Wd + e * D * wbI, wbI, (const char *)hs + p * ldh, ldh, q - p,
+                          d0, d1, order + p, weights, k, out, D);
+                if (stats) {
+                    for (int64_t r = p; r < q; r++)
+                        moecc_add_squares(x + (order[r] / k) * D, d0, d1, stats->gate_up_in + e * D);
+                    if (u == 0) stats->rows[e] += q - p;
+                }
+            }
         }
     }
 #pragma omp barrier
