@@ -123,7 +123,6 @@ INLINE TARGET_512 void panel_tokens(const moecc_act act, pdot512_fn pdot, const 
         xs[t] = x + t * ldx + GATHER_VALUES * step;
     }
     const int groups = act == MOECC_ACT_Q8_K ? GATHER_VALUES / group : p->groups;
-#pragma GCC unroll 1
     for (int g = 0; g < groups; g++) {
         __m512i s[GATHER_NT];
         for (int t = 0; t < NT; t++) s[t] = _mm512_setzero_si512();
