@@ -20,7 +20,8 @@ The GGUF is the peer harness's pure Q4_0 (`../shared/peer/llamacpp_bench.py HF -
 on first use from `--hf`), llama-server is `../shared/peer/llamacpp_tools.py build`'s. Each
 turn first waits (up to `--wait-idle` s) for other processes to go quiet and reports the CPU
 share others took during it (`contended` above 5%), as moecc-bench does. Prints a table per
-stream count (medians over rounds) and, with --json, every turn.
+stream count (medians over rounds; each ratio the median of its per-round ratios) and, with
+--json, every turn.
 """
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ async def streams_together(url: str, prompts: list[list[int]], tokens: int) -> l
 
 def turn(server: ServerProcess, prompts: list[list[int]], tokens: int, wait_idle: float) -> dict:
     bench.wait_until_idle(wait_idle)
-    with bench.OtherLoad() as other:
+    with bench.OtherLoad(pids=(server.proc.pid,)) as other:
         runs = asyncio.run(streams_together(server.url, prompts, tokens))
     window = max(r["end"] for r in runs) - min(r["first"] for r in runs)
     return {"engine": server.name, "streams": len(prompts), "other_load": round(other.fraction, 3),
@@ -156,32 +157,49 @@ def median_of(turns: list[dict], engine: str, streams: int, key: str):
     return statistics.median(values) if values else None
 
 
+def rate_of(turns: list[dict], engine: str, streams: int, round_: int):
+    """The decode rate of one turn: aggregate through a server, per stream for Model.generate."""
+    key = "decode_tok_s" if engine == "Model.generate" else "aggregate_decode_tok_s"
+    found = [t[key] for t in turns if t["engine"] == engine and t["streams"] == streams and t["round"] == round_]
+    return found[0] if found else None
+
+
+def median_ratio(turns: list[dict], a: tuple[str, int], b: tuple[str, int]):
+    """The median over rounds of rate(a) / rate(b) in the same round, and the per-round ratios."""
+    ratios = []
+    for round_ in sorted({t["round"] for t in turns}):
+        x, y = rate_of(turns, *a, round_), rate_of(turns, *b, round_)
+        if x and y:
+            ratios.append(x / y)
+    return (statistics.median(ratios), ratios) if ratios else (None, ratios)
+
+
 def report(turns: list[dict], stream_counts: list[int], peer: bool) -> None:
+    """Medians over rounds of the rates, and of each round's ratios (the rounds alternate the order)."""
     base = median_of(turns, "Model.generate", 1, "decode_tok_s")
     print(f"Model.generate, one stream: {base:.1f} tok/s decode (median over rounds)")
     head = "| streams | moecc agg tok/s | moecc TTFT med / max s |"
     if peer:
-        head += " llama-server agg tok/s | llama-server TTFT med / max s | moecc / llama-server |"
+        head += " llama-server agg tok/s | llama-server TTFT med / max s | moecc / llama-server (median of rounds) |"
     print(head)
     print("|" + " ---: |" * (head.count("|") - 1))
     for n in stream_counts:
         row = [str(n)]
-        values = {}
         for engine in ("moecc-serve",) + (("llama-server",) if peer else ()):
             agg = median_of(turns, engine, n, "aggregate_decode_tok_s")
-            values[engine] = agg
             row += [f"{agg:.1f}" if agg else "-",
                     f"{median_of(turns, engine, n, 'ttft_median_s'):.3f} / {median_of(turns, engine, n, 'ttft_max_s'):.3f}"]
         if peer:
-            a, b = values["moecc-serve"], values["llama-server"]
-            row.append(f"{a / b:.2f}×" if a and b else "-")
+            ratio, _ = median_ratio(turns, ("moecc-serve", n), ("llama-server", n))
+            row.append(f"{ratio:.2f}×" if ratio else "-")
         print("| " + " | ".join(row) + " |")
-    one = median_of(turns, "moecc-serve", 1, "aggregate_decode_tok_s")
-    if one and base:
-        print(f"one stream through moecc-serve / Model.generate: {one / base:.3f} (target >= 0.95)")
-    eight = median_of(turns, "moecc-serve", 8, "aggregate_decode_tok_s")
-    if eight and one:
-        print(f"8 streams / 1 stream, moecc-serve aggregate: {eight / one:.2f}× (target >= 2)")
+
+    def ratio_line(what: str, a: tuple[str, int], b: tuple[str, int], target: str) -> None:
+        ratio, ratios = median_ratio(turns, a, b)
+        if ratio:
+            print(f"{what}: {ratio:.3f} ({', '.join(f'{r:.3f}' for r in ratios)} by round; target {target})")
+    ratio_line("one stream through moecc-serve / Model.generate", ("moecc-serve", 1), ("Model.generate", 1), ">= 0.95")
+    ratio_line("8 streams / 1 stream, moecc-serve aggregate", ("moecc-serve", 8), ("moecc-serve", 1), ">= 2")
     contended = sum(t["contended"] for t in turns)
     if contended:
         print(f"{contended} of {len(turns)} turns were contended (others used > {bench.CONTENDED:.0%} of the CPUs)")
@@ -223,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         if round_ % 2:
             engines.reverse()
         prompt_of = {n: [rng.integers(0, vocab, args.prompt).tolist() for _ in range(n)] for n in stream_counts}
-        turns.append(generate_baseline(args.moecc, prompt_of[stream_counts[0]][0], args.tokens, args.ctx,
-                                       args.threads, args.wait_idle))
+        baseline = generate_baseline(args.moecc, prompt_of[stream_counts[0]][0], args.tokens, args.ctx,
+                                     args.threads, args.wait_idle)
+        baseline["round"] = round_
+        turns.append(baseline)
         for n in stream_counts:
             for engine in engines:
                 start = moecc_server if engine == "moecc-serve" else llama_server

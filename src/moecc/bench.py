@@ -260,9 +260,13 @@ def run_peer(subject: "Subject", peer: str, threads: int, pp: int, tg: int, reps
 
 
 class OtherLoad:
-    """CPU time that processes other than this one and its children spent during a `with` block,
-    as a fraction of the machine's CPUs: on a shared machine a turn that others slowed down
-    shows up here, not as a mysterious slow run."""
+    """CPU time that processes other than this one, its children and `pids` spent during a `with`
+    block, as a fraction of the machine's CPUs: on a shared machine a turn that others slowed
+    down shows up here, not as a mysterious slow run. `pids`: processes of the measurement that
+    are still running (a server under test), whose time RUSAGE_CHILDREN does not count yet."""
+
+    def __init__(self, pids: tuple[int, ...] = ()):
+        self._pids = pids
 
     def __enter__(self):
         self._start = self._sample()
@@ -272,15 +276,20 @@ class OtherLoad:
         machine, own, wall = (b - a for a, b in zip(self._start, self._sample()))
         self.fraction = max(machine - own, 0.0) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
 
-    @staticmethod
-    def _sample() -> tuple[float, float, float]:
+    def _sample(self) -> tuple[float, float, float]:
         import resource
+        tick = os.sysconf("SC_CLK_TCK")
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:9]]
         user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-        machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        machine = (user + nice + system + irq + softirq + steal) / tick
         own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                   for f in ("ru_utime", "ru_stime"))
+        for pid in self._pids:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            utime, stime = stat[stat.rindex(")") + 2:].split()[11:13]  # fields 14 and 15 of proc(5)
+            own += (int(utime) + int(stime)) / tick
         return machine, own, time.monotonic()
 
 

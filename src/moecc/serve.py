@@ -85,12 +85,26 @@ def main(argv: list[str] | None = None) -> int:
         abort(f"moecc-serve failed: {e!r}")
 
 
+def _open_model(args: argparse.Namespace, comm):
+    """The model this rank serves, its weights read into memory before /health says ok (as
+    llama-server's warm-up run does): a file not yet in the page cache is then read from disk
+    while the server says it is loading, not by the first requests."""
+    from .engine import LoadedModel
+    model = LoadedModel(args.model, threads=args.threads, ctx=args.ctx, kv_cache=args.kv_cache,
+                        slots=args.parallel, comm=comm)
+    try:
+        model.touch()
+    except BaseException:
+        model.close()
+        raise
+    return model
+
+
 def _serve(args: argparse.Namespace, comm) -> int:
     """The server (rank 0 of an expert-parallel job, which sends every step to the other ranks)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     import uvicorn
 
-    from .engine import LoadedModel
     from .parallel import ShardError, StopSignals, abort
     from .server.http import ServerState, create_app
 
@@ -113,8 +127,7 @@ def _serve(args: argparse.Namespace, comm) -> int:
 
     def load() -> None:
         try:
-            state.load(lambda: LoadedModel(args.model, threads=args.threads, ctx=args.ctx, kv_cache=args.kv_cache,
-                                           slots=args.parallel, comm=comm), args.max_queue)
+            state.load(lambda: _open_model(args, comm), args.max_queue)
         except Exception as e:  # reported on /health until the server has stopped, then below
             if comm is not None and not isinstance(e, ShardError):  # every rank loaded; they wait for steps
                 abort(f"the server failed to start: {e!r}")
@@ -150,14 +163,12 @@ def _serve(args: argparse.Namespace, comm) -> int:
 def _follow(args: argparse.Namespace, comm) -> int:
     """Another rank of an expert-parallel server: load this rank's share, run every step rank 0
     sends until it ends them.  It prints nothing: rank 0 reports for the job."""
-    from .engine import LoadedModel
     from .parallel import ShardError, StopSignals, follow_steps
     stop = StopSignals()  # from here on rank 0 ends this rank
     if comm.bcast(None, root=0) is not None:  # rank 0 cannot listen
         return 2
     try:
-        model = LoadedModel(args.model, threads=args.threads, ctx=args.ctx, kv_cache=args.kv_cache,
-                            slots=args.parallel, comm=comm)
+        model = _open_model(args, comm)
     except ShardError:  # raised on every rank alike
         return 1
     with model:
