@@ -144,8 +144,10 @@ def generate_baseline(path: str, prompt: list[int], tokens: int, ctx: int, threa
     """Model.generate on one stream: the rate the server's single stream is held to."""
     import moecc
     bench.wait_until_idle(wait_idle)
-    with moecc.load(path, threads=threads, ctx=ctx) as model, bench.OtherLoad() as other:
-        steps = list(model.generate(prompt, tokens, temperature=0))
+    with moecc.load(path, threads=threads, ctx=ctx) as model:
+        model.touch()  # as moecc-serve does before it says it is ready
+        with bench.OtherLoad() as other:
+            steps = list(model.generate(prompt, tokens, temperature=0))
         stats = model.stats
     return {"engine": "Model.generate", "streams": 1, "tokens": len(steps), "other_load": round(other.fraction, 3),
             "contended": other.fraction > bench.CONTENDED, "decode_tok_s": stats.decode_tokens_per_second,

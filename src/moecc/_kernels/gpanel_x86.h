@@ -30,7 +30,7 @@
 typedef struct {
     __m512i u[GATHER_VALUES / 4]; /* the unsigned values, 4 per row and chunk */
     __m512 scale[GATHER_GROUPS];  /* per group, the 16 rows' scales */
-    __m512 min[GATHER_GROUPS];    /* q8_32 kinds: per group the rows' mins: w = scale * u - min */
+    __m512 min[GATHER_GROUPS];    /* q4_1, q5_1: per group the rows' mins: w = scale * u - min */
     __m512i imin[GATHER_VALUES / 32]; /* q8_k kinds: per 32 values, each row's integer mins of its
                                        * two 16s (int16 pairs: a group of 32's twice) ... */
     __m512 dmin;                  /* ... and their factor: min = dmin * imin */
@@ -54,6 +54,12 @@ INLINE TARGET_512 __m512i pdot512_maddubs(__m512i acc, __m512i u, __m512i a) {
 
 INLINE TARGET_VNNI __m512i pdot512_dpbusd(__m512i acc, __m512i u, __m512i a) {
     return _mm512_dpbusd_epi32(acc, u, a);
+}
+
+/* the integer zero point of a type of blocks of 32 whose values are w = d * (u - zero) (q8: u =
+ * q + 128; q4: 8; q5_0: 16); 0 for the K types and for q4_1 / q5_1, whose mins are floats */
+static inline int zero_point(const int wt) {
+    return wt == MOECC_Q8 ? 128 : wt == MOECC_Q4 ? 8 : wt == MOECC_Q5_0 ? 16 : 0;
 }
 
 /* the 4 activation bytes at p in every int32 lane */
@@ -109,13 +115,14 @@ INLINE TARGET_512 __m512 fp16_lanes(__m512i v, const int high) {
 
 /* out[t*ldo + r] (+)= step `step` of the panel's 16 rows . token t, for NT tokens (= on the
  * first step, += after); groups of `group` values (a constant, so the chunk loop unrolls).
- * Per group and token, the int8 dot products' sum is converted and scaled. The mins then go
- * against the activations' sums over the group: q8_k's int16 sums per 16 values meet the rows'
- * integer mins in one int16 pair product (exact) per 32 values, with one float factor
- * and the token's scale per super-block at the end; q8_32's per block, each with its own scale. */
+ * Per group and token, the int8 dot products' sum is converted and scaled. The mins go against
+ * the activations' sums over the group: a type with an integer zero point (zero_point) starts
+ * the block's int32 sums from -zero * sum(a), exact; q8_k's int16 sums per 16 values meet the
+ * rows' integer mins in one int16 pair product (exact) per 32 values, with one float factor and
+ * the token's scale per super-block at the end; q4_1's and q5_1's float mins per block. */
 INLINE TARGET_512 void panel_tokens(const moecc_act act, pdot512_fn pdot, const int NT, const int group,
-                                    const wpanel *p, int64_t step, int64_t K, const char *x,
-                                    int64_t ldx, float *out, int64_t ldo) {
+                                    const int zero, const wpanel *p, int64_t step, int64_t K,
+                                    const char *x, int64_t ldx, float *out, int64_t ldo) {
     __m512 f[GATHER_NT];
     const char *xs[GATHER_NT]; /* the step's values of each token */
     for (int t = 0; t < NT; t++) {
@@ -124,8 +131,10 @@ INLINE TARGET_512 void panel_tokens(const moecc_act act, pdot512_fn pdot, const 
     }
     const int groups = act == MOECC_ACT_Q8_K ? GATHER_VALUES / group : p->groups;
     for (int g = 0; g < groups; g++) {
+        const int64_t b = GATHER_VALUES / MOECC_QBLOCK * step + g; /* q8_32: the block */
         __m512i s[GATHER_NT];
-        for (int t = 0; t < NT; t++) s[t] = _mm512_setzero_si512();
+        for (int t = 0; t < NT; t++)
+            s[t] = zero ? _mm512_set1_epi32(-zero * moecc_xq_sums(x + t * ldx, K)[b]) : _mm512_setzero_si512();
         const __m512i *u = p->u + g * group / 4;
 #pragma GCC unroll 8
         for (int c = 0; c < group / 4; c++)
@@ -138,10 +147,14 @@ INLINE TARGET_512 void panel_tokens(const moecc_act act, pdot512_fn pdot, const 
                 continue;
             }
             const char *xt = x + t * ldx;
-            const int64_t b = GATHER_VALUES / MOECC_QBLOCK * step + g;
+            const __m512 xscale = _mm512_set1_ps(moecc_xq_scales(xt, K)[b]);
+            if (zero) {
+                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), _mm512_mul_ps(p->scale[g], xscale), f[t]);
+                continue;
+            }
             const __m512 v = _mm512_fnmadd_ps(p->min[g], _mm512_set1_ps((float)moecc_xq_sums(xt, K)[b]),
                                               _mm512_mul_ps(_mm512_cvtepi32_ps(s[t]), p->scale[g]));
-            f[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(moecc_xq_scales(xt, K)[b]), f[t]);
+            f[t] = _mm512_fmadd_ps(v, xscale, f[t]);
         }
     }
     for (int t = 0; t < NT; t++) {
@@ -169,6 +182,7 @@ INLINE TARGET_512 void tile_gathered(const int wt, unpack_fn unpack, const moecc
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32((int)ldw));
     wpanel p;
+    const int zero = zero_point(wt);
     const int64_t steps = (K + GATHER_VALUES - 1) / GATHER_VALUES;
     sweep pf = sweep_start(w, GATHER_ROWS, ldw, 1, steps);
     for (int64_t step = 0; step < steps; step++) {
@@ -179,11 +193,11 @@ INLINE TARGET_512 void tile_gathered(const int wt, unpack_fn unpack, const moecc
         __asm__ volatile("" : : "r"(&p) : "memory");
         int t = 0;
         for (; t + GATHER_NT <= nt; t += GATHER_NT)
-            panel_tokens(act, pdot, GATHER_NT, group, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo);
+            panel_tokens(act, pdot, GATHER_NT, group, zero, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo);
         switch (nt - t) {
-        case 3: panel_tokens(act, pdot, 3, group, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
-        case 2: panel_tokens(act, pdot, 2, group, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
-        case 1: panel_tokens(act, pdot, 1, group, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
+        case 3: panel_tokens(act, pdot, 3, group, zero, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
+        case 2: panel_tokens(act, pdot, 2, group, zero, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
+        case 1: panel_tokens(act, pdot, 1, group, zero, &p, step, K, x + t * ldx, ldx, out + t * ldo, ldo); break;
         default: break;
         }
     }

@@ -7,7 +7,8 @@
  * each segment is one small GEMM: every expert's weights are read once per call, not per token.
  * Run by every thread of a team (moecc_moe_ffn_team, inside the forward step's region) or in a
  * region of its own (moecc_moe_ffn), in three phases:
- *   1. (prefill) gather each segment's rows of x, contiguous, into scratch
+ *   1. (prefill) gather each segment's rows of x, contiguous, into scratch (quantized experts:
+ *      each token quantized once, its row copied to each of its k pairs)
  *   2. h[p] = silu(gate[e] @ x) * (up[e] @ x), by units of GATE_UP_CHUNK rows of one expert
  *   3. out[t] += weight * down[e] @ h[p], by units of DOWN_COLUMNS output columns over every
  *      expert, so the scatter-add never races.
@@ -21,7 +22,7 @@
  * one process gets, and quantized activations downstream (which turn a float ulp into a whole
  * quantization step now and then) see the same values.
  * Quantized experts read quantized activations (gate / up and down each of its own type's kind):
- * phase 1 quantizes each pair's row of x (decode: the one row of x, once) instead of copying it,
+ * phase 1 quantizes each token's row of x once (decode: the one row) and copies it to its pairs,
  * and between phases 2 and 3 the rows of h are quantized, each by one thread.
  * With expert parallelism (a process computes only experts [e0, e1) of the layer, parallel.py) the
  * pairs routed elsewhere are skipped: after the sort, this process's pairs are one contiguous run
@@ -36,9 +37,9 @@
  * 3's of its columns of D; decode by expert: the thread that runs the expert), so no sum is
  * written by two threads.
  * Scratch (from the caller, reused across calls, nothing allocated here):
- *     order[P], tmp[P] (int32); xg: P rows of D floats (f32 / bf16, prefill) or (1 or P)
- *     quantized rows of D (q8 / q4); h[P, I] floats; hq: P quantized rows of I (q8 / q4);
- *     partial[P, D] doubles (decode). */
+ *     order[P], tmp[P] (int32); xg: P rows of D floats (f32 / bf16, prefill) or quantized
+ *     rows of D (q8 / q4): 1 (decode), or P and then the T tokens' own (prefill); h[P, I]
+ *     floats; hq: P quantized rows of I (q8 / q4); partial[P, D] doubles (decode). */
 #include "moecc.h"
 
 static int64_t pad16(int64_t n) { return (n + 15) & ~(int64_t)15; }
@@ -51,7 +52,7 @@ static int64_t xq_floats(int64_t n, int64_t K) {
 
 int64_t moecc_moe_scratch_floats(int64_t T, int64_t k, int64_t D, int64_t I) {
     const int64_t P = T * k;
-    const int64_t xg_f = T > 1 ? pad16(P * D) : 0, xg_q = xq_floats(T > 1 ? P : 1, D);
+    const int64_t xg_f = T > 1 ? pad16(P * D) : 0, xg_q = xq_floats(T > 1 ? P + T : 1, D);
     const int64_t partial = T == 1 ? pad16(2 * P * D) : 0;
     return 2 * pad16(P) + (xg_f > xg_q ? xg_f : xg_q) + pad16(P * I) + pad16(xq_floats(P, I)) + partial;
 }
@@ -166,7 +167,7 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
                         int64_t e1, float *scratch, double *out, const moecc_expert_stats *stats) {
     const int64_t P = T * k;
     const int64_t xqD = moecc_act_bytes(fgu, D), xqI = moecc_act_bytes(fd, I); /* 0: float rows */
-    const int64_t xg_floats = xqD ? xq_floats(T > 1 ? P : 1, D) : T > 1 ? pad16(P * D) : 0;
+    const int64_t xg_floats = xqD ? xq_floats(T > 1 ? P + T : 1, D) : T > 1 ? pad16(P * D) : 0;
     int32_t *order = (int32_t *)scratch, *tmp = order + pad16(P);
     char *xg = (char *)(scratch + 2 * pad16(P));
     float *h = (float *)xg + xg_floats;
@@ -190,15 +191,18 @@ void moecc_moe_ffn_team(const float *x, int64_t T, int64_t D, const void *gate, 
     const int64_t wbD = moecc_row_bytes(fgu, D), wbI = moecc_row_bytes(fd, I);
     const char *G = (const char *)gate, *U = (const char *)up, *Wd = (const char *)down;
     const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-    if (gathered) {
+    if (gathered && xqD) { /* each token quantized once (after the pairs' rows), then copied */
+        char *xt = xg + P * xqD;
 #pragma omp for schedule(static)
-        for (int64_t p = lo; p < hi; p++) {
-            const float *xt = x + (order[p] / k) * D;
-            if (xqD)
-                isa->quantize_x[actD](D, xt, xg + p * xqD);
-            else
-                memcpy(xg + p * D * (int64_t)sizeof(float), xt, (size_t)D * sizeof(float));
-        }
+        for (int64_t t = 0; t < T; t++) isa->quantize_x[actD](D, x + t * D, xt + t * xqD);
+#pragma omp for schedule(static)
+        for (int64_t p = lo; p < hi; p++)
+            memcpy(xg + p * xqD, xt + (order[p] / k) * xqD, (size_t)xqD);
+    } else if (gathered) {
+#pragma omp for schedule(static)
+        for (int64_t p = lo; p < hi; p++)
+            memcpy(xg + p * D * (int64_t)sizeof(float), x + (order[p] / k) * D,
+                   (size_t)D * sizeof(float));
     }
     if (!gathered && (hi - lo) % nth == 0) { /* decode, by expert */
 #pragma omp for schedule(static)

@@ -365,8 +365,8 @@ INLINE TARGET_512 void load_pieces_transposed(const char *w, int64_t ldw, int bb
 }
 
 /* blocks 8 step .. 8 step + 7 (fewer at a row's end) of the 16 rows at w, ldw bytes apart, into
- * p: per block its scale d and min (w = d * u - min: q8 u = q + 128, min 128 d; q4 8 d; q5_0
- * 16 d; q4_1, q5_1 -m), by gathers, and its 32 unsigned values, loaded and transposed */
+ * p: per block its scale d (and for q4_1, q5_1 its min -m: w = d * u - min; the others' w = d *
+ * (u - zero_point)), by gathers, and its 32 unsigned values, loaded and transposed */
 INLINE TARGET_512 void unpack_32(const int wt, const char *w, int64_t ldw, int64_t K, int64_t step,
                                  __m512i rows, wpanel *p) {
     const int bb = block_bytes(wt);
@@ -389,8 +389,7 @@ INLINE TARGET_512 void unpack_32(const int wt, const char *w, int64_t ldw, int64
         const __m512i head = gather_rows(rows, blk);
         const __m512 d = fp16_lanes(head, 0);
         p->scale[j] = d;
-        p->min[j] = has_m ? _mm512_sub_ps(_mm512_setzero_ps(), fp16_lanes(head, 1))
-                          : _mm512_mul_ps(d, _mm512_set1_ps(wt == MOECC_Q8 ? 128.0f : wt == MOECC_Q4 ? 8.0f : 16.0f));
+        if (has_m) p->min[j] = _mm512_sub_ps(_mm512_setzero_ps(), fp16_lanes(head, 1));
         if (wt == MOECC_Q8) {
             for (int i = 0; i < 8; i++)
                 p->u[8 * j + i] = _mm512_xor_si512(qs[i0 + i], _mm512_set1_epi32((int)0x80808080u));

@@ -40,14 +40,14 @@ INLINE TARGET_512 void panel(pdot512_fn pdot, const int NT, int64_t K, const cha
         for (int t = 0; t < NT; t++) {
             const char *xt = x + t * ldx;
             const char *a = xt + b * MOECC_QBLOCK;
-            __m512i s_lo = _mm512_setzero_si512(), s_hi = _mm512_setzero_si512();
+            /* the nibbles are q + 8: the sums start from -8 * sum(a) */
+            __m512i s_lo = _mm512_set1_epi32(-8 * moecc_xq_sums(xt, K)[b]);
+            __m512i s_hi = _mm512_setzero_si512();
             for (int c = 0; c < 4; c++) {
                 s_lo = pdot(s_lo, lo[c], broadcast4(a + 4 * c));
                 s_hi = pdot(s_hi, hi[c], broadcast4(a + 16 + 4 * c));
             }
-            /* the nibbles are q + 8: take 8 * sum(a) off */
-            const __m512i bias = _mm512_set1_epi32(8 * moecc_xq_sums(xt, K)[b]);
-            const __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(s_lo, s_hi), bias);
+            const __m512i isum = _mm512_add_epi32(s_lo, s_hi);
             const __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(moecc_xq_scales(xt, K)[b]));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, acc[t]);
         }
