@@ -4,6 +4,7 @@
         --streams 1,2,4,8,16 --rounds 3 --json serve.json
     python benchmarks/serve_bench.py --moecc FILE.moecc --gguf FILE.gguf ...    # a GGUF made already
     python benchmarks/serve_bench.py --moecc FILE.moecc --no-peer --rounds 1     # moecc alone
+    python benchmarks/serve_bench.py --moecc FILE.moecc --steady 10              # one stream, warm
 
 In every round, for every stream count N, each server (their order alternating round by round)
 is started with N slots (`moecc-serve --parallel N --ctx C`, `llama-server -np N -c N*C`, the
@@ -15,6 +16,11 @@ the time from first to last chunk). Per turn: the aggregate decode rate, all str
 after their first over the time from the first stream's first token to the last stream's end.
 The single-stream baseline is `Model.generate` on the same file and prompt length, timed in the
 same round (issue 11's target: one stream through the server within 5% of it).
+
+With `--steady N`, only the single-stream target is measured, without restarts: one warm
+moecc-serve (one slot) and one warm `Model.generate` in this process take N turns each of the
+same prompt, alternating which goes first, and the median of the N per-pair ratios is printed
+(a turn of either is one `--tokens` stream; restarting a server per turn adds its noise).
 
 The GGUF is the peer harness's pure Q4_0 (`../shared/peer/llamacpp_bench.py HF --quant q4`, made
 on first use from `--hf`), llama-server is `../shared/peer/llamacpp_tools.py build`'s. Each
@@ -154,6 +160,38 @@ def generate_baseline(path: str, prompt: list[int], tokens: int, ctx: int, threa
             "ttft_s": stats.prefill_seconds}
 
 
+def steady_single_stream(path: str, prompt: list[int], tokens: int, ctx: int, threads: int, pairs: int) -> list[dict]:
+    """`pairs` alternating turns of one warm moecc-serve stream and one warm Model.generate."""
+    import moecc
+
+    async def one():
+        async with httpx.AsyncClient() as client:
+            return await one_stream(client, server.url, prompt, tokens)
+    with moecc_server(path, 1, ctx, threads) as server, moecc.load(path, threads=threads, ctx=ctx) as model:
+        model.touch()
+
+        def served() -> float:
+            return asyncio.run(one())["decode_tok_s"]
+
+        def generated() -> float:
+            list(model.generate(prompt, tokens, temperature=0))
+            return model.stats.decode_tokens_per_second
+        served(), generated()  # warm-up: code paths, the server's first request
+        turns = []
+        for i in range(pairs):
+            if i % 2:
+                g, s = generated(), served()
+            else:
+                s, g = served(), generated()
+            turns.append({"pair": i, "served_tok_s": s, "generate_tok_s": g, "ratio": s / g})
+            print(f"pair {i + 1}: moecc-serve {s:.1f} tok/s, Model.generate {g:.1f} tok/s, ratio {s / g:.3f}",
+                  file=sys.stderr, flush=True)
+    ratios = [t["ratio"] for t in turns]
+    print(f"one warm stream through moecc-serve / Model.generate: {statistics.median(ratios):.3f} (median of "
+          f"{pairs} alternating pairs; range {min(ratios):.3f}-{max(ratios):.3f}; target >= 0.95)")
+    return turns
+
+
 def median_of(turns: list[dict], engine: str, streams: int, key: str):
     values = [t[key] for t in turns if t["engine"] == engine and t["streams"] == streams and t[key] is not None]
     return statistics.median(values) if values else None
@@ -222,11 +260,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=default_threads(), help="CPU threads of each engine")
     ap.add_argument("--wait-idle", type=float, default=300, help="seconds to wait for a quiet machine per turn")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steady", type=int, metavar="N",
+                    help="only one stream: N alternating pairs of a warm server and a warm Model.generate")
     ap.add_argument("--json", help="write every turn here")
     args = ap.parse_args(argv)
     stream_counts = [int(n) for n in args.streams.split(",")]
     if args.prompt + args.tokens > args.ctx:
         ap.error(f"--prompt + --tokens ({args.prompt + args.tokens}) must fit in --ctx ({args.ctx})")
+    if args.steady:
+        import moecc
+        with moecc.load(args.moecc, threads=1, ctx=16) as model:
+            vocab = model.config.vocab_size
+        prompt = np.random.default_rng(args.seed).integers(0, vocab, args.prompt).tolist()
+        turns = steady_single_stream(args.moecc, prompt, args.tokens, args.ctx, args.threads, args.steady)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "steady": turns}, f, indent=1)
+        return 0
     if not args.no_peer and not (args.hf or args.gguf):
         ap.error("give --hf (to make the GGUF) or --gguf, or --no-peer")
     gguf = args.gguf
