@@ -174,11 +174,14 @@ def _chat_prompt(model: LoadedModel, req: ChatRequest) -> str:
 
 
 def _job(model: LoadedModel, req, ids, prompt_field: str, emit: Emit) -> Job:
+    if len(ids) > model.ctx:  # the client can only shorten it: the slots' size is the server's --ctx
+        raise RequestError(f"{prompt_field}: the prompt has {len(ids)} tokens but the context holds {model.ctx} "
+                           f"(a slot of this server, moecc-serve --ctx); shorten it",
+                           param=prompt_field, code="context_length_exceeded")
     try:
         ids = model.check_ids(ids)
     except ValueError as e:
-        code = "context_length_exceeded" if len(ids) > model.ctx else None
-        raise RequestError(f"{prompt_field}: {e}", param=prompt_field, code=code) from None
+        raise RequestError(f"{prompt_field}: {e}", param=prompt_field) from None
     try:
         params = model.sampling_params(**req.sampling())
     except ValueError as e:
