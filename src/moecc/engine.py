@@ -219,8 +219,7 @@ class LoadedModel:
         if bad.size:
             raise ValueError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.config.vocab_size - 1})")
         if ids.size > self.ctx:
-            raise ValueError(f"the prompt has {ids.size} tokens but the context holds {self.ctx}; "
-                             "shorten it or load with a larger ctx=")
+            raise PromptTooLong(int(ids.size), self.ctx)
         return ids.astype(np.int32)
 
     def sampling_params(self, **overrides) -> SamplingParams:
@@ -354,6 +353,15 @@ class Model(LoadedModel):
                     return
                 logits = self._decode(step.token, decoding.position)
                 self._cached_ids.append(step.token)
+
+
+class PromptTooLong(ValueError):
+    """A prompt of more tokens than a slot's context holds."""
+
+    def __init__(self, tokens: int, ctx: int):
+        self.tokens, self.ctx = tokens, ctx
+        super().__init__(f"the prompt has {tokens} tokens but the context holds {ctx}; "
+                         "shorten it or load with a larger ctx=")
 
 
 class Decoding:

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..chat_template import ChatTemplateError
-from ..engine import LoadedModel
+from ..engine import LoadedModel, PromptTooLong
 from . import protocol
 from .metrics import CONTENT_TYPE, Metrics
 from .parsers import THINK_OPEN, Qwen3OutputParser
@@ -174,12 +174,12 @@ def _chat_prompt(model: LoadedModel, req: ChatRequest) -> str:
 
 
 def _job(model: LoadedModel, req, ids, prompt_field: str, emit: Emit) -> Job:
-    if len(ids) > model.ctx:  # the client can only shorten it: the slots' size is the server's --ctx
-        raise RequestError(f"{prompt_field}: the prompt has {len(ids)} tokens but the context holds {model.ctx} "
-                           f"(a slot of this server, moecc-serve --ctx); shorten it",
-                           param=prompt_field, code="context_length_exceeded")
     try:
         ids = model.check_ids(ids)
+    except PromptTooLong as e:  # the client can only shorten it: the slots' size is the server's --ctx
+        raise RequestError(f"{prompt_field}: the prompt has {e.tokens} tokens but the context holds {e.ctx} "
+                           f"(a slot of this server, moecc-serve --ctx); shorten it",
+                           param=prompt_field, code="context_length_exceeded") from None
     except ValueError as e:
         raise RequestError(f"{prompt_field}: {e}", param=prompt_field) from None
     try:
